@@ -1,0 +1,187 @@
+"""In-plane resampling of square slices, shared by training and inference (numpy only).
+
+The low-resolution input a model sees at inference must be made exactly as it was
+in training, so both sides call :func:`area_resample`. Resampling is separable, so
+each operation is one small matrix per axis: ``out = A_rows @ slice @ A_cols.T``.
+That is exact, vectorised over a batch, and free of interpolation-library quirks.
+
+Conventions: a batch of slices is ``[N, H, W]`` (rows, columns). Nothing here flips
+or transposes an axis; tests check this with asymmetric phantoms.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "area_matrix",
+    "bilinear_matrix",
+    "area_resample",
+    "bilinear_resample",
+    "apply_separable",
+]
+
+
+@lru_cache(maxsize=64)
+def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
+    # Output pixel o covers the input interval [o*s, (o+1)*s) with s = n_in/n_out;
+    # its value is the overlap-weighted mean of the input pixels under it.
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale
+    hi = lo + scale
+    left = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(hi, left + 1) - np.maximum(lo, left), 0.0, None)
+    m = overlap / overlap.sum(axis=1, keepdims=True)
+    m.setflags(write=False)
+    return m
+
+
+@lru_cache(maxsize=64)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    # Half-pixel centres, edges clamped: identical to torch's
+    # interpolate(mode="bilinear", align_corners=False) and ONNX Resize(linear, half_pixel).
+    scale = n_in / n_out
+    x = (np.arange(n_out) + 0.5) * scale - 0.5
+    x = np.clip(x, 0.0, n_in - 1)
+    x0 = np.floor(x).astype(np.int64)
+    x1 = np.minimum(x0 + 1, n_in - 1)
+    w1 = x - x0
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, x0), 1.0 - w1)
+    np.add.at(m, (rows, x1), w1)
+    m.setflags(write=False)
+    return m
+
+
+def area_matrix(n_in: int, n_out: int, dtype=np.float32) -> np.ndarray:
+    """``[n_out, n_in]`` box-averaging matrix; rows sum to 1 (mean-preserving)."""
+    _check_sizes(n_in, n_out)
+    return _area_matrix(int(n_in), int(n_out)).astype(dtype, copy=False)
+
+
+def bilinear_matrix(n_in: int, n_out: int, dtype=np.float32) -> np.ndarray:
+    """``[n_out, n_in]`` bilinear interpolation matrix (half-pixel centres)."""
+    _check_sizes(n_in, n_out)
+    return _bilinear_matrix(int(n_in), int(n_out)).astype(dtype, copy=False)
+
+
+def _check_sizes(n_in, n_out):
+    if int(n_in) < 1 or int(n_out) < 1:
+        raise ValueError("resampling sizes must be positive, got %r -> %r" % (n_in, n_out))
+
+
+def apply_separable(batch: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``rows @ batch[n] @ cols.T`` for every slice (and every leading index)."""
+    batch = np.asarray(batch)
+    if batch.ndim < 2:
+        raise ValueError("expected [..., H, W] slices, got shape %s" % (batch.shape,))
+    if batch.shape[-2] != rows.shape[1] or batch.shape[-1] != cols.shape[1]:
+        raise ValueError(
+            "slice shape %s does not match resampling matrices %s, %s"
+            % (batch.shape[-2:], rows.shape, cols.shape)
+        )
+    dtype = np.result_type(batch.dtype, np.float32)
+    out = np.matmul(rows.astype(dtype, copy=False), batch.astype(dtype, copy=False))
+    return np.matmul(out, cols.T.astype(dtype, copy=False))
+
+
+def _target_shape(size):
+    if np.isscalar(size):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+def area_resample(batch: np.ndarray, size) -> np.ndarray:
+    """Area (box) resample ``[..., H, W]`` to ``size`` (int or (h, w)).
+
+    This is how a low-resolution acquisition sees the anatomy, and it is the one
+    function that makes model inputs, in training and at inference alike.
+    """
+    h, w = _target_shape(size)
+    batch = np.asarray(batch)
+    return apply_separable(batch, area_matrix(batch.shape[-2], h), area_matrix(batch.shape[-1], w))
+
+
+def bilinear_resample(batch: np.ndarray, size) -> np.ndarray:
+    """Bilinear resample ``[..., H, W]`` to ``size`` (int or (h, w)), half-pixel centres."""
+    h, w = _target_shape(size)
+    batch = np.asarray(batch)
+    return apply_separable(
+        batch, bilinear_matrix(batch.shape[-2], h), bilinear_matrix(batch.shape[-1], w)
+    )
+
+
+def square_pad_widths(h: int, w: int):
+    """((top, bottom), (left, right)) zero padding that centres an h×w slice in a square."""
+    s = max(h, w)
+    return ((s - h) // 2, s - h - (s - h) // 2), ((s - w) // 2, s - w - (s - w) // 2)
+
+
+def pad_to_square(batch: np.ndarray) -> np.ndarray:
+    """Zero-pad ``[..., H, W]`` to a centred square FOV (models see square slices)."""
+    (t, b), (l, r) = square_pad_widths(batch.shape[-2], batch.shape[-1])
+    if not (t or b or l or r):
+        return batch
+    return np.pad(batch, [(0, 0)] * (batch.ndim - 2) + [(t, b), (l, r)])
+
+
+def crop_from_square(batch: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Undo :func:`pad_to_square` for an original ``h``×``w`` slice."""
+    (t, _), (l, _) = square_pad_widths(h, w)
+    return batch[..., t:t + h, l:l + w]
+
+
+def canonical_transform(affine: np.ndarray):
+    """Voxel-axis permutation and flips that bring a volume closest to axial LPS.
+
+    Returns ``(world_of_axis, sign_of_axis)`` for the voxel axes (i, j, k): voxel
+    axis ``a`` runs along LPS axis ``world_of_axis[a]`` with sign ``sign_of_axis[a]``.
+    The pairing maximises the summed |cosine|, so oblique volumes get the nearest
+    orthogonal orientation (permute and flip only; nothing is resampled).
+    """
+    import itertools
+
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cos = m / np.linalg.norm(m, axis=0, keepdims=True)
+    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(cos[p[a], a]) for a in range(3)))
+    signs = tuple(1 if cos[best[a], a] >= 0 else -1 for a in range(3))
+    return tuple(best), signs
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray):
+    """Reorient a ``(k, j, i)`` array so that i runs L, j runs P and k runs S.
+
+    Returns ``(array, affine)``; :func:`from_canonical` undoes it exactly.
+    """
+    world, signs = canonical_transform(affine)
+    shape_ijk = array.shape[::-1]
+    # new voxel axis w takes old voxel axis a where world[a] == w
+    old_of_new = [world.index(w) for w in range(3)]
+    arr = np.transpose(array, [2 - old_of_new[2 - n] for n in range(3)])
+    index_map = np.zeros((4, 4))
+    index_map[3, 3] = 1.0
+    flips = []
+    for w in range(3):
+        a = old_of_new[w]
+        if signs[a] > 0:
+            index_map[a, w] = 1.0
+        else:
+            index_map[a, w] = -1.0
+            index_map[a, 3] = shape_ijk[a] - 1
+            flips.append(2 - w)
+    if flips:
+        arr = np.flip(arr, axis=flips)
+    return np.ascontiguousarray(arr), np.asarray(affine, dtype=np.float64) @ index_map
+
+
+def from_canonical(canonical_array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Bring an array made on the canonical grid back to the source grid of ``affine``."""
+    world, signs = canonical_transform(affine)
+    old_of_new = [world.index(w) for w in range(3)]
+    flips = [2 - w for w in range(3) if signs[old_of_new[w]] < 0]
+    arr = np.flip(canonical_array, axis=flips) if flips else canonical_array
+    # inverse of the forward transpose
+    fwd = [2 - old_of_new[2 - n] for n in range(3)]
+    return np.ascontiguousarray(np.transpose(arr, np.argsort(fwd)))

@@ -1,0 +1,323 @@
+"""Backbones and upsampling heads; any backbone combines with any head.
+
+A model reads one slice at the input size ``r`` and returns class logits at every
+head scale, coarse to fine, the last one at the output size ``R`` (deep supervision).
+
+Backbones (by name): ``elunet`` (the paper's ELU-Net with UNet3+-style full-scale
+skips), ``unet`` (a plain small U-Net), ``dsunet`` (a U-Net of depthwise-separable
+blocks). Heads: ``interp`` (bilinear, no parameters), ``jhead`` (the learned ×2
+chain on the class channels plus a fusion stage), ``full`` (the backbone runs at R).
+"""
+
+import math
+from typing import List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BACKBONES = ("elunet", "unet", "dsunet")
+HEADS = ("interp", "jhead", "full")
+
+
+def conv3(cin, cout):
+    # padding=1, not "same": "same" has broken some torch ONNX exports.
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(
+            conv3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            conv3(cout, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        )
+
+
+class SeparableDoubleConv(nn.Sequential):
+    """Two depthwise-3x3 + pointwise-1x1 blocks: ~8x fewer MACs than DoubleConv."""
+
+    def __init__(self, cin, cout):
+        layers = []
+        for a, b in ((cin, cout), (cout, cout)):
+            layers += [
+                nn.Conv2d(a, a, 3, padding=1, groups=a, bias=False),
+                nn.Conv2d(a, b, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+            ]
+        super().__init__(*layers)
+
+
+class ScaleUp(nn.Sequential):
+    """log2(factor) ConvTranspose ×2 stages, then a 3x3 conv to ``cout`` (factor 1: conv only)."""
+
+    def __init__(self, cin, cout, factor):
+        stages = int(round(math.log2(factor))) if factor > 1 else 0
+        super().__init__(*[nn.ConvTranspose2d(cin, cin, 2, 2) for _ in range(stages)], conv3(cin, cout))
+
+
+class ELUNet(nn.Module):
+    """ELU-Net: 4 pooling stages, decoders fed from every coarser encoder level.
+
+    Unlike the reference code, no up-sampling module is shared between two skips.
+    """
+
+    min_divisor = 16
+
+    def __init__(self, classes=1, width=8):
+        super().__init__()
+        n = width
+        self.inc = DoubleConv(1, n)
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), DoubleConv(a, b))
+            for a, b in ((n, 2 * n), (2 * n, 4 * n), (4 * n, 8 * n), (8 * n, 16 * n))
+        )
+        # decoder 4 (r/8): enc4, enc3
+        self.d4_from = nn.ModuleList([ScaleUp(16 * n, 8 * n, 2), ScaleUp(8 * n, 8 * n, 1)])
+        self.dec4 = DoubleConv(16 * n, 8 * n)
+        # decoder 3 (r/4): dec4, enc3, enc2
+        self.d3_from = nn.ModuleList([ScaleUp(8 * n, 4 * n, 2), ScaleUp(8 * n, 4 * n, 2), ScaleUp(4 * n, 4 * n, 1)])
+        self.dec3 = DoubleConv(12 * n, 4 * n)
+        # decoder 2 (r/2): dec3, enc3, enc2, enc1
+        self.d2_from = nn.ModuleList([
+            ScaleUp(4 * n, 2 * n, 2), ScaleUp(8 * n, 2 * n, 4), ScaleUp(4 * n, 2 * n, 2), ScaleUp(2 * n, 2 * n, 1)])
+        self.dec2 = DoubleConv(8 * n, 2 * n)
+        # decoder 1 (r): dec2, enc3, enc2, enc1, inc
+        self.d1_from = nn.ModuleList([
+            ScaleUp(2 * n, n, 2), ScaleUp(8 * n, n, 8), ScaleUp(4 * n, n, 4), ScaleUp(2 * n, n, 2), ScaleUp(n, n, 1)])
+        self.dec1 = DoubleConv(5 * n, n)
+        self.out = nn.Conv2d(n, classes, 1)
+
+    def forward(self, x):
+        x0 = self.inc(x)
+        e1 = self.down[0](x0)
+        e2 = self.down[1](e1)
+        e3 = self.down[2](e2)
+        e4 = self.down[3](e3)
+        d4 = self.dec4(torch.cat([m(t) for m, t in zip(self.d4_from, (e4, e3))], 1))
+        d3 = self.dec3(torch.cat([m(t) for m, t in zip(self.d3_from, (d4, e3, e2))], 1))
+        d2 = self.dec2(torch.cat([m(t) for m, t in zip(self.d2_from, (d3, e3, e2, e1))], 1))
+        d1 = self.dec1(torch.cat([m(t) for m, t in zip(self.d1_from, (d2, e3, e2, e1, x0))], 1))
+        return self.out(d1)
+
+
+class UNet(nn.Module):
+    """A plain 3-level U-Net (widths n..8n) with transposed-conv up-sampling."""
+
+    min_divisor = 8
+    block = DoubleConv
+
+    def __init__(self, classes=1, width=8):
+        super().__init__()
+        n, block = width, self.block
+        self.inc = block(1, n)
+        self.down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), block(a, b)) for a, b in ((n, 2 * n), (2 * n, 4 * n), (4 * n, 8 * n))
+        )
+        self.up = nn.ModuleList(nn.ConvTranspose2d(c, c // 2, 2, 2) for c in (8 * n, 4 * n, 2 * n))
+        self.dec = nn.ModuleList(block(c, c // 2) for c in (8 * n, 4 * n, 2 * n))
+        self.out = nn.Conv2d(n, classes, 1)
+
+    def forward(self, x):
+        skips = [self.inc(x)]
+        for d in self.down:
+            skips.append(d(skips[-1]))
+        y = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            y = dec(torch.cat([up(y), skips.pop()], 1))
+        return self.out(y)
+
+
+class DSUNet(UNet):
+    """The U-Net with depthwise-separable blocks: the MobileNet-style light family."""
+
+    block = SeparableDoubleConv
+
+
+def build_backbone(name, classes=1, width=8):
+    table = {"elunet": ELUNet, "unet": UNet, "dsunet": DSUNet}
+    if name not in table:
+        raise ValueError("unknown backbone %r; choose one of %s" % (name, ", ".join(BACKBONES)))
+    return table[name](classes=classes, width=width)
+
+
+def _bilinear(x, size):
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class InterpHead(nn.Module):
+    """Bilinear up-sampling of the logits: the parameter-free baseline."""
+
+    def __init__(self, classes, input_size, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, logits) -> List[torch.Tensor]:
+        return [logits, _bilinear(logits, self.output_size)]
+
+
+class JHead(nn.Module):
+    """Learned up-sampling on the C class channels (J-Net), < 200 parameters for C = 1.
+
+    chain:  ×2 stages ConvT(C,C,2,2) -> Conv3x3(C,C) from r up to R/2, each supervised;
+    fusion: cat[bilinear(logits -> R/2), chain] -> ConvT(2C,2C,2,2) -> Conv3x3(2C,C),
+            added to bilinear(logits -> R).
+    The residual bilinear path (with the fusion conv zero-initialised) makes the head
+    start exactly as ``interp`` and learn only a correction, so it cannot train worse
+    than the baseline it replaces. Unlike the reference code it has no dead branch and
+    no weights shared between stages; its skip is parameter-free.
+    """
+
+    def __init__(self, classes, input_size, output_size):
+        super().__init__()
+        c = classes
+        ratio = output_size // input_size
+        if ratio < 2 or ratio * input_size != output_size or ratio & (ratio - 1):
+            raise ValueError(
+                "jhead needs output_size = input_size x 2^k (k >= 1), got %d -> %d" % (input_size, output_size))
+        self.output_size = output_size
+        self.chain = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose2d(c, c, 2, 2), conv3(c, c)) for _ in range(int(math.log2(ratio)) - 1)
+        )
+        self.fuse = nn.Sequential(nn.ConvTranspose2d(2 * c, 2 * c, 2, 2), conv3(2 * c, c))
+        nn.init.zeros_(self.fuse[1].weight)
+        nn.init.zeros_(self.fuse[1].bias)
+
+    def forward(self, logits) -> List[torch.Tensor]:
+        outs = [logits]
+        x = logits
+        for stage in self.chain:
+            x = stage(x)
+            outs.append(x)
+        half = self.output_size // 2
+        skip = logits if logits.shape[-1] == half else _bilinear(logits, half)
+        outs.append(self.fuse(torch.cat([skip, x], 1)) + _bilinear(logits, self.output_size))
+        return outs
+
+
+class FullHead(nn.Module):
+    """No head: the backbone already runs at the output size."""
+
+    def __init__(self, classes, input_size, output_size):
+        super().__init__()
+        if input_size != output_size:
+            raise ValueError("the 'full' head needs input_size == output_size, got %d and %d"
+                             % (input_size, output_size))
+
+    def forward(self, logits) -> List[torch.Tensor]:
+        return [logits]
+
+
+def build_head(name, classes, input_size, output_size):
+    table = {"interp": InterpHead, "jhead": JHead, "full": FullHead}
+    if name not in table:
+        raise ValueError("unknown head %r; choose one of %s" % (name, ", ".join(HEADS)))
+    return table[name](classes, input_size, output_size)
+
+
+class SegModel(nn.Module):
+    """backbone at r + head to R; ``forward`` returns logits per head scale, coarse to fine."""
+
+    def __init__(self, backbone="elunet", head="jhead", input_size=32, output_size=256, classes=1, width=8):
+        super().__init__()
+        if head == "full":
+            input_size = output_size
+        self.config = dict(backbone=backbone, head=head, input_size=int(input_size),
+                           output_size=int(output_size), classes=int(classes), width=int(width))
+        self.backbone = build_backbone(backbone, classes, width)
+        if input_size % self.backbone.min_divisor:
+            raise ValueError("backbone %s needs an input size divisible by %d, got %d"
+                             % (backbone, self.backbone.min_divisor, input_size))
+        self.head = build_head(head, classes, input_size, output_size)
+
+    @property
+    def name(self):
+        c = self.config
+        if c["head"] == "full":
+            return "%s-full-%d" % (c["backbone"], c["output_size"])
+        return "%s-%s-%dto%d" % (c["backbone"], c["head"], c["input_size"], c["output_size"])
+
+    def forward(self, x) -> List[torch.Tensor]:
+        return self.head(self.backbone(x))
+
+    def scales(self) -> List[int]:
+        with torch.no_grad():
+            was = self.training
+            self.eval()
+            sizes = [o.shape[-1] for o in self(torch.zeros(1, 1, self.config["input_size"], self.config["input_size"]))]
+            self.train(was)
+        return sizes
+
+
+class ExportWrapper(nn.Module):
+    """What goes into ONNX: labels [N,R,R] uint8 and probabilities [N,C,R,R] float32.
+
+    Thresholding happens inside the graph so a remote Jetson returns 1 byte a pixel.
+    """
+
+    def __init__(self, model: SegModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        logits = self.model(image)[-1]
+        prob = torch.sigmoid(logits)
+        if logits.shape[1] == 1:
+            labels = (logits[:, 0] > 0).to(torch.uint8)
+        else:
+            best, idx = prob.max(dim=1)
+            labels = torch.where(best > 0.5, idx + 1, torch.zeros_like(idx)).to(torch.uint8)
+        return labels, prob
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(module: nn.Module, input_size: int) -> int:
+    """Multiply-accumulates of Conv / ConvTranspose layers for one slice.
+
+    ConvTranspose is counted per *input* pixel (H_in·W_in·C_in·C_out·k²/groups), the
+    convention of ptflops and fvcore; thop over-counts it by the stride².
+    """
+    total = [0]
+
+    def conv_hook(m, inp, out):
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total[0] += out.shape[2] * out.shape[3] * m.out_channels * (m.in_channels // m.groups) * k
+
+    def convt_hook(m, inp, out):
+        x = inp[0]
+        k = m.kernel_size[0] * m.kernel_size[1]
+        total[0] += x.shape[2] * x.shape[3] * m.in_channels * (m.out_channels // m.groups) * k
+
+    hooks = []
+    for m in module.modules():
+        if isinstance(m, nn.ConvTranspose2d):
+            hooks.append(m.register_forward_hook(convt_hook))
+        elif isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(torch.zeros(1, 1, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was)
+    return total[0]
+
+
+def model_stats(model: SegModel) -> dict:
+    """Parameter and MAC counts split into backbone and head (for the model card)."""
+    c = model.config
+    r = c["input_size"]
+    head_macs = 0
+    if c["head"] != "full":
+        backbone_macs = count_macs(model.backbone, r)
+        head_macs = count_macs(model, r) - backbone_macs
+    else:
+        backbone_macs = count_macs(model.backbone, r)
+    return {
+        "params": {"backbone": count_params(model.backbone), "head": count_params(model.head)},
+        "macs": {"backbone": int(backbone_macs), "head": int(head_macs)},
+    }

@@ -1,0 +1,233 @@
+"""Brain-tumour FLAIR phantoms on real anatomy, domain-randomised (SynthSeg spirit).
+
+Anatomy is the MNI152 2009a symmetric template (T1 brain mask, GM and WM maps) that
+nilearn ships offline, warped per case by a random affine + smooth deformation and
+a tumour mass effect. A glioma is grown on it: an irregular core, optional
+necrosis, and edema that spreads preferentially through white matter. Contrast is
+FLAIR-like but every tissue intensity, texture, bias field, blur, noise level and
+(sometimes) the slice thickness is random, so a model cannot learn the generator's
+quirks and has to learn "hyperintense, mass-like region inside the brain".
+
+Label: whole tumour (core | necrosis | edema). The grid is BraTS-like 240×240×155
+at 1 mm, or a thick-slice variant. Everything is deterministic given (seed, index).
+
+MNI notice (keep with anything derived that is shipped): "Copyright (C) 1993-2009
+Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
+McGill University. Permission to use, copy, modify, and distribute this software
+and its documentation for any purpose and without fee is hereby granted, provided
+that the above copyright notice appear in all copies. The authors and McGill
+University make no representations about the suitability of this software for any
+purpose. It is provided 'as is' without express or implied warranty."
+"""
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+MNI_NOTICE = __doc__[__doc__.index("Copyright (C) 1993"):].strip().replace("\n", " ")
+BRATS_SHAPE_KJI = (155, 240, 240)
+# MNI brain centre in LPS mm; the BraTS-like grid is centred on it.
+_BRAIN_CENTRE_LPS = np.array([0.0, 17.0, 14.0])
+
+
+@lru_cache(maxsize=1)
+def mni_templates():
+    """(t1, gm, wm) float32 arrays in nibabel (x, y, z) order, values 0..1, and the RAS affine."""
+    import nibabel as nib
+    import nilearn
+
+    d = os.path.join(os.path.dirname(nilearn.__file__), "datasets", "data")
+    out = []
+    for t in ("t1", "gm", "wm"):
+        img = nib.load(os.path.join(d, "mni_icbm152_%s_tal_nlin_sym_09a_converted.nii.gz" % t))
+        out.append(np.asarray(img.dataobj, dtype=np.float32) / 255.0)
+    return out[0], out[1], out[2], img.affine.copy()
+
+
+def _smooth_field(rng, shape, cell):
+    """Zero-mean, unit-SD random field with correlation length ~``cell`` voxels.
+
+    Coarse white noise, linearly up-sampled one axis at a time (three small matrix
+    products: ~10x faster than scipy.ndimage.zoom on a 240x240x155 grid).
+    """
+    from LowResSegLib.geometry import bilinear_matrix
+
+    f = rng.standard_normal([max(2, int(np.ceil(s / cell)) + 1) for s in shape]).astype(np.float32)
+    for axis, n in enumerate(shape):
+        f = np.moveaxis(np.tensordot(bilinear_matrix(f.shape[axis], n), f, axes=(1, axis)), 0, axis)
+    f -= f.mean()
+    return f / (f.std() + 1e-6)
+
+
+def _rotation(rng, max_deg):
+    a, b, c = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+class PhantomCase(object):
+    """One generated case: image and label (k, j, i), spacing (i, j, k) mm, IJK->LPS affine."""
+
+    def __init__(self, image, label, affine, case_id, params):
+        self.image, self.label, self.affine, self.case_id, self.params = image, label, affine, case_id, params
+
+
+def make_phantom(seed, index=0, thick_slice_prob=0.25):
+    """Generate case ``index`` of the phantom series ``seed`` (deterministic)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng([int(seed), int(index)])
+    t1, gm, wm, mni_affine = mni_templates()
+    shape = BRATS_SHAPE_KJI
+    params = {}
+
+    # --- anatomy: grid point (LPS mm) -> template voxel, with random warp -----------
+    k, j, i = [np.arange(n, dtype=np.float32) for n in shape]
+    origin = _BRAIN_CENTRE_LPS - np.array([119.5, 119.5, 77.0]) + rng.uniform(-6, 6, 3)
+    rot = _rotation(rng, 8.0) * rng.uniform(0.9, 1.12)
+    rot = rot @ np.diag(rng.uniform(0.95, 1.05, 3))
+    cell = rng.uniform(18, 40)
+    amp = rng.uniform(0.0, 4.0)
+    disp = [(_smooth_field(rng, shape, cell) * amp) for _ in range(3)]
+
+    # tumour centre: somewhere in cerebral white/grey matter of the *output* grid
+    centre_idx = np.array([rng.uniform(60, 180), rng.uniform(50, 190), rng.uniform(45, 125)])  # i, j, k
+    centre = origin + centre_idx
+    core_r = float(np.exp(rng.uniform(np.log(3.5), np.log(28.0))))
+    mass = rng.uniform(0.0, 0.35)
+
+    P = np.stack(np.meshgrid(i, j, k, indexing="ij"), 0).transpose(0, 3, 2, 1)  # [3, k, j, i] (i, j, k)
+    P += origin.reshape(3, 1, 1, 1).astype(np.float32)
+    rel = P - centre.reshape(3, 1, 1, 1).astype(np.float32)
+    d2 = (rel ** 2).sum(0)
+    push = mass * np.exp(-d2 / (2 * (1.6 * core_r) ** 2))  # sample closer to the centre: tissue pushed out
+    c = centre.reshape(3, 1, 1, 1).astype(np.float32)
+    Q = np.einsum("ab,bkji->akji", rot.astype(np.float32), (P - c) * (1 - push)) + c
+    for a in range(3):
+        Q[a] += disp[a]
+    del P
+    # LPS -> RAS -> template voxel (x, y, z)
+    ras = np.stack([-Q[0], -Q[1], Q[2]], 0)
+    inv = np.linalg.inv(mni_affine)
+    vox = np.einsum("ab,bkji->akji", inv[:3, :3].astype(np.float32), ras) + inv[:3, 3].reshape(3, 1, 1, 1).astype(np.float32)
+    del Q, ras
+    brain = ndimage.map_coordinates(t1, vox, order=1, cval=0.0) > 0.05
+    p_gm = ndimage.map_coordinates(gm, vox, order=1, cval=0.0)
+    p_wm = ndimage.map_coordinates(wm, vox, order=1, cval=0.0)
+    del vox
+    p_gm *= brain
+    p_wm *= brain
+    p_csf = np.clip(brain - p_gm - p_wm, 0, 1)
+
+    # --- tumour (computed inside its bounding box only) ----------------------------------
+    edema_mm = float(rng.uniform(2.0, 32.0)) if rng.random() < 0.9 else 0.0
+    axes = rng.uniform(0.65, 1.4, 3)
+    half = core_r * 1.4 * 1.6 + edema_mm * 1.6 + 8
+    lo = [max(0, int(c_ - half)) for c_ in centre_idx[::-1]]
+    hi = [min(n, int(c_ + half) + 1) for c_, n in zip(centre_idx[::-1], shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    bshape = tuple(b - a for a, b in zip(lo, hi))
+    rrot = _rotation(rng, 90.0).astype(np.float32)
+    relr = np.einsum("ab,bkji->akji", rrot, rel[(slice(None),) + box]) / axes.reshape(3, 1, 1, 1).astype(np.float32)
+    dist = np.sqrt((relr ** 2).sum(0)) / core_r
+    del relr, rel
+    rough = rng.uniform(0.15, 0.6)
+    n1 = _smooth_field(rng, bshape, rng.uniform(4, 12))
+    b_brain = brain[box]
+    core = ((dist + rough * n1 * np.clip(dist, 0.3, 1.0)) < 1.0) & b_brain
+    necrosis = np.zeros_like(core)
+    if rng.random() < 0.5 and core_r > 7:
+        necrosis = core & ((dist + 0.3 * _smooth_field(rng, bshape, 6)) < rng.uniform(0.3, 0.65))
+    edema = np.zeros_like(core)
+    if edema_mm > 0 and core.any():
+        d_out = ndimage.distance_transform_edt(~core)
+        spread = edema_mm * (0.35 + 0.9 * p_wm[box])
+        n2 = _smooth_field(rng, bshape, rng.uniform(5, 15))
+        edema = ((d_out + 0.35 * edema_mm * n2) < spread) & b_brain & (p_csf[box] < 0.6) & ~core
+    label = np.zeros(shape, bool)
+    label[box] = core | edema | necrosis
+    params.update(core_radius_mm=round(core_r, 2), edema_mm=round(edema_mm, 2),
+                  necrosis=bool(necrosis.any()), mass_effect=round(mass, 3))
+
+    # --- contrast -----------------------------------------------------------------------
+    if rng.random() < 0.2:  # fully random tissue contrast (SynthSeg-style)
+        i_csf, i_gm, i_wm = rng.uniform(0.02, 0.8, 3)
+    else:  # FLAIR-like: dark CSF, GM a little brighter than WM
+        i_csf = rng.uniform(0.02, 0.25)
+        i_wm = rng.uniform(0.25, 0.5)
+        i_gm = i_wm + rng.uniform(-0.02, 0.2)
+    base = max(i_gm, i_wm)
+    i_edema = base + rng.uniform(0.08, 0.7)
+    i_core = rng.uniform(0.3, 1.2)
+    i_nec = rng.uniform(0.03, 0.8)
+    tex = rng.uniform(0.0, 0.15)
+    t_field = _smooth_field(rng, shape, rng.uniform(2, 6))
+    img = (p_csf * i_csf + p_gm * i_gm + p_wm * i_wm) * (1 + tex * t_field)
+    ttex = rng.uniform(0.05, 0.3)
+    t_field2 = _smooth_field(rng, bshape, rng.uniform(2, 8))
+    sub = img[box]
+    for mask, val in ((edema, i_edema), (core, i_core), (necrosis, i_nec)):
+        if mask.any():
+            frac = ndimage.gaussian_filter(mask.astype(np.float32), rng.uniform(0.5, 1.5))
+            sub = sub * (1 - frac) + frac * val * (1 + ttex * t_field2)
+    img[box] = sub
+    del t_field, t_field2, n1
+    img = np.clip(img, 0, None) * brain
+
+    # --- acquisition: blur / in-plane resolution loss, bias, gamma, noise --------------
+    sig = rng.uniform(0, 1.0)
+    if rng.random() < 0.2:
+        sig_ip = rng.uniform(0.8, 1.8)
+        img = ndimage.gaussian_filter(img, (sig * 0.5, sig_ip, sig_ip))
+    elif sig > 0.2:
+        img = ndimage.gaussian_filter(img, sig)
+    bias = np.exp(rng.uniform(0.0, 0.45) * _smooth_field(rng, shape, rng.uniform(60, 140)))
+    img = img * bias
+    img = np.clip(img, 0, None) ** np.exp(rng.normal(0, 0.2))
+    noise = rng.uniform(0.004, 0.05) * float(np.percentile(img[brain], 95)) if brain.any() else 0.0
+    n_re = rng.standard_normal(shape, dtype=np.float32) * noise
+    n_im = rng.standard_normal(shape, dtype=np.float32) * noise
+    img = np.sqrt((img + n_re) ** 2 + n_im ** 2) * brain  # Rician; skull-stripped background stays 0
+    img = (img * rng.uniform(200, 2000)).astype(np.float32)
+
+    spacing = np.array([1.0, 1.0, 1.0])
+    label = label.astype(np.uint8)
+    if rng.random() < thick_slice_prob:  # thick-slice variant: slab-average in z
+        t = int(rng.choice([3, 4, 5]))
+        nk = shape[0] // t
+        img = img[: nk * t].reshape(nk, t, shape[1], shape[2]).mean(1)
+        label = (label[: nk * t].reshape(nk, t, shape[1], shape[2]).mean(1) >= 0.5).astype(np.uint8)
+        origin = origin + np.array([0, 0, (t - 1) / 2.0])
+        spacing[2] = t
+    params.update(slice_thickness_mm=float(spacing[2]))
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(spacing)
+    affine[:3, 3] = origin
+    return PhantomCase(img.astype(np.float32), label, affine, "phantom_s%d_%04d" % (seed, index), params)
+
+
+def write_phantoms(outdir, n, seed=0, progress=True):
+    """Write ``n`` cases as ``images/`` + ``labels/`` NIfTI pairs (and the MNI notice)."""
+    import SimpleITK as sitk
+    from tqdm import tqdm
+
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(outdir, sub), exist_ok=True)
+    with open(os.path.join(outdir, "NOTICE-MNI152.txt"), "w") as f:
+        f.write("Derived from the MNI152 2009a template (via nilearn).\n" + MNI_NOTICE + "\n")
+    paths = []
+    for idx in tqdm(range(n), desc="phantoms", unit="case", disable=not progress):
+        case = make_phantom(seed, idx)
+        for sub, arr in (("images", case.image), ("labels", case.label)):
+            img = sitk.GetImageFromArray(arr)
+            img.SetSpacing([float(abs(case.affine[a, a])) for a in range(3)])
+            img.SetOrigin([float(v) for v in case.affine[:3, 3]])
+            path = os.path.join(outdir, sub, case.case_id + ".nii.gz")
+            tmp = path + ".part.nii.gz"
+            sitk.WriteImage(img, tmp, True)
+            os.replace(tmp, path)
+        paths.append(os.path.join(outdir, "images", case.case_id + ".nii.gz"))
+    return paths
