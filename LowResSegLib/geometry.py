@@ -19,6 +19,12 @@ __all__ = [
     "area_resample",
     "bilinear_resample",
     "apply_separable",
+    "square_pad_widths",
+    "pad_to_square",
+    "crop_from_square",
+    "canonical_transform",
+    "to_canonical",
+    "from_canonical",
 ]
 
 

@@ -174,6 +174,7 @@ class JHead(nn.Module):
             raise ValueError(
                 "jhead needs output_size = input_size x 2^k (k >= 1), got %d -> %d" % (input_size, output_size))
         self.output_size = output_size
+        self.skip_is_identity = ratio == 2
         self.chain = nn.ModuleList(
             nn.Sequential(nn.ConvTranspose2d(c, c, 2, 2), conv3(c, c)) for _ in range(int(math.log2(ratio)) - 1)
         )
@@ -188,7 +189,7 @@ class JHead(nn.Module):
             x = stage(x)
             outs.append(x)
         half = self.output_size // 2
-        skip = logits if logits.shape[-1] == half else _bilinear(logits, half)
+        skip = logits if self.skip_is_identity else _bilinear(logits, half)
         outs.append(self.fuse(torch.cat([skip, x], 1)) + _bilinear(logits, self.output_size))
         return outs
 
@@ -256,11 +257,12 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: SegModel):
         super().__init__()
         self.model = model
+        self.binary = model.config["classes"] == 1
 
     def forward(self, image):
         logits = self.model(image)[-1]
         prob = torch.sigmoid(logits)
-        if logits.shape[1] == 1:
+        if self.binary:
             labels = (logits[:, 0] > 0).to(torch.uint8)
         else:
             best, idx = prob.max(dim=1)

@@ -1,0 +1,126 @@
+"""Run directory -> Triton-layout model folder (ONNX opset 13 + model card).
+
+The ONNX graph takes ``image`` [N,1,r,r] float32 and returns ``labels`` [N,R,R] uint8
+and ``probabilities`` [N,K,R,R] float32, with a dynamic batch axis. Opset 13 and the
+op set are what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from LowResSegLib import __version__
+from LowResSegLib.intensity import normalization_card
+from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, ONNX_RELPATH, sha256_file,
+                                     triton_config, validate_card)
+from LowResSegLib.training.models import ExportWrapper, SegModel, model_stats
+from LowResSegLib.training.phantom import MNI_NOTICE
+
+OPSET = 13
+TUMOUR_CLASS = {
+    "index": 1,
+    "name": "Tumour",
+    "label": "whole tumour (core, necrosis and edema)",
+    "color": [230, 60, 40],
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
+}
+
+
+def export_onnx(model, path, opset=OPSET):
+    """Export ``model`` (a SegModel) with labels/probabilities outputs and dynamic batch."""
+    model = model.eval()
+    r = model.config["input_size"]
+    wrapper = ExportWrapper(model).eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (torch.zeros(2, 1, r, r),), path, opset_version=opset, dynamo=False,
+            input_names=["image"], output_names=["labels", "probabilities"],
+            dynamic_axes={"image": {0: "batch"}, "labels": {0: "batch"}, "probabilities": {0: "batch"}},
+        )
+    return path
+
+
+def load_run(run_dir, checkpoint="best.pt"):
+    with open(os.path.join(run_dir, "run.json")) as f:
+        info = json.load(f)
+    ck = torch.load(os.path.join(run_dir, checkpoint), map_location="cpu", weights_only=False)
+    c = ck["config"]
+    model = SegModel(c["backbone"], c["head"], c["input_size"], c["output_size"], c["classes"], c["width"])
+    model.load_state_dict(ck["model"])
+    return model.eval(), info, ck
+
+
+def build_card(model, info, ck, sha256, metrics=None):
+    c = model.config
+    state = {}
+    state_path = info.get("_state_path")
+    if state_path and os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    tc = info["train_cfg"]
+    card = {
+        "format_version": CARD_FORMAT_VERSION,
+        "name": model.name,
+        "version": "1.0.0",
+        "lowresseg_version": __version__,
+        "task": "brain tumour segmentation (whole tumour) on axial MRI slices",
+        "modality": "MR",
+        "sequence": "FLAIR (skull-stripped)",
+        "orientation": "axial; slices in canonical LPS order (i: L, j: P), square FOV by zero padding",
+        "input_size": c["input_size"],
+        "output_size": c["output_size"],
+        "input_resampling": "area (box) average of the square slice to input_size (LowResSegLib.geometry.area_resample)",
+        "classes": [dict(TUMOUR_CLASS)],
+        "normalization": normalization_card(),
+        "backbone": {"name": c["backbone"], "width": c["width"]},
+        "head": c["head"],
+        "deep_supervision_scales": info.get("scales"),
+        "params": model_stats(model)["params"],
+        "macs": model_stats(model)["macs"],
+        "training": {
+            "data": tc["data"], "command": info["command"], "seed": tc["seed"],
+            "epochs": int(ck.get("epoch", 0)), "epochs_run": state.get("epoch"),
+            "epochs_planned": tc["epochs"], "train_seconds": round(state.get("train_seconds", 0.0), 1),
+            "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
+            "loss": "mean over head scales of BCE + soft Dice vs. the HR label area-resampled to each scale",
+            "optimizer": "Adam lr %g, cosine schedule, batch %d" % (tc["lr"], tc["batch_size"]),
+        },
+        "metrics": dict({"val_dice_at_output_size": round(float(ck.get("val_dice", float("nan"))), 4)},
+                        **(metrics or {})),
+        "sha256": sha256,
+        "intended_use": "research use, not for diagnosis",
+        "data_notice": "Trained on synthetic phantoms derived from the MNI152 2009a template. " + MNI_NOTICE,
+    }
+    return validate_card(card)
+
+
+def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt"):
+    """Write ``<repo_dir>/<model name>/`` atomically; refuse to replace one unless ``overwrite``."""
+    model, info, ck = load_run(run_dir, checkpoint)
+    info["_state_path"] = os.path.join(run_dir, "state.json")
+    final = os.path.join(repo_dir, model.name)
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError("%s exists; pass --overwrite to replace it" % final)
+    os.makedirs(repo_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=repo_dir)
+    try:
+        onnx_path = os.path.join(tmp, ONNX_RELPATH)
+        os.makedirs(os.path.dirname(onnx_path))
+        export_onnx(model, onnx_path)
+        card = build_card(model, info, ck, sha256_file(onnx_path))
+        with open(os.path.join(tmp, CARD_FILE), "w") as f:
+            json.dump(card, f, indent=2, sort_keys=True)
+            f.write("\n")
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            f.write(triton_config(card))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

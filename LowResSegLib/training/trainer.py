@@ -1,0 +1,161 @@
+"""Deep-supervised training, resumable across sessions (``--resume``).
+
+A run directory holds ``run.json`` (the exact config and command), ``metrics.csv``
+(one row per epoch), ``last.pt`` (everything needed to resume) and ``best.pt``
+(the weights with the best validation Dice at the output size R).
+"""
+
+import csv
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from LowResSegLib.training.models import SegModel, model_stats
+from LowResSegLib.training.slices import SliceCache, make_batch
+
+
+def deep_supervision_loss(outputs, targets):
+    """Mean over scales of BCE + soft Dice, each against the HR truth resized to that scale."""
+    total = 0.0
+    for logits, target in zip(outputs, targets):
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum()
+        dice = 1 - (2 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+        total = total + bce + dice
+    return total / len(outputs)
+
+
+def default_cache_dir():
+    return os.environ.get("LOWRESSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lowresseg"))
+
+
+def _device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate(model, cache, rows, input_size, scales, device, batch_size=32):
+    """Validation loss and pooled Dice at the output size (threshold 0.5)."""
+    model.eval()
+    inter = psum = tsum = 0.0
+    losses = []
+    for b in range(0, len(rows), batch_size):
+        x, ys = make_batch(cache, rows[b:b + batch_size], input_size, scales)
+        outs = model(torch.from_numpy(x).to(device))
+        ys_t = [torch.from_numpy(y).to(device) for y in ys]
+        losses.append(float(deep_supervision_loss(outs, ys_t)) * len(x))
+        pred = outs[-1] > 0
+        truth = ys_t[-1] > 0.5
+        inter += float((pred & truth).sum())
+        psum += float(pred.sum())
+        tsum += float(truth.sum())
+    dice = 1.0 if psum + tsum == 0 else 2 * inter / (psum + tsum)
+    return sum(losses) / max(1, len(rows)), dice
+
+
+def train(cfg, progress=True):
+    """Train (or resume) one model. ``cfg`` keys mirror ``lowresseg train`` options."""
+    from tqdm import tqdm
+
+    out = cfg["out"]
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(cfg["seed"])
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    device = _device(cfg.get("device", "auto"))
+    model = SegModel(cfg["backbone"], cfg["head"], cfg["input_size"], cfg["output_size"],
+                     classes=1, width=cfg["width"]).to(device)
+    r = model.config["input_size"]
+    scales = model.scales()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
+
+    cache_dir = cfg.get("cache_dir") or default_cache_dir()
+    data = SliceCache.build(cfg["data"], cache_dir, cfg.get("modality", "FLAIR"), cfg.get("label", "wt"), progress)
+    train_set, val_set = data.split(cfg["val_fraction"], seed=cfg["seed"])
+    val_rows = val_set.sample(np.random.default_rng(1234), cfg["neg_ratio"])
+
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "train_seconds": 0.0}
+    last = os.path.join(out, "last.pt")
+    if cfg.get("resume") and os.path.exists(last):
+        ck = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        torch.set_rng_state(ck["torch_rng"])
+    elif os.path.exists(last):
+        raise FileExistsError("%s already holds a run; pass --resume to continue it or choose another --out" % out)
+
+    run_info = {
+        "name": model.name, "config": model.config, "scales": scales,
+        "train_cfg": {k: v for k, v in cfg.items() if k not in ("resume",)},
+        "command": cfg.get("command") or " ".join(shlex.quote(a) for a in ["lowresseg"] + sys.argv[1:]),
+        "train_cases": len(train_set.case_ids), "val_cases": len(val_set.case_ids),
+        "val_slices": int(len(val_rows)), "device": str(device), **model_stats(model),
+    }
+    with open(os.path.join(out, "run.json"), "w") as f:
+        json.dump(run_info, f, indent=2)
+
+    metrics_path = os.path.join(out, "metrics.csv")
+    new_csv = not os.path.exists(metrics_path) or state["epoch"] == 0
+    if new_csv:
+        with open(metrics_path, "w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds"])
+
+    bad_epochs = state["epoch"] - state["best_epoch"]
+    while state["epoch"] < cfg["epochs"] and bad_epochs < cfg["patience"]:
+        epoch = state["epoch"] + 1
+        rng = np.random.default_rng([cfg["seed"], epoch])
+        rows = train_set.sample(rng, cfg["neg_ratio"])
+        if cfg.get("max_slices"):
+            rows = rows[: cfg["max_slices"]]
+        model.train()
+        t0 = time.time()
+        losses = []
+        bar = tqdm(range(0, len(rows), cfg["batch_size"]), desc="%s epoch %d/%d" % (model.name, epoch, cfg["epochs"]),
+                   unit="batch", disable=not progress, leave=False)
+        for b in bar:
+            x, ys = make_batch(train_set, rows[b:b + cfg["batch_size"]], r, scales, rng=rng, crop=cfg.get("crop"))
+            outs = model(torch.from_numpy(x).to(device))
+            loss = deep_supervision_loss(outs, [torch.from_numpy(y).to(device) for y in ys])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss="%.4f" % np.mean(losses[-20:]))
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        val_loss, val_dice = evaluate(model, val_set, val_rows, r, scales, device)
+        seconds = time.time() - t0
+        state["epoch"] = epoch
+        state["train_seconds"] += seconds
+        if val_dice > state["best_dice"]:
+            state.update(best_dice=val_dice, best_epoch=epoch)
+            torch.save({"model": model.state_dict(), "config": model.config, "epoch": epoch,
+                        "val_dice": val_dice}, os.path.join(out, "best.pt"))
+        bad_epochs = epoch - state["best_epoch"]
+        with open(metrics_path, "a", newline="") as f:
+            csv.writer(f).writerow([epoch, "%.6g" % lr, "%.5f" % np.mean(losses), "%.5f" % val_loss,
+                                    "%.5f" % val_dice, "%.1f" % seconds])
+        tmp = last + ".part"
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "state": state, "torch_rng": torch.get_rng_state()}, tmp)
+        os.replace(tmp, last)
+        if progress:
+            print("%s epoch %d: train %.4f  val loss %.4f  val Dice@%d %.4f  (%.0f s)%s" % (
+                model.name, epoch, np.mean(losses), val_loss, scales[-1], val_dice, seconds,
+                "  *best" if state["best_epoch"] == epoch else ""), flush=True)
+    state["stopped"] = "early stop" if bad_epochs >= cfg["patience"] else "epochs done"
+    with open(os.path.join(out, "state.json"), "w") as f:
+        json.dump(state, f, indent=2)
+    return state

@@ -1,0 +1,101 @@
+"""Real torch -> real ONNX -> real onnxruntime: parity, layout, TensorRT 8.2 compatibility."""
+
+import json
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.training.export import export_onnx
+from LowResSegLib.training.models import ExportWrapper, SegModel
+from LowResSegLib.training.tensorrt_ops import check_tensorrt82
+
+
+@pytest.mark.parametrize("head,r", [("jhead", 16), ("interp", 16), ("full", 64)])
+def test_torch_onnxruntime_parity(tmp_path, head, r):
+    torch.manual_seed(1)
+    model = SegModel("elunet", head, r, 64, width=2).eval()
+    if head == "jhead":  # make the learned head non-trivial (it is zero-initialised)
+        with torch.no_grad():
+            for p in model.head.parameters():
+                p.normal_(0, 0.3)
+    x = torch.randn(5, 1, model.config["input_size"], model.config["input_size"])  # batch 5 != export batch 2
+    with torch.no_grad():  # centre the logits so both labels occur and the label check means something
+        bias = model.head.fuse[1].bias if head == "jhead" else model.backbone.out.bias
+        bias -= model(x)[-1].median()
+    path = str(tmp_path / "m.onnx")
+    export_onnx(model, path)
+    with torch.no_grad():
+        labels_t, probs_t = ExportWrapper(model).eval()(x)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    labels_o, probs_o = sess.run(["labels", "probabilities"], {"image": x.numpy()})
+    assert labels_o.dtype == np.uint8 and labels_o.shape == (5, 64, 64)
+    assert probs_o.dtype == np.float32 and probs_o.shape == (5, 1, 64, 64)
+    np.testing.assert_allclose(probs_o, probs_t.numpy(), atol=1e-4)
+    # identical labels except where torch itself sits on the threshold
+    undecided = np.abs(probs_t.numpy()[:, 0] - 0.5) < 1e-5
+    assert np.array_equal(labels_o[~undecided], labels_t.numpy()[~undecided])
+    assert 0.1 < labels_o.mean() < 0.9
+
+
+def test_exported_graph_is_opset13_and_tensorrt82_clean(tmp_path):
+    model = SegModel("elunet", "jhead", 16, 64, width=2)
+    path = str(tmp_path / "m.onnx")
+    export_onnx(model, path)
+    m = onnx.load(path)
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) <= 13
+    assert check_tensorrt82(path) == []
+    assert [i.name for i in m.graph.input] == ["image"]
+    assert [o.name for o in m.graph.output] == ["labels", "probabilities"]
+    batch = m.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # dynamic batch
+
+
+def test_export_run_writes_triton_layout(tiny_repo, tiny_run):
+    repo = ModelRepository(tiny_repo)
+    name = "elunet-jhead-16to64"
+    assert repo.names() == [name]
+    card = repo.card(name)
+    assert card["input_size"] == 16 and card["output_size"] == 64
+    assert card["params"]["head"] == 52
+    assert card["training"]["command"] == "lowresseg train (test)"
+    assert card["training"]["seed"] == 0 and card["training"]["epochs"] >= 1
+    assert card["classes"][0]["type"]["value"] == "108369006"
+    assert card["intended_use"] == "research use, not for diagnosis"
+    cfg = open(os.path.join(tiny_repo, name, "config.pbtxt")).read()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "TYPE_UINT8" in cfg and "dims: [ 1, 16, 16 ]" in cfg
+    path = repo.onnx_path(name)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(None, {"image": np.zeros((3, 1, 16, 16), np.float32)})
+    assert labels.shape == (3, 64, 64) and probs.shape == (3, 1, 64, 64)
+
+
+def test_export_refuses_to_replace_without_overwrite(tiny_run, tiny_repo):
+    from LowResSegLib.training.export import export_run
+
+    card_path = os.path.join(tiny_repo, "elunet-jhead-16to64", "lowresseg.json")
+    before = open(card_path).read()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_run(tiny_run[0], tiny_repo)
+    assert open(card_path).read() == before
+    assert not [d for d in os.listdir(tiny_repo) if d.startswith(".export-")]
+
+
+def test_training_run_is_resumable(tiny_run):
+    from LowResSegLib.training.trainer import train
+
+    out, cfg = tiny_run
+    rows = open(os.path.join(out, "metrics.csv")).read().strip().splitlines()
+    assert rows[0].startswith("epoch,") and len(rows) == 2
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(dict(cfg), progress=False)
+    state = train(dict(cfg, epochs=2, resume=True), progress=False)
+    assert state["epoch"] == 2
+    rows = open(os.path.join(out, "metrics.csv")).read().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    info = json.load(open(os.path.join(out, "run.json")))
+    assert info["name"] == "elunet-jhead-16to64" and info["params"]["head"] == 52

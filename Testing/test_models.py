@@ -1,0 +1,79 @@
+"""Backbones x heads, the jhead parameter budget, and the head's start-as-interp design."""
+
+import pytest
+import torch
+
+from LowResSegLib.training.models import BACKBONES, HEADS, JHead, SegModel, count_macs, count_params, model_stats
+
+
+@pytest.mark.parametrize("r,expected", [(16, 82), (32, 67), (64, 52), (128, 37)])
+def test_jhead_parameter_count_c1(r, expected):
+    head = JHead(classes=1, input_size=r, output_size=256)
+    # chain: (log2(R/r) - 1) x [ConvT(1,1,2,2): 4+1, Conv3x3(1,1): 9+1]; fusion: ConvT(2,2,2,2): 16+2, Conv3x3(2,1): 18+1
+    assert count_params(head) == expected
+    assert count_params(head) < 200
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("head", ["interp", "jhead"])
+def test_every_backbone_with_every_head(backbone, head):
+    m = SegModel(backbone, head, 16, 64, width=4).eval()
+    outs = m(torch.zeros(3, 1, 16, 16))
+    assert [o.shape[-1] for o in outs] == m.scales()
+    assert outs[-1].shape == (3, 1, 64, 64)
+    assert outs[0].shape == (3, 1, 16, 16)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_full_head_runs_backbone_at_output_size(backbone):
+    m = SegModel(backbone, "full", 32, 32, width=4).eval()
+    assert m.config["input_size"] == 32
+    assert [o.shape for o in m(torch.zeros(1, 1, 32, 32))] == [(1, 1, 32, 32)]
+    assert m.name == "%s-full-32" % backbone
+
+
+def test_model_names():
+    assert SegModel("elunet", "jhead", 32, 256, width=2).name == "elunet-jhead-32to256"
+    assert SegModel("unet", "interp", 16, 256, width=2).name == "unet-interp-16to256"
+
+
+def test_jhead_starts_as_interp():
+    torch.manual_seed(0)
+    a = SegModel("elunet", "jhead", 16, 64, width=2).eval()
+    b = SegModel("elunet", "interp", 16, 64, width=2).eval()
+    b.backbone.load_state_dict(a.backbone.state_dict())
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.allclose(a(x)[-1], b(x)[-1], atol=1e-6)
+    # and it is not frozen there: a changed fusion changes the output
+    with torch.no_grad():
+        a.head.fuse[1].weight.fill_(0.1)
+    assert not torch.allclose(a(x)[-1], b(x)[-1], atol=1e-3)
+
+
+def test_no_tied_weights_in_elunet():
+    m = SegModel("elunet", "jhead", 32, 256, width=2)
+    ids = [id(p) for p in m.parameters()]
+    assert len(ids) == len(set(ids))
+    mods = [id(x) for x in m.modules()]
+    assert len(mods) == len(set(mods))
+
+
+def test_macs_match_reference_at_n16():
+    # REFERENCE.md: ELU-Net n=16 backbone MACs 44.8 M at 16², 179 M at 32², 11.47 G at 256²
+    for r, ref in ((16, 44.8e6), (32, 179e6)):
+        m = SegModel("elunet", "interp", r, 256, width=16)
+        assert abs(count_macs(m.backbone, r) - ref) / ref < 0.01
+    stats = model_stats(SegModel("elunet", "jhead", 32, 256, width=8))
+    assert stats["params"]["head"] == 67
+    assert 1e6 < stats["macs"]["head"] < 3e6
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(backbone="vgg", head="jhead", input_size=32, output_size=256), "unknown backbone"),
+    (dict(backbone="elunet", head="magic", input_size=32, output_size=256), "unknown head"),
+    (dict(backbone="elunet", head="jhead", input_size=24, output_size=256), "divisible"),
+    (dict(backbone="unet", head="jhead", input_size=48, output_size=256), r"x 2\^k"),
+])
+def test_bad_model_configs(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        SegModel(width=2, **kwargs)
