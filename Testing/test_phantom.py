@@ -1,0 +1,176 @@
+"""Tests for LowResSegLib.training.phantom (MNI152-based brain-tumour FLAIR phantoms).
+
+make_phantom costs ~5 s a case, so this module generates exactly three cases:
+(seed 0, index 0) in memory, the same case again through the CLI
+(``lowresseg phantom OUT --n 1 --seed 0``, i.e. write_phantoms(OUT, 1, 0)), and
+(seed 3, index 0) with thick_slice_prob=1.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nilearn")
+pytest.importorskip("scipy")
+sitk = pytest.importorskip("SimpleITK")
+
+from LowResSegLib.training import phantom  # noqa: E402
+from LowResSegLib.training.phantom import BRATS_SHAPE_KJI, MNI_NOTICE, make_phantom  # noqa: E402
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_phantom(SEED, 0)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The CLI's phantom command, in process: it calls write_phantoms(OUT, 1, seed=0)."""
+    from LowResSegLib import cli
+
+    out = tmp_path_factory.mktemp("phantoms") / "out"  # not there yet: the command creates it
+    rc = cli.main(["phantom", str(out), "--n", "1", "--seed", str(SEED)])
+    return out, rc
+
+
+def test_shapes_and_types(case):
+    assert case.params["slice_thickness_mm"] == 1.0  # this (seed, index) is a 1 mm case
+    assert case.image.shape == BRATS_SHAPE_KJI == (155, 240, 240)
+    assert case.image.dtype == np.float32
+    assert case.label.shape == case.image.shape
+    assert case.label.dtype == np.uint8
+    assert set(np.unique(case.label).tolist()) == {0, 1}
+    assert case.case_id == "phantom_s0_0000"
+    assert np.isfinite(case.image).all()
+    assert case.image.min() >= 0
+    a = case.affine
+    assert a.shape == (4, 4)
+    np.testing.assert_array_equal(a[:3, :3], np.eye(3))
+    np.testing.assert_array_equal(a[3], [0, 0, 0, 1])
+
+
+def test_label_inside_brain(case):
+    lab = case.label > 0
+    assert lab.sum() > 1000
+    inside = case.image[lab] > 0
+    assert inside.mean() >= 0.99
+    # background is skull-stripped (exactly zero) and the brain is a sizeable part of the grid
+    brain_frac = (case.image > 0).mean()
+    assert 0.1 < brain_frac < 0.6
+
+
+def test_tumour_brighter_than_brain(case):
+    # edema is drawn at max(gm, wm) + U(0.08, 0.7) while the rest of the brain also holds darker
+    # CSF. Not a hard guarantee for every case (core and necrosis intensities are free, and bias,
+    # gamma and noise follow), but for this edema-dominated case (seed 0, edema_mm ~23, no
+    # necrosis) the whole tumour is clearly brighter on average
+    assert case.params["edema_mm"] > 0
+    lab = case.label > 0
+    brain = (case.image > 0) & ~lab
+    assert case.image[lab].mean() > 1.1 * case.image[brain].mean()
+    # and the tumour is a local mass: its bounding box is smaller than the grid
+    kji = np.argwhere(lab)
+    extent = kji.max(0) - kji.min(0) + 1
+    assert (extent < np.array(BRATS_SHAPE_KJI)).all()
+
+
+def test_tumour_centre_is_in_the_brain_not_at_the_edge(case):
+    kji = np.argwhere(case.label > 0).mean(0)
+    assert (kji > 10).all() and (kji < np.array(BRATS_SHAPE_KJI) - 10).all()
+
+
+def test_params_recorded(case):
+    for key in ("core_radius_mm", "edema_mm", "necrosis", "mass_effect", "slice_thickness_mm"):
+        assert key in case.params
+
+
+def test_thick_slice_variant_and_other_seed(case):
+    thick = make_phantom(3, 0, thick_slice_prob=1.0)
+    assert thick.case_id == "phantom_s3_0000"
+    t = thick.params["slice_thickness_mm"]
+    assert t in (3.0, 4.0, 5.0)
+    nk = 155 // int(t)
+    assert thick.image.shape == (nk, 240, 240)
+    assert thick.label.shape == (nk, 240, 240)
+    assert thick.image.dtype == np.float32 and thick.label.dtype == np.uint8
+    assert set(np.unique(thick.label).tolist()) == {0, 1}
+    np.testing.assert_array_equal(np.diag(thick.affine), [1.0, 1.0, t, 1.0])
+    np.testing.assert_array_equal(thick.affine[3], [0, 0, 0, 1])
+    assert (thick.image[thick.label > 0] > 0).mean() >= 0.99
+    # the thickness draw is the generator's last random draw, so if the seed were ignored this
+    # would be exactly the slab average of the seed-0 case: a different seed gives another image
+    img0 = case.image[: nk * int(t)].reshape(nk, int(t), 240, 240).mean(1)
+    assert not np.allclose(thick.image, img0)
+    lab0 = (case.label[: nk * int(t)].reshape(nk, int(t), 240, 240).mean(1) >= 0.5).astype(np.uint8)
+    assert not np.array_equal(thick.label, lab0)
+    # the origin sits at the centre of the first slab: half a slab above the 1 mm grid's
+    # first slice (the random origin shift is within +-6 mm of the 1 mm one)
+    shift = thick.affine[:3, 3] - case.affine[:3, 3]
+    assert (np.abs(shift[:2]) <= 12).all() and abs(shift[2] - (t - 1) / 2.0) <= 12
+
+
+def test_cli_and_write_phantoms_round_trip(case, written):
+    out, rc = written
+    assert rc == 0
+    cid = case.case_id
+    assert sorted(os.listdir(out)) == ["NOTICE-MNI152.txt", "images", "labels"]
+    assert os.listdir(out / "images") == [cid + ".nii.gz"]
+    assert os.listdir(out / "labels") == [cid + ".nii.gz"]
+
+    img = sitk.ReadImage(str(out / "images" / (cid + ".nii.gz")))
+    lab = sitk.ReadImage(str(out / "labels" / (cid + ".nii.gz")))
+    for im in (img, lab):
+        np.testing.assert_allclose(im.GetSpacing(), np.diag(case.affine)[:3], atol=1e-5)
+        np.testing.assert_allclose(im.GetOrigin(), case.affine[:3, 3], atol=1e-4)
+        np.testing.assert_allclose(np.reshape(im.GetDirection(), (3, 3)), np.eye(3), atol=1e-6)
+    # the label geometry equals the image geometry
+    assert lab.GetSize() == img.GetSize() == (240, 240, 155)
+    assert lab.GetSpacing() == img.GetSpacing()
+    assert lab.GetOrigin() == img.GetOrigin()
+    assert lab.GetDirection() == img.GetDirection()
+
+    # arrays identical to make_phantom's output: the generator is deterministic and the
+    # NIfTI round trip is lossless
+    a_img = sitk.GetArrayFromImage(img)
+    a_lab = sitk.GetArrayFromImage(lab)
+    assert a_img.dtype == np.float32 and a_lab.dtype == np.uint8
+    np.testing.assert_array_equal(a_img, case.image)
+    np.testing.assert_array_equal(a_lab, case.label)
+
+    # the project's reader sees the same geometry as the case affine
+    from LowResSegLib.training.sources import image_affine
+
+    np.testing.assert_allclose(image_affine(img), case.affine, atol=1e-4)
+
+
+def test_write_phantoms_direct_no_cases(tmp_path):
+    from LowResSegLib.training.phantom import write_phantoms
+
+    out = tmp_path / "empty"
+    assert write_phantoms(str(out), 0, seed=5, progress=False) == []
+    assert sorted(os.listdir(out)) == ["NOTICE-MNI152.txt", "images", "labels"]
+    assert os.listdir(out / "images") == [] and os.listdir(out / "labels") == []
+    assert MNI_NOTICE in (out / "NOTICE-MNI152.txt").read_text()
+
+
+def test_mni_notice(written):
+    out, _ = written
+    assert MNI_NOTICE.startswith("Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre")
+    assert "It is provided 'as is' without express or implied warranty." in MNI_NOTICE
+    assert "\n" not in MNI_NOTICE and "  " not in MNI_NOTICE
+    assert "McGill University" in MNI_NOTICE
+    assert "MNI notice" in phantom.__doc__
+    text = (out / "NOTICE-MNI152.txt").read_text()
+    assert MNI_NOTICE in text
+    assert "MNI152" in text
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: phantom.py line 28 slices the notice out of the module "
+                   "docstring up to its end, so MNI_NOTICE keeps the docstring's closing double quote "
+                   "('...implied warranty.\"'); the quote is also written into NOTICE-MNI152.txt")
+def test_mni_notice_has_no_stray_quote():
+    assert MNI_NOTICE.endswith("without express or implied warranty.")
+    assert '"' not in MNI_NOTICE

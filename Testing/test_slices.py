@@ -1,0 +1,303 @@
+"""Tests for LowResSegLib.training.slices (data specs, slice cache, sampling, batches).
+
+No phantoms here: a tiny ``folder:`` dataset is written with SimpleITK into tmp_path.
+Cases are (k, j, i) = (10, 40, 48) volumes (in-plane 40 rows x 48 columns, padded to
+48 x 48) with a bright off-centre disc label in some slices.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+pytest.importorskip("tqdm")
+
+from LowResSegLib.geometry import area_resample  # noqa: E402
+from LowResSegLib.training import slices  # noqa: E402
+from LowResSegLib.training.slices import SliceCache, make_batch, parse_data_spec  # noqa: E402
+
+SHAPE = (10, 40, 48)  # k, j, i
+DISC_SLICES = range(3, 7)  # k with tumour
+DISC_CENTRE = (12, 30)  # (j, i) in LPS/canonical voxel order: upper right of the slice
+DISC_R = 5
+PAD_TOP = 4  # (48 - 40) // 2
+
+
+def _brain_and_disc():
+    k, j, i = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    brain = ((j - 19.5) / 17.0) ** 2 + ((i - 23.5) / 21.0) ** 2 < 1.0
+    disc = ((j - DISC_CENTRE[0]) ** 2 + (i - DISC_CENTRE[1]) ** 2 <= DISC_R ** 2) & np.isin(k, DISC_SLICES)
+    return brain, disc & brain
+
+
+def _case_arrays(seed):
+    rng = np.random.default_rng(seed)
+    brain, disc = _brain_and_disc()
+    img = np.where(brain, 100.0 + 10.0 * rng.standard_normal(SHAPE), 0.0)
+    img = np.where(disc, img + 80.0, img).astype(np.float32)
+    return img, disc.astype(np.uint8)
+
+
+def _write(root, case_id, img, lab, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(1.0, 1.0, 1.0),
+           origin=(0.0, 0.0, 0.0)):
+    for sub, arr in (("images", img), ("labels", lab)):
+        im = sitk.GetImageFromArray(arr)
+        im.SetDirection([float(v) for v in direction])
+        im.SetSpacing(spacing)
+        im.SetOrigin(origin)
+        os.makedirs(root / sub, exist_ok=True)
+        sitk.WriteImage(im, str(root / sub / (case_id + ".nii.gz")))
+
+
+def make_dataset(root):
+    """Three cases:
+
+    * ``a_lps``: identity direction;
+    * ``b_ras``: the same anatomy stored RAS-style (direction diag(-1, -1, 1), array
+      flipped in i and j, origin at the far corner) -- physically identical to ``a_lps``;
+    * ``c_thick``: 3 mm slices, other noise, tumour-free end slices empty (all zero).
+    """
+    img, lab = _case_arrays(0)
+    _write(root, "a_lps", img, lab, spacing=(1.0, 1.0, 1.0), origin=(-20.0, -10.0, 5.0))
+    far = (-20.0 + (SHAPE[2] - 1), -10.0 + (SHAPE[1] - 1), 5.0)
+    _write(root, "b_ras", np.ascontiguousarray(img[:, ::-1, ::-1]), np.ascontiguousarray(lab[:, ::-1, ::-1]),
+           direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1), origin=far)
+    img_c, lab_c = _case_arrays(1)
+    img_c[[0, 9]] = 0
+    _write(root, "c_thick", img_c, lab_c, spacing=(0.9, 0.9, 3.0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(scope="module")
+def cache(dataset, tmp_path_factory):
+    return SliceCache.build("folder:%s" % dataset, str(tmp_path_factory.mktemp("cache")), progress=False)
+
+
+# --------------------------------------------------------------------------- data specs
+
+
+def test_parse_data_spec_phantom():
+    assert parse_data_spec("phantom") == {"kind": "phantom", "n": 40, "seed": 0}
+    assert parse_data_spec("phantom:") == {"kind": "phantom", "n": 40, "seed": 0}
+    assert parse_data_spec("phantom:5") == {"kind": "phantom", "n": 5, "seed": 0}
+    assert parse_data_spec("phantom:40:1") == {"kind": "phantom", "n": 40, "seed": 1}
+
+
+def test_parse_data_spec_folders(dataset, tmp_path, monkeypatch):
+    assert parse_data_spec("folder:%s" % dataset) == {"kind": "folder", "path": str(dataset)}
+    assert parse_data_spec("msd:%s" % dataset) == {"kind": "msd", "path": str(dataset)}
+    monkeypatch.chdir(dataset.parent)
+    d = parse_data_spec("folder:ds")
+    assert d == {"kind": "folder", "path": str(dataset)} and os.path.isabs(d["path"])
+
+
+@pytest.mark.parametrize("spec", ["", "phantom:x", "phantom:4:y", "folder:", "msd:", "nifti:/tmp", "phantom4",
+                                  "/some/folder"])
+def test_parse_data_spec_bad(spec):
+    with pytest.raises(ValueError):
+        parse_data_spec(spec)
+
+
+@pytest.mark.parametrize("kind", ["folder", "msd"])
+def test_parse_data_spec_missing_folder(kind, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        parse_data_spec("%s:%s" % (kind, tmp_path / "does-not-exist"))
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def test_cache_is_reused_without_reading_data(dataset, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    spec = "folder:%s" % dataset
+    first = SliceCache.build(spec, str(cache_dir), progress=False)
+    files = sorted(os.listdir(cache_dir))
+    assert len(files) == 1 and files[0].startswith("slices-") and files[0].endswith(".npz")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the cached spec must not read the data again")
+
+    monkeypatch.setattr(slices, "iter_cases", boom)
+    second = SliceCache.build(spec, str(cache_dir), progress=False)
+    assert second.case_ids == first.case_ids == ["a_lps", "b_ras", "c_thick"]
+    assert len(second.images) == len(second.labels) == 3
+    for a, b in zip(first.images + first.labels, second.images + second.labels):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+
+    # another spec (another folder, or another label mapping) -> another cache file
+    other = tmp_path / "copy"
+    make_dataset(other)
+    SliceCache.build("folder:%s" % other, str(cache_dir), progress=False)
+    assert len(os.listdir(cache_dir)) == 2
+    SliceCache.build(spec, str(cache_dir), label="eq:1", progress=False)
+    assert len(os.listdir(cache_dir)) == 3
+    assert not any(f.endswith(".part.npz") for f in os.listdir(cache_dir))
+
+
+def test_slices_square_normalised_binary(cache):
+    assert cache.case_ids == ["a_lps", "b_ras", "c_thick"]
+    n_slices = [im.shape[0] for im in cache.images]
+    assert n_slices == [10, 10, 8]  # c_thick's two empty slices are dropped
+    for im, lb in zip(cache.images, cache.labels):
+        assert im.shape[1:] == (48, 48) and lb.shape == im.shape
+        assert im.dtype == np.float16 and lb.dtype == np.uint8
+        assert set(np.unique(lb).tolist()) <= {0, 1}
+        vals = im[im != 0].astype(np.float64)
+        assert abs(vals.mean()) < 0.05
+        assert 0.8 < vals.std() < 1.2
+        assert np.abs(vals).max() <= 5.0
+        # 40 rows padded to 48: 4 zero rows top and bottom, columns untouched
+        assert not im[:, :PAD_TOP].any() and not im[:, -PAD_TOP:].any()
+        assert not lb[:, :PAD_TOP].any() and not lb[:, -PAD_TOP:].any()
+        # tumour voxels are brighter than the rest of the brain after normalisation
+        fg = lb.astype(bool)
+        assert im[fg].astype(np.float32).mean() > im[~fg & (im != 0)].astype(np.float32).mean() + 1.0
+
+
+def test_canonical_orientation(cache):
+    a, b = cache.images[0], cache.images[1]
+    # the RAS-style case holds the same anatomy as the LPS case, so after canonicalisation
+    # its slices are identical, voxel for voxel (images up to float16 rounding: the z-score
+    # statistics are summed in another order)
+    np.testing.assert_array_equal(cache.labels[1], cache.labels[0])
+    np.testing.assert_array_equal(b != 0, a != 0)
+    np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), rtol=0, atol=1e-2)
+    # and the disc sits where it was drawn (LPS voxel (j, i) = (12, 30), shifted by the padding)
+    lb = cache.labels[0]
+    assert [k for k in range(lb.shape[0]) if lb[k].any()] == list(DISC_SLICES)
+    rows, cols = np.nonzero(lb[4])
+    assert rows.mean() == pytest.approx(DISC_CENTRE[0] + PAD_TOP)
+    assert cols.mean() == pytest.approx(DISC_CENTRE[1])
+    # c_thick: slice 0 was dropped, so its disc slices are 2..5
+    assert [k for k in range(cache.labels[2].shape[0]) if cache.labels[2][k].any()] == [2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- split / sample
+
+
+def test_split_case_level_and_deterministic(cache):
+    train, val = cache.split(1 / 3, seed=0)
+    assert len(val.case_ids) == 1 and len(train.case_ids) == 2
+    assert sorted(train.case_ids + val.case_ids) == sorted(cache.case_ids)
+    assert not set(train.case_ids) & set(val.case_ids)
+    # each side carries its cases' own arrays
+    for part in (train, val):
+        for cid, im, lb in zip(part.case_ids, part.images, part.labels):
+            c = cache.case_ids.index(cid)
+            assert im is cache.images[c] and lb is cache.labels[c]
+    train2, val2 = cache.split(1 / 3, seed=0)
+    assert train2.case_ids == train.case_ids and val2.case_ids == val.case_ids
+    # other seeds permute differently (some seed among a few must pick another val case)
+    assert len({tuple(cache.split(1 / 3, seed=s)[1].case_ids) for s in range(10)}) > 1
+    # no validation
+    train0, val0 = cache.split(0.0)
+    assert val0.case_ids == [] and sorted(train0.case_ids) == sorted(cache.case_ids)
+    # a tiny fraction still gives one validation case
+    assert len(cache.split(0.01)[1].case_ids) == 1
+
+
+def test_index_and_sample(cache):
+    idx = cache.index()
+    assert idx.shape == (28, 3)
+    pos = idx[idx[:, 2] == 1]
+    assert len(pos) == 4 + 4 + 4
+    for c, k, f in idx:
+        assert bool(f) == bool(cache.labels[c][k].any())
+
+    for ratio in (0.0, 0.5, 1.0, 1.3):
+        rows = cache.sample(np.random.default_rng(7), ratio)
+        n_neg = int(round(ratio * len(pos)))
+        assert len(rows) == len(pos) + n_neg
+        assert len({(c, k) for c, k, _ in rows}) == len(rows)  # no duplicates
+        assert {(c, k) for c, k, f in rows if f} == {(c, k) for c, k, _ in pos}  # all tumour slices
+        assert sum(1 for r in rows if not r[2]) == n_neg
+    # more negatives asked for than exist: all of them
+    rows = cache.sample(np.random.default_rng(0), 10.0)
+    assert len(rows) == len(idx)
+    # deterministic given the rng
+    np.testing.assert_array_equal(cache.sample(np.random.default_rng(3), 0.5), cache.sample(np.random.default_rng(3), 0.5))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_make_batch_matches_area_resample(cache):
+    rows = cache.sample(np.random.default_rng(0), 0.5)[:6]
+    scales = [8, 16, 48]
+    x, ys = make_batch(cache, rows, 16, scales)
+    assert x.shape == (6, 1, 16, 16) and x.dtype == np.float32
+    assert [y.shape for y in ys] == [(6, 1, s, s) for s in scales]
+    for b, (c, k, f) in enumerate(rows):
+        im = cache.images[c][k].astype(np.float32)
+        lb = cache.labels[c][k].astype(np.float32)
+        np.testing.assert_allclose(x[b, 0], area_resample(im, 16), rtol=1e-6, atol=1e-6)
+        for y, s in zip(ys, scales):
+            assert y.dtype == np.float32
+            assert y.min() >= 0 and y.max() <= 1 + 1e-6
+            np.testing.assert_allclose(y[b, 0], area_resample(lb, s), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(ys[-1][b, 0], lb)  # at the native size the target is the label
+        assert bool(ys[-1][b, 0].any()) == bool(f)
+    # soft targets at coarse scales: the disc edge gives fractional values
+    assert ((ys[0] > 0) & (ys[0] < 1)).any()
+
+
+def test_make_batch_augmentation_is_consistent(cache):
+    rows = cache.sample(np.random.default_rng(0), 0.0)  # tumour slices only
+    x0, ys0 = make_batch(cache, rows, 48, [48])
+    x1, ys1 = make_batch(cache, rows, 48, [48], rng=np.random.default_rng(5))
+    flipped = 0
+    for b in range(len(rows)):
+        same = np.array_equal(ys1[0][b], ys0[0][b])
+        flip = np.array_equal(ys1[0][b], ys0[0][b][..., ::-1])
+        assert same or flip
+        ref = x0[b, 0][:, ::-1] if (flip and not same) else x0[b, 0]
+        flipped += flip and not same
+        # image flipped together with its label; background stays exactly zero
+        np.testing.assert_array_equal(x1[b, 0] != 0, ref != 0)
+    assert 0 < flipped < len(rows)
+
+
+def test_make_batch_crop_full_resolution(cache):
+    rows = cache.sample(np.random.default_rng(0), 1.0)
+    x_full, ys_full = make_batch(cache, rows, 48, [48])
+    x, ys = make_batch(cache, rows, 48, [48], crop=16)
+    assert x.shape == (len(rows), 1, 16, 16) and len(ys) == 1 and ys[0].shape == (len(rows), 1, 16, 16)
+    for b in range(len(rows)):
+        # the crop is one window of the full slice, the same window for input and target
+        hits = [(y0, x0) for y0 in range(33) for x0 in range(33)
+                if np.array_equal(x_full[b, 0, y0:y0 + 16, x0:x0 + 16], x[b, 0])
+                and np.array_equal(ys_full[0][b, 0, y0:y0 + 16, x0:x0 + 16], ys[0][b, 0])]
+        assert hits
+        if rows[b][2]:  # without rng, tumour slices are cropped around tumour pixels
+            assert ys[0][b, 0].any()
+    # with augmentation the crop size is the same
+    xa, ysa = make_batch(cache, rows, 48, [48], rng=np.random.default_rng(1), crop=16)
+    assert xa.shape == (len(rows), 1, 16, 16) and ysa[0].shape == (len(rows), 1, 16, 16)
+    # a crop at least the input size is no crop
+    xb, ysb = make_batch(cache, rows, 48, [48], crop=48)
+    np.testing.assert_array_equal(xb, x_full)
+    np.testing.assert_array_equal(ysb[0], ys_full[0])
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: SliceCache.build keys the cache on the raw spec string "
+                   "(slices.py, `key = json.dumps({'spec': spec, ...})`), not on parse_data_spec's absolute "
+                   "path, so 'folder:ds' run from two working directories shares one cache file")
+def test_relative_folder_specs_in_different_dirs_do_not_share_a_cache(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "one" / "ds")
+    two = make_dataset(tmp_path / "two" / "ds")
+    for sub in ("images", "labels"):
+        for cid in ("b_ras", "c_thick"):
+            os.remove(two / sub / (cid + ".nii.gz"))
+    cache_dir = str(tmp_path / "cache")
+    monkeypatch.chdir(tmp_path / "one")
+    assert SliceCache.build("folder:ds", cache_dir, progress=False).case_ids == ["a_lps", "b_ras", "c_thick"]
+    monkeypatch.chdir(tmp_path / "two")
+    assert SliceCache.build("folder:ds", cache_dir, progress=False).case_ids == ["a_lps"]

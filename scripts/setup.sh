@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs everything LowResSeg needs on a fresh Debian machine (idempotent; fast when already done).
+#   scripts/setup.sh          runtime + training + test dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+
+# Debian packages: none are needed yet beyond Python itself (dicom3tools joins with DICOM-SEG).
+APT_PACKAGES=()
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# torch first and pinned: 2.13.0 is the CPU build that lies on disk here (a plain `torch`
+# would pull a multi-GB CUDA build). The [train] extra's range accepts it.
+$PY -c "import torch" >/dev/null 2>&1 || $PY -m pip install -q "torch==2.13.0"
+$PY -m pip install -q -e ".[train,dev]"
