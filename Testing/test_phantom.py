@@ -168,9 +168,6 @@ def test_mni_notice(written):
     assert "MNI152" in text
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: phantom.py line 28 slices the notice out of the module "
-                   "docstring up to its end, so MNI_NOTICE keeps the docstring's closing double quote "
-                   "('...implied warranty.\"'); the quote is also written into NOTICE-MNI152.txt")
 def test_mni_notice_has_no_stray_quote():
     assert MNI_NOTICE.endswith("without express or implied warranty.")
     assert '"' not in MNI_NOTICE

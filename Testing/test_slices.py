@@ -287,9 +287,6 @@ def test_make_batch_crop_full_resolution(cache):
     np.testing.assert_array_equal(ysb[0], ys_full[0])
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: SliceCache.build keys the cache on the raw spec string "
-                   "(slices.py, `key = json.dumps({'spec': spec, ...})`), not on parse_data_spec's absolute "
-                   "path, so 'folder:ds' run from two working directories shares one cache file")
 def test_relative_folder_specs_in_different_dirs_do_not_share_a_cache(tmp_path, monkeypatch):
     make_dataset(tmp_path / "one" / "ds")
     two = make_dataset(tmp_path / "two" / "ds")

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-MNI_NOTICE = __doc__[__doc__.index("Copyright (C) 1993"):].strip().replace("\n", " ")
+MNI_NOTICE = __doc__[__doc__.index("Copyright (C) 1993"):].strip().rstrip('"').replace("\n", " ")
 BRATS_SHAPE_KJI = (155, 240, 240)
 # MNI brain centre in LPS mm; the BraTS-like grid is centred on it.
 _BRAIN_CENTRE_LPS = np.array([0.0, 17.0, 14.0])

@@ -68,6 +68,20 @@ def volume_to_slices(image, label, affine):
     return img[keep].astype(np.float16), lab[keep]
 
 
+def _fingerprint(d):
+    """Names, sizes and mtimes of a data folder's files: a changed folder gets a new cache."""
+    if "path" not in d:
+        return None
+    h = hashlib.sha256()
+    for top, dirs, files in sorted(os.walk(d["path"])):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(top, f))
+            h.update(("%s|%d|%d;" % (os.path.relpath(os.path.join(top, f), d["path"]), st.st_size,
+                                     int(st.st_mtime))).encode())
+    return h.hexdigest()
+
+
 class SliceCache(object):
     """All slices of a data spec, one array pair per case, built once and reused."""
 
@@ -78,7 +92,8 @@ class SliceCache(object):
     def build(cls, spec, cache_dir, modality="FLAIR", label="wt", progress=True):
         from tqdm import tqdm
 
-        key = json.dumps({"spec": spec, "modality": modality, "label": label,
+        d = parse_data_spec(spec)
+        key = json.dumps({"spec": d, "files": _fingerprint(d), "modality": modality, "label": label,
                           "norm": ZSCORE_NONZERO, "v": CACHE_VERSION}, sort_keys=True)
         path = os.path.join(cache_dir, "slices-%s.npz" % hashlib.sha256(key.encode()).hexdigest()[:16])
         if os.path.exists(path):
@@ -87,7 +102,6 @@ class SliceCache(object):
                 return cls([z["img_%d" % i] for i in range(len(ids))],
                            [z["lab_%d" % i] for i in range(len(ids))], ids)
         images, labels, ids = [], [], []
-        d = parse_data_spec(spec)
         total = d.get("n")
         for case in tqdm(iter_cases(d, modality, label), total=total, desc="slicing " + spec,
                          unit="case", disable=not progress):

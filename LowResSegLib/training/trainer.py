@@ -76,6 +76,8 @@ def train(cfg, progress=True):
                      classes=1, width=cfg["width"]).to(device)
     r = model.config["input_size"]
     scales = model.scales()
+    if cfg.get("crop") and cfg["head"] != "full":
+        raise ValueError("--crop is for full-resolution models (--head full) only")
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
