@@ -37,15 +37,14 @@ def threshold_mask(image, k):
     return (normalize_volume(image) > k).astype(np.uint8)
 
 
-def tune_threshold(train_spec, ks, limit, cache_dir):
+def tune_threshold(train_spec, ks, cache_dir):
     """k maximising mean per-case Dice on the (cached, normalised) training slices."""
     from LowResSegLib.training.slices import SliceCache
 
     cache = SliceCache.build(train_spec, cache_dir, progress=True)
-    n = min(limit, len(cache.case_ids))
     scores = []
     for k in ks:
-        scores.append(np.mean([dice(cache.images[c].astype(np.float32) > k, cache.labels[c]) for c in range(n)]))
+        scores.append(np.mean([dice(im.astype(np.float32) > k, lb) for im, lb in zip(cache.images, cache.labels)]))
     best = int(np.argmax(scores))
     return float(ks[best]), float(scores[best])
 
@@ -62,7 +61,9 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="phantom:12:1001", help="held-out set (seed disjoint from training's)")
-    ap.add_argument("--train-data", default="phantom:48:1", help="training set, for tuning the threshold floor")
+    ap.add_argument("--train-data", default="phantom:48:1", help="the models' training set (its seed must differ)")
+    ap.add_argument("--tune-data", default="phantom:16:1",
+                    help="training cases for tuning the threshold floor's k (default: the first 16 training phantoms)")
     ap.add_argument("--cases", type=int, default=None, help="use only the first N held-out cases")
     ap.add_argument("--models", default=None, help="comma-separated subset (default: all shipped)")
     ap.add_argument("--repository", default=None)
@@ -70,16 +71,16 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for BENCHMARKS.md and figures")
     args = ap.parse_args(argv)
 
-    train_seed = parse_data_spec(args.train_data).get("seed")
     test_seed = parse_data_spec(args.data).get("seed")
-    if train_seed is not None and train_seed == test_seed:
-        raise SystemExit("the held-out phantoms must use a seed other than the training seed %d" % train_seed)
+    for spec in (args.train_data, args.tune_data):
+        if test_seed is not None and parse_data_spec(spec).get("seed") == test_seed:
+            raise SystemExit("the held-out phantoms must use a seed other than the training seed %d" % test_seed)
     repo = ModelRepository(args.repository)
     names = args.models.split(",") if args.models else repo.names()
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
 
     ks = np.round(np.arange(0.5, 3.01, 0.1), 2)
-    k, k_dice = tune_threshold(args.train_data, ks, 48, default_cache_dir())
+    k, k_dice = tune_threshold(args.tune_data, ks, default_cache_dir())
     print("threshold floor: k = %.1f (mean Dice %.3f on the training phantoms)" % (k, k_dice))
 
     rows = []

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 lowresseg models
-python3 bench/quality.py --cases ${DEMO_CASES:-3} --out demo_output
+python3 bench/quality.py --cases ${DEMO_CASES:-3} --tune-data phantom:4:1 --out demo_output
 echo "demo outputs: $(pwd)/demo_output (quality.png, quality_cases.csv, BENCHMARKS.md)"
