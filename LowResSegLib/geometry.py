@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = [
+    "Volume",
     "area_matrix",
     "bilinear_matrix",
     "area_resample",
@@ -26,6 +27,38 @@ __all__ = [
     "to_canonical",
     "from_canonical",
 ]
+
+
+class Volume(object):
+    """A 3-D image: ``array`` in (k, j, i) order and ``affine`` mapping (i, j, k, 1) to LPS mm.
+
+    ``meta`` carries reader facts that later stages need (source path, modality,
+    DICOM series and frame-of-reference UIDs, SOP instance UIDs in k order).
+    """
+
+    def __init__(self, array, affine, meta=None):
+        array = np.asarray(array)
+        affine = np.asarray(affine, dtype=np.float64)
+        if array.ndim != 3:
+            raise ValueError("a Volume is 3-D, got %d-D with shape %s" % (array.ndim, array.shape))
+        if affine.shape != (4, 4):
+            raise ValueError("affine must be 4x4, got %s" % (affine.shape,))
+        self.array, self.affine, self.meta = array, affine, dict(meta or {})
+
+    @property
+    def spacing(self):
+        """Voxel size in mm along (i, j, k)."""
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    def with_array(self, array, **meta):
+        """Same grid, other voxels (e.g. labels on the source geometry)."""
+        m = dict(self.meta)
+        m.update(meta)
+        return Volume(array, self.affine, m)
 
 
 @lru_cache(maxsize=64)
