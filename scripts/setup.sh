@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# Debian packages: none are needed yet beyond Python itself (dicom3tools joins with DICOM-SEG).
-APT_PACKAGES=()
+# Debian packages: dicom3tools provides dciodvfy, the independent DICOM validator the tests use.
+APT_PACKAGES=(dicom3tools)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -18,4 +18,4 @@ fi
 # torch first and pinned: 2.13.0 is the CPU build that lies on disk here (a plain `torch`
 # would pull a multi-GB CUDA build). The [train] extra's range accepts it.
 $PY -c "import torch" >/dev/null 2>&1 || $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[train,dev]"
+$PY -m pip install -q -e ".[train,dicom,dev]"
