@@ -1,0 +1,396 @@
+"""DICOM-SEG output (highdicom) and an independent validator hook (dciodvfy).
+
+:func:`write_dicom_seg` writes a BINARY Segmentation that references the source series
+and shares its Frame of Reference, one segment per model-card class present in the mask:
+
+* segment numbers run from 1 in ascending class-index order; the class index is also
+  written into each item's SegmentDescription (0062,0006) as ``"LowResSeg class <index>"``
+  so :func:`read_dicom_seg` can restore the label values without the card;
+* SegmentLabel = class name, SegmentAlgorithmType AUTOMATIC, AlgorithmIdentification
+  (name = card ``name``, version = card ``version``, family DCM 123110 "Artificial
+  Intelligence"), segmented property category/type from the card's SNOMED codes with
+  the designator "SCT" (a legacy "SRT" with a numeric code is rewritten to "SCT", a
+  legacy non-numeric SRT code is refused), and the card RGB colour as
+  RecommendedDisplayCIELabValue;
+* empty frames are left out (highdicom's default). An all-empty mask still gives a valid
+  SEG: it then describes every card class (segment numbers in card-index order) and
+  highdicom keeps all frames (it cannot omit all of them). A radiologist gets an explicit
+  "model ran, found nothing" object instead of an error.
+
+:func:`read_dicom_seg` maps frames back to the source slices by their referenced SOP
+instance UIDs (highdicom ``get_pixels_by_source_instance``) and, when a SEG does not
+reference the instances frame by frame, by plane position; frames absent from the SEG
+are empty.
+
+highdicom and pydicom are an optional extra: they are imported inside the functions.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+__all__ = ["write_dicom_seg", "read_dicom_seg", "run_dciodvfy"]
+
+_INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
+_CLASS_TAG = "LowResSeg class %d"
+_CLASS_RE = re.compile(r"LowResSeg class (\d+)")
+_POSITION_TOL_MM = 1e-3
+
+
+def _import_dicom():
+    try:
+        import highdicom as hd
+        import pydicom
+    except ImportError as exc:
+        raise ImportError("%s (%s)" % (_INSTALL_HINT, exc))
+    return hd, pydicom
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _read_sources(source_files, pydicom):
+    """Datasets of the source series, in the given (k) order, validated as one series."""
+    if isinstance(source_files, (str, bytes)) or not hasattr(source_files, "__len__"):
+        raise ValueError("source_files must be a list of the source series' file paths in k order")
+    if len(source_files) == 0:
+        raise ValueError("source_files is empty")
+    datasets = []
+    for path in source_files:
+        try:
+            datasets.append(pydicom.dcmread(str(path), stop_before_pixels=True))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ValueError("cannot read source DICOM file %s: %s" % (path, exc))
+    first = datasets[0]
+    for key in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
+                "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        missing = [str(p) for p, ds in zip(source_files, datasets) if key not in ds]
+        if missing:
+            raise ValueError("source file(s) lack %s (not a cross-sectional image series?): %s"
+                             % (key, ", ".join(missing[:3])))
+    for key, what in (("SeriesInstanceUID", "series"), ("StudyInstanceUID", "study"),
+                      ("FrameOfReferenceUID", "frame of reference")):
+        values = sorted(set(str(ds.get(key)) for ds in datasets))
+        if len(values) > 1:
+            raise ValueError("source files must share one %s; found %d different %s values: %s"
+                             % (what, len(values), key, ", ".join(values[:4])))
+    shapes = sorted(set((int(ds.Rows), int(ds.Columns)) for ds in datasets))
+    if len(shapes) > 1:
+        raise ValueError("source images differ in size (rows, columns): %s" % (shapes,))
+    frames = [int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets]
+    if any(f != 1 for f in frames):
+        raise ValueError("source images must be single-frame (one file per slice)")
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    if len(set(uids)) != len(uids):
+        raise ValueError("source_files lists the same SOP instance more than once")
+    return datasets
+
+
+# --------------------------------------------------------------------------- card
+
+
+def _code(entry, what, cls_name, hd):
+    if not isinstance(entry, dict) or not all(entry.get(k) for k in ("scheme", "value", "meaning")):
+        raise ValueError("card class %r: %s must be {scheme, value, meaning}" % (cls_name, what))
+    scheme, value, meaning = str(entry["scheme"]).strip(), str(entry["value"]).strip(), str(entry["meaning"])
+    if scheme.upper() in ("SRT", "SNM3", "SNOMED", "SNOMED-CT", "SCT"):
+        if not value.isdigit():
+            raise ValueError("card class %r: %s %s^%s is a legacy SNOMED-RT code; use the SNOMED CT "
+                             "concept id with scheme SCT" % (cls_name, what, scheme, value))
+        scheme = "SCT"
+    return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning[:64])
+
+
+def _card_classes(card):
+    if not isinstance(card, dict):
+        raise ValueError("card must be a model card dict with name, version and classes")
+    for key in ("name", "version", "classes"):
+        if not card.get(key):
+            raise ValueError("model card lacks %r" % key)
+    classes = {}
+    for cls in card["classes"]:
+        try:
+            index = int(cls["index"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("card class without an integer 'index': %r" % (cls,))
+        if not 1 <= index <= 255:
+            raise ValueError("card class index must be in 1..255, got %d" % index)
+        if index in classes:
+            raise ValueError("card lists class index %d twice" % index)
+        if not cls.get("name"):
+            raise ValueError("card class %d has no name" % index)
+        classes[index] = cls
+    if not classes:
+        raise ValueError("model card has no classes")
+    return classes
+
+
+def _segment_description(number, cls, card, hd, codes):
+    import inspect
+
+    name = str(cls["name"])
+    algo = hd.AlgorithmIdentificationSequence(
+        name=str(card["name"])[:64], family=codes.cid7162.ArtificialIntelligence,
+        version=str(card["version"])[:64])
+    kwargs = dict(
+        segment_number=number, segment_label=name[:64],
+        segmented_property_category=_code(cls.get("category"), "category", name, hd),
+        segmented_property_type=_code(cls.get("type"), "type", name, hd),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo,
+    )
+    color = cls.get("color")
+    color_supported = (hasattr(hd, "color") and hasattr(hd.color, "CIELabColor")
+                       and "display_color" in inspect.signature(hd.seg.SegmentDescription.__init__).parameters)
+    if color is not None and color_supported:
+        rgb = [float(c) for c in color]
+        if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+            raise ValueError("card class %r colour must be [r, g, b] in 0..255, got %r" % (name, color))
+        kwargs["display_color"] = hd.color.CIELabColor.from_rgb(*rgb)
+    desc = hd.seg.SegmentDescription(**kwargs)
+    # Type 3 free text; also how read_dicom_seg recovers the label value without the card.
+    text = _CLASS_TAG % int(cls["index"])
+    if cls.get("label"):
+        text += ": " + str(cls["label"])
+    desc.SegmentDescription = text[:64]
+    return desc
+
+
+# --------------------------------------------------------------------------- write
+
+
+def _check_out_path(out_path, overwrite):
+    if os.path.isdir(out_path):
+        raise ValueError("out_path %s is a directory; give a file name" % out_path)
+    if os.path.exists(out_path) and not overwrite:
+        raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it" % out_path)
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError("output folder %s does not exist" % folder)
+
+
+def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None):
+    """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG.
+
+    ``source_files`` are the source series' files in k order (as a reader gives them);
+    ``labels[k]`` is the mask of ``source_files[k]``. ``card`` is the model card dict
+    (``name``, ``version``, ``classes``). Written atomically (a temporary file in the same
+    folder, then renamed); an existing ``out_path`` is refused unless ``overwrite``.
+    Returns ``out_path``.
+
+    Raises ValueError for a labels shape other than (number of files, Rows, Columns),
+    label values that are not card class indices, or source files that are not one
+    series in one frame of reference; FileExistsError for an existing ``out_path``.
+    """
+    hd, pydicom = _import_dicom()
+    from pydicom.sr.codedict import codes
+
+    out_path = os.fspath(out_path)
+    _check_out_path(out_path, overwrite)
+    classes = _card_classes(card)
+    datasets = _read_sources(source_files, pydicom)
+
+    labels = np.asarray(labels)
+    expected = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    if labels.shape != expected:
+        raise ValueError("labels shape %s does not match the source series (files, rows, columns) = %s"
+                         % (labels.shape, expected))
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not np.issubdtype(labels.dtype, np.floating) or not np.all(labels == np.round(labels)):
+            raise ValueError("labels must hold integer class indices, got dtype %s" % labels.dtype)
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    unknown = [v for v in present if v not in classes]
+    if unknown:
+        raise ValueError("labels contain values %s that are not class indices of model %r (%s)"
+                         % (unknown, card["name"], sorted(classes)))
+    indices = present if present else sorted(classes)
+
+    descriptions = [_segment_description(n + 1, classes[idx], card, hd, codes)
+                    for n, idx in enumerate(indices)]
+    stacked = np.stack([labels == idx for idx in indices], axis=-1).astype(np.uint8)
+
+    # Full datasets (with pixels) are what highdicom documents as source images.
+    sources = [pydicom.dcmread(str(p)) for p in source_files]
+    src0 = sources[0]
+    try:
+        series_number = int(src0.get("SeriesNumber") or 0) + 1000
+    except (TypeError, ValueError):
+        series_number = 1000
+    name, version = str(card["name"]), str(card["version"])
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=stacked,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="LowResSeg",
+        manufacturer_model_name=name[:64],
+        software_versions=("LowResSeg %s %s" % (name, version))[:64],
+        device_serial_number="none",
+        content_label="LOWRESSEG",
+        content_description=("%s %s automatic segmentation" % (name, version))[:64],
+        content_creator_name="LowResSeg^%s" % re.sub(r"[\^=\\]", "_", name)[:50],
+    )
+    seg.SeriesDescription = (series_description or "%s segmentation (AI)" % name)[:64]
+
+    _atomic_save(seg, out_path, overwrite)
+    return out_path
+
+
+def _atomic_save(ds, out_path, overwrite):
+    folder = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out_path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.save_as(tmp)
+        if overwrite:
+            os.replace(tmp, out_path)
+        else:
+            # A hard link fails if the name appeared meanwhile, so nothing is clobbered.
+            try:
+                os.link(tmp, out_path)
+            except FileExistsError:
+                raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it"
+                                      % out_path)
+            except OSError:  # file system without hard links
+                if os.path.exists(out_path):
+                    raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it"
+                                          % out_path)
+                os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- read
+
+
+def _segment_values(seg, card):
+    """{segment number: label value} from the card, our SegmentDescription tag, or the number."""
+    by_name = {}
+    if card is not None:
+        for index, cls in _card_classes(card).items():
+            by_name[str(cls["name"]).strip().lower()] = index
+    values = {}
+    for item in seg.SegmentSequence:
+        number = int(item.SegmentNumber)
+        value = None
+        label = str(item.get("SegmentLabel", "")).strip().lower()
+        if card is not None:
+            value = by_name.get(label)
+        if value is None:
+            m = _CLASS_RE.search(str(item.get("SegmentDescription", "")))
+            if m:
+                value = int(m.group(1))
+        if value is None:
+            value = number
+        if not 1 <= value <= 255:
+            raise ValueError("segment %d maps to label value %d, outside uint8" % (number, value))
+        values[number] = value
+    return values
+
+
+def _masks_by_position(seg, datasets, numbers):
+    """Fallback: place each stored frame on the source slice with the same position."""
+    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+    out = np.zeros((len(datasets), rows, cols, len(numbers)), np.uint8)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    column = {n: c for c, n in enumerate(numbers)}
+    frames = seg.pixel_array
+    if frames.ndim == 2:
+        frames = frames[None]
+    shared = seg.get("SharedFunctionalGroupsSequence", [None])[0]
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        seg_id = item.get("SegmentIdentificationSequence") or shared.SegmentIdentificationSequence
+        number = int(seg_id[0].ReferencedSegmentNumber)
+        pos_seq = item.get("PlanePositionSequence") or shared.PlanePositionSequence
+        pos = np.array([float(v) for v in pos_seq[0].ImagePositionPatient])
+        dist = np.linalg.norm(positions - pos, axis=1)
+        k = int(np.argmin(dist))
+        if dist[k] > _POSITION_TOL_MM:
+            raise ValueError("SEG frame %d at %s lies on no source slice" % (f + 1, pos.tolist()))
+        if frames.shape[1:] != (rows, cols):
+            raise ValueError("SEG frames are %s, the source images %s" % (frames.shape[1:], (rows, cols)))
+        if number in column:
+            out[k, :, :, column[number]] |= (frames[f] > 0).astype(np.uint8)
+    return out
+
+
+def read_dicom_seg(path, source_files, card=None):
+    """Read a DICOM-SEG back to a uint8 (k, j, i) label array on the source series grid.
+
+    ``source_files`` are the source series' files in k order. Frames the SEG left out
+    (empty) are zero. Label values: by ``card`` class name when a card is given, else the
+    ``"LowResSeg class <index>"`` tag :func:`write_dicom_seg` writes, else the segment
+    number. Where segments overlap, the later segment wins. FRACTIONAL segments are
+    thresholded at 0.5.
+    """
+    hd, pydicom = _import_dicom()
+    datasets = _read_sources(source_files, pydicom)
+    seg = hd.seg.segread(os.fspath(path))
+    if str(seg.get("Modality", "")) != "SEG":
+        raise ValueError("%s is not a DICOM Segmentation (Modality %r)" % (path, seg.get("Modality")))
+    src_for = str(datasets[0].FrameOfReferenceUID)
+    if str(seg.get("FrameOfReferenceUID", "")) != src_for:
+        raise ValueError("the SEG's frame of reference %s differs from the source series' %s"
+                         % (seg.get("FrameOfReferenceUID"), src_for))
+    values = _segment_values(seg, card)
+    numbers = sorted(values)
+    uids = [str(ds.SOPInstanceUID) for ds in datasets]
+    try:
+        masks = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=numbers,
+            assert_missing_frames_are_empty=True, dtype=np.float32)
+        masks = (masks >= 0.5).astype(np.uint8)
+    except (KeyError, ValueError, AttributeError, RuntimeError):
+        # e.g. a SEG that references its source by plane position only
+        masks = _masks_by_position(seg, datasets, numbers)
+    expected = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    if masks.shape[:3] != expected:
+        raise ValueError("SEG pixels %s do not match the source series %s" % (masks.shape[:3], expected))
+    out = np.zeros(expected, np.uint8)
+    for c, number in enumerate(numbers):
+        out[masks[..., c] > 0] = values[number]
+    return out
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def run_dciodvfy(path, full_output=False):
+    """Run ``dciodvfy`` (Debian dicom3tools) on ``path``; return ``(errors, warnings)``.
+
+    Each is a list of the message lines (``Error - ...`` / ``Warning - ...``, prefix
+    removed). With ``full_output=True`` the raw output is returned as a third element.
+    Raises FileNotFoundError when dciodvfy is not installed.
+    """
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        raise FileNotFoundError("dciodvfy not found: install Debian's dicom3tools "
+                                "(sudo apt-get install dicom3tools, or run scripts/setup.sh)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError("no such DICOM file: %s" % path)
+    proc = subprocess.run([exe, os.fspath(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True, timeout=300)
+    output = proc.stdout or ""
+    errors, warnings = [], []
+    for line in output.splitlines():
+        m = re.match(r"\s*(Error|Warning)\s+-\s*(.*)$", line)
+        if m:
+            (errors if m.group(1) == "Error" else warnings).append(m.group(2).strip())
+    if proc.returncode not in (0, 1) and not (errors or warnings):
+        raise RuntimeError("dciodvfy failed (exit %d) on %s: %s" % (proc.returncode, path, output.strip()))
+    if full_output:
+        return errors, warnings, output
+    return errors, warnings
