@@ -249,20 +249,25 @@ def test_make_batch_matches_area_resample(cache):
     assert ((ys[0] > 0) & (ys[0] < 1)).any()
 
 
-def test_make_batch_augmentation_is_consistent(cache):
-    rows = cache.sample(np.random.default_rng(0), 0.0)  # tumour slices only
-    x0, ys0 = make_batch(cache, rows, 48, [48])
-    x1, ys1 = make_batch(cache, rows, 48, [48], rng=np.random.default_rng(5))
-    flipped = 0
-    for b in range(len(rows)):
-        same = np.array_equal(ys1[0][b], ys0[0][b])
-        flip = np.array_equal(ys1[0][b], ys0[0][b][..., ::-1])
-        assert same or flip
-        ref = x0[b, 0][:, ::-1] if (flip and not same) else x0[b, 0]
-        flipped += flip and not same
-        # image flipped together with its label; background stays exactly zero
-        np.testing.assert_array_equal(x1[b, 0] != 0, ref != 0)
-    assert 0 < flipped < len(rows)
+def test_augmentation_moves_image_and_label_together():
+    from LowResSegLib.training.slices import augment_slice
+
+    yy, xx = np.mgrid[:64, :64]
+    brain = ((yy - 32) ** 2 + (xx - 30) ** 2 < 26 ** 2).astype(np.float32)
+    lesion = ((yy >= 14) & (yy < 24) & (xx >= 36) & (xx < 46)).astype(np.float32)  # off-centre, asymmetric
+    im = brain * (1.0 + 2.0 * lesion)
+    moved = 0
+    for seed in range(12):
+        out, lb = augment_slice(im.copy(), lesion.copy(), np.random.default_rng(seed))
+        out2, lb2 = augment_slice(im.copy(), lesion.copy(), np.random.default_rng(seed))
+        assert np.array_equal(out, out2) and np.array_equal(lb, lb2)  # deterministic per rng
+        assert out.shape == lb.shape == (64, 64) and 0 <= lb.min() and lb.max() <= 1
+        inside, outside = lb > 0.5, (lb < 0.01) & (out != 0)
+        assert inside.any()
+        assert out[inside].mean() > out[outside].mean() + 0.5  # the lesion is still where the label is
+        cy, cx = np.argwhere(inside).mean(0)
+        moved += abs(cy - 18.5) + abs(cx - 40.5) > 1
+    assert moved > 0  # geometry really is augmented
 
 
 def test_make_batch_crop_full_resolution(cache):

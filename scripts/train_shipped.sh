@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Trains and exports the shipped models (Resources/Models) exactly as their model cards record.
-# CPU-only is fine (2 cores: about an hour); a GPU is used when present. Resumable: re-run it
-# and finished runs are skipped, interrupted ones continue (--resume).
+# CPU-only is fine (2 cores: about 90 minutes, plus ~7 minutes to generate the phantoms once);
+# a GPU is used when present. Resumable: re-run it and finished runs are skipped, interrupted
+# ones continue (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-phantom:48:1}
+DATA=${DATA:-phantom:80:1}
 COMMON=(--data "$DATA" --width 8 --seed 0 --neg-ratio 0.5 --batch-size 16)
 run() {  # name, then train options
   local name=$1; shift
@@ -14,8 +15,8 @@ run() {  # name, then train options
   fi
   lowresseg export "runs/$name" --repository Resources/Models --overwrite
 }
-run elunet-jhead-32to256  --head jhead  --input-size 32 --epochs 10
-run elunet-interp-32to256 --head interp --input-size 32 --epochs 10
-run elunet-jhead-16to256  --head jhead  --input-size 16 --epochs 12
-run elunet-full-256       --head full   --input-size 256 --epochs 5 --max-slices 1200 --crop 128
-run elunet-jhead-64to256  --head jhead  --input-size 64 --epochs 5 --max-slices 2400
+run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 14 --max-slices 2400
+run elunet-interp-32to256 --head interp --input-size 32  --epochs 14 --max-slices 2400
+run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 16 --max-slices 2400
+run elunet-full-256       --head full   --input-size 256 --epochs 6  --max-slices 1200 --crop 128
+run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 6  --max-slices 1800

@@ -144,10 +144,52 @@ class SliceCache(object):
         return chosen[rng.permutation(len(chosen))]
 
 
+def augment_slice(im, lb, rng):
+    """Random geometry and acquisition for one normalised slice (and its label).
+
+    The phantoms already vary contrast per case; this varies it per slice too
+    (gamma, bias, noise, blur) and adds rotation / scale / shift / flip, so the
+    model cannot memorise a case's look.
+    """
+    from scipy import ndimage
+
+    s = im.shape[0]
+    if rng.random() < 0.5:
+        im, lb = im[:, ::-1], lb[:, ::-1]
+    if rng.random() < 0.8:
+        ang = np.deg2rad(rng.uniform(-15, 15))
+        scale = rng.uniform(0.85, 1.15)
+        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / scale
+        centre = (np.array([s, s]) - 1) / 2.0
+        offset = centre - rot @ centre + rng.uniform(-0.05, 0.05, 2) * s
+        im = ndimage.affine_transform(im, rot, offset, order=1, cval=0.0)
+        lb = ndimage.affine_transform(lb, rot, offset, order=1, cval=0.0)
+    brain = im != 0
+    if not brain.any():
+        return np.ascontiguousarray(im), np.ascontiguousarray(lb)
+    v = im[brain]
+    lo, hi = float(v.min()), float(v.max())
+    if hi > lo and rng.random() < 0.7:  # gamma on the brain's intensity range
+        u = (v - lo) / (hi - lo)
+        v = lo + (hi - lo) * u ** np.exp(rng.normal(0, 0.3))
+    yy, xx = np.nonzero(brain)
+    y, x = (yy / s - 0.5), (xx / s - 0.5)
+    c = rng.normal(0, 0.15, 5)  # smooth multiplicative bias (2nd-order polynomial)
+    v = v * np.exp(c[0] * x + c[1] * y + c[2] * x * y + c[3] * x * x + c[4] * y * y)
+    v = v * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
+    out = np.zeros_like(im)
+    out[brain] = v
+    if rng.random() < 0.3:
+        out = np.where(brain, ndimage.gaussian_filter(out, rng.uniform(0.3, 1.2)), 0.0)
+    if rng.random() < 0.5:
+        out = np.where(brain, out + rng.normal(0, rng.uniform(0.02, 0.15), out.shape), 0.0)
+    return out.astype(np.float32), np.clip(lb, 0.0, 1.0)
+
+
 def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
     """Model input [B,1,r,r] and soft targets per scale [B,1,s,s] (float32 numpy).
 
-    ``rng`` enables augmentation (left-right flip, small intensity jitter). ``crop``
+    ``rng`` enables augmentation (:func:`augment_slice`). ``crop``
     (full-resolution models only) trains on a random crop of the R-grid to save time.
     """
     imgs, labs = [], []
@@ -155,10 +197,7 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
         im = cache.images[c][k].astype(np.float32)
         lb = cache.labels[c][k].astype(np.float32)
         if rng is not None:
-            if rng.random() < 0.5:
-                im, lb = im[:, ::-1], lb[:, ::-1]
-            nz = im != 0
-            im = np.where(nz, im * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1), 0.0)
+            im, lb = augment_slice(im, lb, rng)
         imgs.append(im)
         labs.append(lb)
     imgs, labs = np.stack(imgs), np.stack(labs)

@@ -85,6 +85,8 @@ def train(cfg, progress=True):
     data = SliceCache.build(cfg["data"], cache_dir, cfg.get("modality", "FLAIR"), cfg.get("label", "wt"), progress)
     train_set, val_set = data.split(cfg["val_fraction"], seed=cfg["seed"])
     val_rows = val_set.sample(np.random.default_rng(1234), cfg["neg_ratio"])
+    if cfg.get("max_val_slices"):
+        val_rows = val_rows[: cfg["max_val_slices"]]
 
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "train_seconds": 0.0}
     last = os.path.join(out, "last.pt")

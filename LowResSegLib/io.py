@@ -1,0 +1,526 @@
+"""Volumes in, labels out: NIfTI / NRRD / MetaImage / DICOM series, and Slicer ``.seg.nrrd``.
+
+Everything read leaves as a :class:`~LowResSegLib.geometry.Volume`: ``array`` in (k, j, i)
+order (SimpleITK's ``GetArrayFromImage`` order) and ``affine`` mapping (i, j, k, 1) to
+LPS mm. ITK's physical space is LPS, so NIfTI's RAS is converted by ITK itself and the
+affine is simply ``direction @ diag(spacing)`` plus the origin.
+
+Reading refuses anything that would silently give a wrong result (a truncated file, a
+DICOM folder with an unreadable slice, a 4-D image without a chosen channel) with a
+:class:`VolumeReadError` whose one line says what is wrong and what to do next.
+Writing is atomic (a temporary file in the same folder, then ``os.replace``) and never
+replaces an existing file unless asked, so a failed or refused write loses nothing.
+
+Runs on Python 3.9+; needs only numpy and SimpleITK. ``.seg.nrrd`` output needs
+slicerio (the ``[dicom]`` extra), imported only when used.
+"""
+
+import gzip
+import os
+import re
+import secrets
+import struct
+import zlib
+
+import numpy as np
+import SimpleITK as sitk
+
+from LowResSegLib.geometry import Volume
+
+__all__ = [
+    "VolumeReadError",
+    "detect_format",
+    "is_supported_path",
+    "read_volume",
+    "write_labels",
+    "write_seg_nrrd",
+]
+
+FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "mha": "MetaImage", "dicom": "DICOM"}
+_READ_EXTENSIONS = (
+    (".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".nhdr", "nrrd"),
+    (".mha", "mha"), (".mhd", "mha"),
+)
+# Single-file formats only: a detached header (.nhdr/.mhd) names its data file, which an
+# atomic rename of the temporary header would break.
+_WRITE_EXTENSIONS = ((".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".mha", "mha"))
+_IMAGE_IO = {"nifti": "NiftiImageIO", "nrrd": "NrrdImageIO", "mha": "MetaImageIO"}
+_SUPPORTED = "a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file, or a folder holding one DICOM series"
+_DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+_INSTALL_HINT = 'pip install "LowResSegLib[dicom]"'
+_SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
+_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+class VolumeReadError(ValueError):
+    """A volume could not be read; the message says what is wrong and what to do next."""
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _match_extension(path, table):
+    name = os.path.basename(os.fspath(path)).lower()
+    for ext, fmt in table:
+        if name.endswith(ext):
+            return ext, fmt
+    return None, None
+
+
+def detect_format(path):
+    """``"nifti" | "nrrd" | "mha" | "dicom"`` (a folder), or None: how :func:`read_volume` would read it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "dicom"
+    return _match_extension(path, _READ_EXTENSIONS)[1]
+
+
+def is_supported_path(path):
+    """True when :func:`read_volume` knows how to read ``path`` (it may still be corrupt)."""
+    return detect_format(path) is not None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_volume(path, channel=None):
+    """Read a 3-D volume as float32 with its IJK->LPS affine and reader facts in ``meta``.
+
+    ``channel`` picks one channel of a 4-D image (or of a vector-pixel 3-D image); such an
+    image is refused without it, because guessing would segment the wrong sequence.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VolumeReadError("%s does not exist; check the path (expected %s)" % (path, _SUPPORTED))
+    fmt = detect_format(path)
+    if fmt is None:
+        if _has_dicom_preamble(path) or path.lower().endswith(_DICOM_EXTENSIONS):
+            raise VolumeReadError("%s is a single DICOM file; pass the folder that holds the whole series "
+                                  "(%s)" % (path, os.path.dirname(os.path.abspath(path))))
+        raise VolumeReadError("%s is not a supported volume format; convert it or pass %s" % (path, _SUPPORTED))
+    meta = {"source": path, "format": fmt, "modality": None, "warnings": []}
+    if fmt == "dicom":
+        image = _read_dicom_folder(path, meta)
+    else:
+        image = _read_file(path, fmt)
+    return _to_volume(image, path, channel, meta)
+
+
+def _itk_reason(exc):
+    """The one informative line of a multi-line ITK exception."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    nrrd_lines = [line for line in lines if line.startswith("[nrrd]")]
+    if nrrd_lines:
+        return nrrd_lines[-1][len("[nrrd]"):].strip()[:200]
+    for line in lines:
+        if "ERROR:" in line:
+            line = line.split("ERROR:", 1)[1].strip()
+            return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)[:200]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _corrupt(path, fmt, reason):
+    return VolumeReadError("%s is not a readable %s file (truncated or corrupt): %s; check the file or re-export it"
+                           % (path, FORMAT_NAMES[fmt], reason))
+
+
+def _read_file(path, fmt):
+    if fmt == "nifti":
+        _check_nifti_payload(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.SetImageIO(_IMAGE_IO[fmt])
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise _corrupt(path, fmt, _itk_reason(exc))
+
+
+def _check_nifti_payload(path):
+    """ITK reads a truncated NIfTI without complaint (zeros or NaNs), so count the bytes ourselves."""
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            head = f.read(540)
+            expected = _nifti_expected_bytes(head)
+            if expected is None:
+                return  # not a NIfTI header: ITK says so
+            if compressed:
+                total = len(head)
+                chunk = f.read(1 << 22)
+                while chunk:
+                    total += len(chunk)
+                    chunk = f.read(1 << 22)
+            else:
+                total = os.path.getsize(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _corrupt(path, "nifti", str(exc) or type(exc).__name__)
+    if total < expected:
+        raise _corrupt(path, "nifti", "the header promises %d bytes but the file holds %d" % (expected, total))
+
+
+def _nifti_expected_bytes(head):
+    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header, or None if it is not one."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    n = 1
+    for d in dims[1:dims[0] + 1]:
+        n *= max(int(d), 1)
+    return max(offset, 0) + n * bitpix // 8
+
+
+def _to_volume(image, path, channel, meta):
+    dim, comps = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    size = "x".join(str(s) for s in image.GetSize())
+    if dim == 2:
+        raise VolumeReadError("%s is 2-D (%s pixels); LowResSeg needs a 3-D volume (a stack of slices)" % (path, size))
+    if dim > 4 or (dim == 4 and comps > 1):
+        raise VolumeReadError("%s has %d dimensions%s (%s); LowResSeg needs a 3-D volume, so extract one first"
+                              % (path, dim, " with vector pixels" if comps > 1 else "", size))
+    n_channels = image.GetSize()[3] if dim == 4 else comps
+    array = sitk.GetArrayFromImage(image)  # (k, j, i), (c, k, j, i) or (k, j, i, c)
+    if n_channels > 1 and channel is None:
+        raise VolumeReadError("%s has %d channels (a 4-D image, e.g. several sequences or time points); "
+                              "pass --channel N with N in 0..%d to pick one" % (path, n_channels, n_channels - 1))
+    if channel is not None:
+        if not 0 <= int(channel) < n_channels:
+            raise VolumeReadError("channel %s is out of range: %s has %d channel%s; pass --channel N with N in 0..%d"
+                                  % (channel, path, n_channels, "s" if n_channels > 1 else "", n_channels - 1))
+    c = int(channel or 0)
+    if dim == 4:
+        array = array[c]
+    elif comps > 1:
+        array = array[..., c]
+    array = np.ascontiguousarray(array, dtype=np.float32)
+
+    bad = ~np.isfinite(array)
+    n_bad = int(bad.sum())
+    if n_bad:
+        array[bad] = 0.0
+        meta["warnings"].append("%d voxel(s) were NaN or Inf (or too large for float32) and were replaced by 0"
+                                % n_bad)
+    if not array.any():
+        meta["warnings"].append("all voxels are 0 (an empty image?); the segmentation will be empty")
+    if min(array.shape) == 1:
+        meta["warnings"].append("the volume has a single slice along one axis (shape %s)" % (array.shape,))
+    return Volume(array, _affine_of(image), meta)
+
+
+def _affine_of(image):
+    """IJK->LPS 4x4 from ITK geometry (spatial part of a 4-D image)."""
+    d = image.GetDimension()
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(d, d)[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.array(image.GetSpacing()[:3], dtype=np.float64)
+    affine[:3, 3] = image.GetOrigin()[:3]
+    return affine
+
+
+# --------------------------------------------------------------------------- DICOM
+
+
+def _read_head(path, n=1024):
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _has_dicom_preamble(path):
+    return os.path.isfile(path) and _read_head(path, 132)[128:132] == b"DICM"
+
+
+def _sop_class_of(path):
+    """MediaStorageSOPClassUID from a Part-10 file meta header (no pydicom needed), else None."""
+    head = _read_head(path, 4096)
+    if head[128:132] != b"DICM":
+        return None
+    pos = 132
+    try:
+        while pos + 8 <= len(head):
+            group, element = struct.unpack_from("<HH", head, pos)
+            if group != 2:
+                return None
+            if head[pos + 4:pos + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+                length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+            else:
+                length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+            if element == 2:
+                return head[pos:pos + length].decode("ascii", "replace").strip(" \x00") or None
+            pos += length
+    except struct.error:
+        return None
+    return None
+
+
+def _read_dicom_folder(folder, meta):
+    """Read the largest series in ``folder``; refuse when a slice-like file there is unreadable.
+
+    GDCM silently leaves unreadable files out of a series, which would drop slices and
+    shift the geometry, so every file of the folder is accounted for here.
+    """
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = {sid: list(reader.GetGDCMSeriesFileNames(folder, sid)) for sid in reader.GetGDCMSeriesIDs(folder)}
+    except RuntimeError as exc:
+        raise VolumeReadError("could not scan %s for DICOM files: %s; check the folder" % (folder, _itk_reason(exc)))
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise VolumeReadError("cannot list %s: %s; check the folder's permissions" % (folder, exc.strerror or exc))
+    in_series = set(os.path.normcase(os.path.abspath(f)) for files in series.values() for f in files)
+    leftovers = [os.path.join(folder, n) for n in names
+                 if not n.startswith(".") and n.upper() != "DICOMDIR" and os.path.isfile(os.path.join(folder, n))
+                 and os.path.normcase(os.path.abspath(os.path.join(folder, n))) not in in_series]
+    if series:
+        sid = max(sorted(series), key=lambda s: len(series[s]))
+        files = series[sid]
+        series_class = _sop_class_of(files[0])
+    else:
+        sid, files, series_class = None, [], None
+
+    others = []
+    for f in leftovers:
+        sop_class = _sop_class_of(f)
+        if _has_dicom_preamble(f):
+            slice_like = sop_class is None or sop_class == series_class  # unreadable meta, or same kind as the series
+        else:
+            slice_like = f.lower().endswith(_DICOM_EXTENSIONS)  # named like a slice, yet not DICOM at all
+        if slice_like:
+            raise VolumeReadError("%s looks like a DICOM slice but could not be read (truncated or corrupt); "
+                                  "reading the rest would silently drop a slice, so re-export the series or "
+                                  "remove the file" % f)
+        others.append(os.path.basename(f) + (" (SOP class %s)" % sop_class if sop_class else ""))
+    if not series:
+        subdirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
+        raise VolumeReadError("no DICOM series found in %s (%d files, %d sub-folders); point to the folder that "
+                              "directly holds the series' files, or pass %s"
+                              % (folder, len(names) - len(subdirs), len(subdirs), _SUPPORTED))
+    if others:
+        meta["warnings"].append("ignored %d file%s in %s that %s not part of a DICOM image series: %s"
+                                % (len(others), "s" if len(others) > 1 else "", folder,
+                                   "are" if len(others) > 1 else "is", ", ".join(others[:5])))
+    if len(series) > 1:
+        rest = ", ".join("%s (%d files)" % (s, len(series[s])) for s in sorted(series) if s != sid)
+        meta["warnings"].append("%s holds %d DICOM series; read %s (%d files, the largest) and ignored %s; "
+                                "pass a folder holding only the series you want to read another"
+                                % (folder, len(series), sid, len(files), rest))
+
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError("the DICOM series %s in %s could not be read: %s; check the files or re-export the "
+                              "series" % (sid, folder, _itk_reason(exc)))
+
+    def tag(key, k=0):
+        if not reader.HasMetaDataKey(k, key):
+            return None
+        return reader.GetMetaData(k, key).strip(" \x00") or None
+
+    n = len(files)
+    meta.update({
+        "modality": tag("0008|0060"),
+        "series_instance_uid": tag("0020|000e") or sid,
+        "study_instance_uid": tag("0020|000d"),
+        "frame_of_reference_uid": tag("0020|0052"),
+        "sop_instance_uids": [tag("0008|0018", k) for k in range(n)],
+        "files": list(files),
+    })
+    if tag("0010|0020"):
+        meta["patient_id"] = tag("0010|0020")
+    if meta["modality"] and meta["modality"].upper() != "MR":
+        meta["warnings"].append("modality is %s, not MR: LowResSeg models are trained on MRI, so results on this "
+                                "image are not meaningful" % meta["modality"])
+    _check_slice_spacing(image, [tag("0020|0032", k) for k in range(n)], meta)
+    return image
+
+
+def _check_slice_spacing(image, positions, meta):
+    """Warn when slices are not evenly spaced: ITK assumes they are, so a gap shifts the geometry."""
+    if len(positions) < 3 or any(p is None for p in positions):
+        return
+    try:
+        xyz = np.array([[float(v) for v in p.split("\\")] for p in positions])
+    except ValueError:
+        return
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    gaps = np.diff(xyz @ normal)
+    if np.ptp(gaps) > 0.01 * abs(gaps.mean()) + 1e-3:
+        meta["warnings"].append("slice positions are not evenly spaced (gaps from %.3g to %.3g mm): a slice may be "
+                                "missing or duplicated, so the geometry may be wrong; check the series"
+                                % (gaps.min(), gaps.max()))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _check_labels(labels, reference):
+    labels = np.asarray(labels)
+    if labels.shape != tuple(reference.shape):
+        raise ValueError("labels have shape %s but the reference volume has %s (k, j, i); they must match"
+                         % (labels.shape, tuple(reference.shape)))
+    if labels.dtype != np.uint8 and labels.size:
+        if labels.dtype.kind not in "biuf":
+            raise ValueError("labels must be integers 0..255, got dtype %s" % labels.dtype)
+        lo, hi = labels.min(), labels.max()
+        if lo < 0 or hi > 255 or (labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels))):
+            raise ValueError("labels must be integers 0..255, got values from %s to %s" % (lo, hi))
+    return np.ascontiguousarray(labels, dtype=np.uint8)
+
+
+def _geometry_image(labels, affine):
+    image = sitk.GetImageFromArray(labels)
+    m = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (m[:3, :3] / spacing).ravel()])
+    image.SetOrigin([float(v) for v in m[:3, 3]])
+    return image
+
+
+def _atomic_write(path, overwrite, write):
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same extension), then rename it into place."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError("%s is a folder; pass a file name to write to" % path)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
+    folder, name = os.path.split(os.path.abspath(path))
+    ext = next((e for e in (".seg.nrrd", ".nii.gz") if name.lower().endswith(e)), os.path.splitext(name)[1])
+    stem = name[:len(name) - len(ext)] if ext else name
+    tmp, fd = None, None
+    for _ in range(20):
+        tmp = os.path.join(folder, ".%s.tmp-%s%s" % (stem, secrets.token_hex(4), ext))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for any new file
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise type(exc)(exc.errno, "cannot write %s: %s (folder %s); choose a writable output folder"
+                            % (path, exc.strerror or exc, folder))
+    else:
+        raise FileExistsError("cannot create a temporary file in %s; clean up its .*.tmp-* files" % folder)
+    os.close(fd)
+    try:
+        try:
+            write(tmp)
+        except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
+            raise OSError("could not write %s: %s; check the disk space and the folder" % (path, _itk_reason(exc)))
+        if os.path.lexists(path) and not overwrite:
+            raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_labels(labels, reference, path, overwrite=False):
+    """Write a uint8 label volume (k, j, i) on ``reference``'s grid as NIfTI, NRRD or MetaImage.
+
+    The format follows the extension (.nii, .nii.gz, .nrrd, .mha). The write is atomic and
+    refuses an existing file unless ``overwrite``, so a failure never leaves a half file.
+    """
+    path = os.fspath(path)
+    ext, fmt = _match_extension(path, _WRITE_EXTENSIONS)
+    if fmt is None:
+        raise ValueError("cannot write labels to %s: use a .nii, .nii.gz, .nrrd or .mha file name "
+                         "(.seg.nrrd: use write_seg_nrrd)" % path)
+    image = _geometry_image(_check_labels(labels, reference), reference.affine)
+    # NIfTI compression follows the .gz extension; NRRD and MetaImage compress on request.
+    _atomic_write(path, overwrite, lambda tmp: sitk.WriteImage(image, tmp, fmt != "nifti"))
+
+
+def _code(value, what):
+    """``[scheme, value, meaning]`` from a model-card code dict (or an already-made triple)."""
+    if isinstance(value, dict):
+        try:
+            return [str(value["scheme"]), str(value["value"]), str(value["meaning"])]
+        except KeyError as exc:
+            raise ValueError("segment %s code needs scheme, value and meaning, missing %s" % (what, exc))
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return [str(v) for v in value]
+    raise ValueError("segment %s must be {scheme, value, meaning}, got %r" % (what, value))
+
+
+def _slicer_segment(segment):
+    """A model-card class entry as a slicerio segment (colour 0-255 -> 0-1, SNOMED terminology)."""
+    index = int(segment["index"])
+    if not 1 <= index <= 255:
+        raise ValueError("segment index must be 1..255, got %d" % index)
+    color = [float(c) for c in segment.get("color", (128, 128, 128))]
+    if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+        raise ValueError("segment colour must be 3 values 0..255, got %r" % (segment.get("color"),))
+    out = {
+        "id": "Segment_%d" % index,
+        "name": str(segment.get("name") or "Segment_%d" % index),
+        "labelValue": index,
+        "layer": 0,
+        "color": [round(c / 255.0, 6) for c in color],
+        "colorAutoGenerated": False,
+        "nameAutoGenerated": False,
+    }
+    if segment.get("category") and segment.get("type"):
+        out["terminology"] = {
+            "contextName": _SLICER_CONTEXT,
+            "category": _code(segment["category"], "category"),
+            "type": _code(segment["type"], "type"),
+            "anatomicContextName": _ANATOMIC_CONTEXT,
+        }
+    return out
+
+
+def write_seg_nrrd(labels, reference, path, segments, overwrite=False):
+    """Write a Slicer ``.seg.nrrd`` (binary labelmap) with segment names, colours and terminology.
+
+    ``segments`` are model-card ``classes`` entries (index, name, 0-255 colour, SNOMED
+    category/type). Every non-zero label must have a segment, so nothing in the file is
+    unnamed. Atomic and no-clobber like :func:`write_labels`.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(".seg.nrrd"):
+        raise ValueError("a Slicer segmentation file name must end in .seg.nrrd, got %s" % path)
+    try:
+        import slicerio
+    except ImportError:
+        raise ImportError("writing .seg.nrrd needs slicerio; install it with: %s" % _INSTALL_HINT)
+    if not hasattr(slicerio, "write_segmentation"):
+        raise ImportError("this slicerio (%s) cannot write segmentations; upgrade it: pip install -U slicerio"
+                          % getattr(slicerio, "__version__", "old"))
+    labels = _check_labels(labels, reference)
+    segs = [_slicer_segment(s) for s in segments]
+    known = set(s["labelValue"] for s in segs)
+    if len(known) != len(segs):
+        raise ValueError("segment indices must be unique, got %s" % sorted(s["labelValue"] for s in segs))
+    unnamed = sorted(set(int(v) for v in np.unique(labels)) - known - {0})
+    if unnamed:
+        raise ValueError("label value(s) %s have no segment; add them to segments" % unnamed)
+    segmentation = {
+        "voxels": labels.transpose(2, 1, 0),  # slicerio's default index order is (i, j, k)
+        "ijkToLPS": np.asarray(reference.affine, dtype=np.float64),
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": segs,
+    }
+    _atomic_write(path, overwrite, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
