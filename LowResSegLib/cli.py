@@ -1,10 +1,11 @@
-"""``lowresseg`` command line: models, phantom, train, export.
+"""``lowresseg`` command line: models, segment, compare, demo, phantom, train, export.
 
 Heavy imports (torch, SimpleITK) happen inside the subcommand that needs them, so
 ``lowresseg models`` starts fast and works without the training extra.
 """
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -40,6 +41,111 @@ def cmd_models(args):
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     print("%d model(s) in %s%s" % (len(names), repo.root, "; %d failed the check" % bad if bad else ""))
     return 1 if bad else 0
+
+
+def _tqdm_progress(desc):
+    from tqdm import tqdm
+
+    state = {}
+
+    def progress(done, total):
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="slice")
+        state["bar"].n = done
+        state["bar"].refresh()
+        if done >= total:
+            state["bar"].close()
+    return progress
+
+
+def _print_warnings(volume):
+    for w in volume.meta.get("warnings", []):
+        print("warning: %s" % w, file=sys.stderr)
+
+
+def cmd_segment(args):
+    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.io import read_volume
+    from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path, write_segmentation
+    from LowResSegLib.pipeline import segment
+
+    outputs = []
+    if args.output:
+        outputs.append(check_output_path(args.output, args.overwrite, LABEL_SUFFIXES))
+    if args.dicom_seg:
+        if not os.path.isdir(args.input):
+            raise ValueError("--dicom-seg needs DICOM input (a folder with the source series); %s is a file"
+                             % args.input)
+        dicom_out = check_output_path(args.dicom_seg, args.overwrite, (".dcm",))
+    engine = LocalEngine(args.model, args.repository, threads=args.threads)
+    volume = read_volume(args.input, channel=args.channel)
+    _print_warnings(volume)
+    if args.dicom_seg and volume.meta.get("format") != "dicom":
+        raise ValueError("--dicom-seg needs DICOM input; %s was read as %s" % (args.input, volume.meta.get("format")))
+    seg = segment(volume, engine, progress=_tqdm_progress(args.model))
+    for path in outputs:
+        write_segmentation(seg, path, overwrite=args.overwrite)
+        print("wrote %s" % path)
+    if args.dicom_seg:
+        from LowResSegLib.dicomseg import write_dicom_seg
+
+        write_dicom_seg(seg.labels, volume.meta["files"], engine.card, dicom_out, overwrite=args.overwrite)
+        print("wrote %s" % dicom_out)
+    t = seg.timings
+    print("%s: tumour %.1f mL; %d slices in %.2f s (%.1f ms/slice: preprocess %.0f ms, inference %.0f ms, "
+          "postprocess %.0f ms)" % (args.model, seg.volume_ml(), t["slices"], t["total_s"], t["ms_per_slice"],
+                                    t["preprocess_ms"], t["infer_ms"], t["postprocess_ms"]))
+    if not seg.labels.any():
+        print("warning: no tumour found (an empty mask)", file=sys.stderr)
+    if not outputs and not args.dicom_seg:
+        print("(nothing written: pass --output OUT.nii.gz|OUT.seg.nrrd and/or --dicom-seg OUT.dcm)")
+    return 0
+
+
+def cmd_compare(args):
+    from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
+    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.io import read_volume
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--models needs at least one model name (see `lowresseg models`)")
+    out = os.path.abspath(args.out)
+    targets = [os.path.join(out, f) for f in ("comparison.csv", "comparison.json", "comparison.png")]
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError("--out %s is a file, not a folder" % out)
+    for t in targets:
+        if os.path.exists(t) and not args.overwrite:
+            raise FileExistsError("%s already exists; pass --overwrite to replace it" % t)
+    engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
+    volume = read_volume(args.input, channel=args.channel)
+    _print_warnings(volume)
+    ref = None
+    if args.reference_label:
+        ref = read_volume(args.reference_label).array
+        if ref.shape != volume.shape:
+            raise ValueError("reference label %s has shape %s, the image %s" % (args.reference_label, ref.shape,
+                                                                                volume.shape))
+        ref = (ref > 0).astype("uint8")
+    rows, segs = run_comparison(volume, engines, reference=ref,
+                                progress=lambda m, d, t: print("\r%s %d/%d" % (m, d, t), end="", flush=True))
+    print()
+    os.makedirs(out, exist_ok=True)
+    write_table(rows, out, reference_ml=reference_volume_ml(volume, ref) if ref is not None else None)
+    comparison_figure(volume, segs, os.path.join(out, "comparison.png"), reference=ref)
+    print("%-26s %6s %9s %9s %8s %9s  vs" % ("model", "input", "time s", "mL", "Dice", "HD95 mm"))
+    for r in rows:
+        print("%-26s %6s %9.2f %9.1f %8.3f %9.1f  %s" % (r["model"], "%d²" % r["input_size"], r["time_s"],
+                                                        r["volume_ml"], r["dice"], r["hd95_mm"], r["reference"]))
+    print("wrote %s" % ", ".join(targets))
+    return 0
+
+
+def cmd_demo(args):
+    from LowResSegLib.demo import run_demo
+
+    run_demo(args.out, args.repository, overwrite=args.overwrite, threads=args.threads)
+    return 0
 
 
 def cmd_phantom(args):
@@ -86,6 +192,35 @@ def build_parser():
     m = sub.add_parser("models", help="list the shipped models and check their integrity")
     m.add_argument("--repository", default=default_repository(), help="model repository folder")
     m.set_defaults(func=cmd_models)
+
+    sg = sub.add_parser("segment", help="segment one MRI volume (NIfTI, NRRD, MHA or a DICOM series folder)")
+    sg.add_argument("input")
+    sg.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
+    sg.add_argument("--output", help="labels: OUT.nii.gz, OUT.nrrd, OUT.mha or a Slicer OUT.seg.nrrd")
+    sg.add_argument("--dicom-seg", help="DICOM-SEG output (DICOM input only)")
+    sg.add_argument("--channel", type=int, default=None, help="channel of a 4-D / multi-component image")
+    sg.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    sg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    sg.add_argument("--repository", default=default_repository())
+    sg.set_defaults(func=cmd_segment)
+
+    cp = sub.add_parser("compare", help="run several models (input resolutions) on one volume, side by side")
+    cp.add_argument("input")
+    cp.add_argument("--models", required=True, help="comma-separated model names")
+    cp.add_argument("--reference-label", help="ground-truth label volume (else: agreement with the highest resolution)")
+    cp.add_argument("--out", required=True, help="folder for comparison.csv/.json/.png")
+    cp.add_argument("--channel", type=int, default=None)
+    cp.add_argument("--threads", type=int, default=0)
+    cp.add_argument("--overwrite", action="store_true")
+    cp.add_argument("--repository", default=default_repository())
+    cp.set_defaults(func=cmd_compare)
+
+    dm = sub.add_parser("demo", help="segment the bundled sample with every shipped model and write every output")
+    dm.add_argument("--out", default="lowresseg-demo", help="output folder (default ./lowresseg-demo)")
+    dm.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    dm.add_argument("--threads", type=int, default=0)
+    dm.add_argument("--repository", default=default_repository())
+    dm.set_defaults(func=cmd_demo)
 
     ph = sub.add_parser("phantom", help="write synthetic brain-tumour FLAIR phantoms (NIfTI)")
     ph.add_argument("outdir")
@@ -135,7 +270,7 @@ def main(argv=None):
         return 2
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # incl. VolumeReadError, ModelStoreError, FileExistsError, PermissionError
         print("lowresseg %s: error: %s" % (args.command, e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

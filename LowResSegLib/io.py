@@ -114,8 +114,9 @@ def _itk_reason(exc):
         return nrrd_lines[-1][len("[nrrd]"):].strip()[:200]
     for line in lines:
         if "ERROR:" in line:
-            line = line.split("ERROR:", 1)[1].strip()
-            return re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line)[:200]
+            line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line.split("ERROR:", 1)[1].strip())
+            line = re.sub(r"^File cannot be read: .* for reading\.?$", "its header or data could not be read", line)
+            return line.rstrip(".")[:200]
     return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
@@ -194,7 +195,7 @@ def _to_volume(image, path, channel, meta):
     n_channels = image.GetSize()[3] if dim == 4 else comps
     array = sitk.GetArrayFromImage(image)  # (k, j, i), (c, k, j, i) or (k, j, i, c)
     if n_channels > 1 and channel is None:
-        raise VolumeReadError("%s has %d channels (a 4-D image, e.g. several sequences or time points); "
+        raise VolumeReadError("%s has %d channels (several sequences or time points in one file); "
                               "pass --channel N with N in 0..%d to pick one" % (path, n_channels, n_channels - 1))
     if channel is not None:
         if not 0 <= int(channel) < n_channels:
@@ -309,8 +310,8 @@ def _read_dicom_folder(folder, meta):
     if not series:
         subdirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
         raise VolumeReadError("no DICOM series found in %s (%d files, %d sub-folders); point to the folder that "
-                              "directly holds the series' files, or pass %s"
-                              % (folder, len(names) - len(subdirs), len(subdirs), _SUPPORTED))
+                              "directly holds the series' files, or pass a NIfTI, NRRD or MetaImage file"
+                              % (folder, len(names) - len(subdirs), len(subdirs)))
     if others:
         meta["warnings"].append("ignored %d file%s in %s that %s not part of a DICOM image series: %s"
                                 % (len(others), "s" if len(others) > 1 else "", folder,
@@ -414,8 +415,10 @@ def _atomic_write(path, overwrite, write):
         except FileExistsError:
             continue
         except OSError as exc:
-            raise type(exc)(exc.errno, "cannot write %s: %s (folder %s); choose a writable output folder"
-                            % (path, exc.strerror or exc, folder))
+            hint = ("create it first or choose another output folder" if isinstance(exc, FileNotFoundError)
+                    else "choose a writable output folder")
+            raise type(exc)(exc.errno, "cannot write %s: %s (folder %s); %s"
+                            % (path, exc.strerror or exc, folder, hint))
     else:
         raise FileExistsError("cannot create a temporary file in %s; clean up its .*.tmp-* files" % folder)
     os.close(fd)

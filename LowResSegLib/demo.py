@@ -1,0 +1,117 @@
+"""``lowresseg demo``: the bundled sample through every shipped model, with every output.
+
+label volumes (NIfTI + .seg.nrrd) per model, a DICOM version of the sample and a
+DICOM-SEG of it, the comparison table (CSV/JSON) and comparison.png.
+"""
+
+import os
+import shutil
+
+import numpy as np
+
+from LowResSegLib.modelstore import default_repository
+
+SAMPLE_DIR = os.path.join(os.path.dirname(default_repository()), "SampleData")
+SAMPLE_IMAGE = os.path.join(SAMPLE_DIR, "sample-flair.nii.gz")
+SAMPLE_LABEL = os.path.join(SAMPLE_DIR, "sample-label.nii.gz")
+DICOM_MODEL = "elunet-jhead-32to256"
+
+
+def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
+    from tqdm import tqdm
+
+    from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
+    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.io import read_volume
+    from LowResSegLib.modelstore import ModelRepository
+    from LowResSegLib.outputs import write_segmentation
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError("%s is not empty; pass --overwrite to replace the demo outputs" % out_dir)
+    repo = ModelRepository(repository)
+    names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
+    if not names:
+        raise ValueError("no models in %s" % repo.root)
+    engines = [LocalEngine(n, repository, threads=threads) for n in names]
+    volume = read_volume(SAMPLE_IMAGE)
+    truth = read_volume(SAMPLE_LABEL).array.astype(np.uint8)
+    log("sample: %s, %d×%d×%d voxels, spacing %s mm" % (
+        os.path.relpath(SAMPLE_IMAGE), volume.shape[2], volume.shape[1], volume.shape[0],
+        "×".join("%.1f" % s for s in volume.spacing)))
+
+    bars = {}
+
+    def progress(model, done, total):
+        if model not in bars:
+            bars[model] = tqdm(total=total, desc=model, unit="slice", leave=False)
+        bars[model].n = done
+        bars[model].refresh()
+
+    rows, segs = run_comparison(volume, engines, reference=truth, progress=progress)
+    for b in bars.values():
+        b.close()
+
+    staging = out_dir + ".part"
+    if os.path.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(os.path.join(staging, "labels"))
+    written = []
+    for name, seg in segs.items():
+        for ext in (".nii.gz", ".seg.nrrd"):
+            written.append(write_segmentation(seg, os.path.join(staging, "labels", name + ext)))
+    written += write_table(rows, staging, reference_ml=reference_volume_ml(volume, truth))
+    written.append(comparison_figure(volume, segs, os.path.join(staging, "comparison.png"), reference=truth))
+    dicom_note = _dicom_outputs(volume, staging, repository, threads, written) if DICOM_MODEL in names else \
+        "DICOM-SEG skipped: %s is not in the repository" % DICOM_MODEL
+
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
+    written = [os.path.join(out_dir, os.path.relpath(p, staging)) for p in written]
+
+    log("\nwrote %d files under %s:" % (len(written), out_dir))
+    for p in written:
+        if not os.path.basename(os.path.dirname(p)).startswith("sample-dicom"):
+            log("  " + os.path.relpath(p, out_dir))
+    log("  sample-dicom/ (the sample as a %d-file MR series)" % volume.shape[0])
+    best = max(rows, key=lambda r: r["dice"])
+    fastest = min(rows, key=lambda r: r["time_s"])
+    full = [r for r in rows if r["input_size"] == r["output_size"]]
+    log("\nsummary:")
+    log("  truth %.1f mL; %d models from %d² to %d² input" % (
+        reference_volume_ml(volume, truth), len(rows), min(r["input_size"] for r in rows),
+        max(r["input_size"] for r in rows)))
+    for r in rows:
+        log("  %-24s Dice %.3f  HD95 %5.1f mm  %6.1f mL  %6.0f ms" % (
+            r["model"], r["dice"], r["hd95_mm"], r["volume_ml"], 1000 * r["time_s"]))
+    log("  best Dice: %s (%.3f); fastest: %s (%.0f ms%s)" % (
+        best["model"], best["dice"], fastest["model"], 1000 * fastest["time_s"],
+        ", %.0f× faster than %s" % (full[0]["time_s"] / fastest["time_s"], full[0]["model"]) if full else ""))
+    log("  " + dicom_note)
+    log("  figure: %s" % os.path.join(out_dir, "comparison.png"))
+    return rows
+
+
+def _dicom_outputs(volume, staging, repository, threads, written):
+    """The sample as an MR series, segmented from DICOM, saved as DICOM-SEG, validated."""
+    from LowResSegLib.dicomseg import run_dciodvfy, write_dicom_seg
+    from LowResSegLib.dicomsynth import write_mr_series
+    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.io import read_volume
+    from LowResSegLib.pipeline import segment
+
+    series_dir = os.path.join(staging, "sample-dicom")
+    write_mr_series(volume, series_dir, series_description="LowResSeg sample (phantom)", seed=2024)
+    dicom_volume = read_volume(series_dir)
+    engine = LocalEngine(DICOM_MODEL, repository, threads=threads)
+    seg = segment(dicom_volume, engine)
+    path = write_dicom_seg(seg.labels, dicom_volume.meta["files"], engine.card,
+                           os.path.join(staging, "%s.seg.dcm" % DICOM_MODEL))
+    written.append(path)
+    try:
+        errors, warnings = run_dciodvfy(path)
+        check = "dciodvfy: %d errors, %d warnings" % (len(errors), len(warnings))
+    except FileNotFoundError:
+        check = "dciodvfy not installed (scripts/setup.sh installs dicom3tools)"
+    return "DICOM-SEG %s (%s, %.1f mL): %s" % (os.path.basename(path), DICOM_MODEL, seg.volume_ml(), check)
