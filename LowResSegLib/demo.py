@@ -47,10 +47,10 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
             bars[model] = tqdm(total=total, desc=model, unit="slice", leave=False)
         bars[model].n = done
         bars[model].refresh()
+        if done >= total:
+            bars[model].close()
 
     rows, segs = run_comparison(volume, engines, reference=truth, progress=progress)
-    for b in bars.values():
-        b.close()
 
     staging = out_dir + ".part"
     if os.path.exists(staging):

@@ -30,5 +30,7 @@ def write_segmentation(seg, path, overwrite=False):
     from LowResSegLib.io import write_labels, write_seg_nrrd
 
     if path.lower().endswith(".seg.nrrd"):
-        return write_seg_nrrd(seg.labels, seg.reference, path, seg.card["classes"], overwrite=overwrite)
-    return write_labels(seg.labels, seg.reference, path, overwrite=overwrite)
+        write_seg_nrrd(seg.labels, seg.reference, path, seg.card["classes"], overwrite=overwrite)
+    else:
+        write_labels(seg.labels, seg.reference, path, overwrite=overwrite)
+    return path
