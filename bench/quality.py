@@ -27,9 +27,8 @@ from LowResSegLib.intensity import normalize_volume  # noqa: E402
 from LowResSegLib.metrics import dice, hd95, iou  # noqa: E402
 from LowResSegLib.modelstore import ModelRepository  # noqa: E402
 from LowResSegLib.pipeline import segment_array  # noqa: E402
+from bench.report import replace_section  # noqa: E402
 
-SECTION_BEGIN = "<!-- quality:begin -->"
-SECTION_END = "<!-- quality:end -->"
 
 
 def threshold_mask(image, k):
@@ -114,7 +113,7 @@ def main(argv=None):
         gain = (dj - di) / di * 100.0
 
     command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lines = [SECTION_BEGIN, "## Quality on held-out phantoms", "",
+    lines = ["## Quality on held-out phantoms", "",
              "Produced by `%s` on %s (%d held-out cases, `%s`; the training set is `%s`)."
              % (command.strip(), time.strftime("%Y-%m-%d"), len(cases), args.data, args.train_data),
              "Each model runs through the real inference path (onnxruntime on the shipped ONNX, "
@@ -141,18 +140,8 @@ def main(argv=None):
     lines.append("Models beating the threshold floor (Dice %.3f): %d of %d%s." % (
         floor, len(beaten), len(names),
         "" if len(beaten) == len(names) else " — NOT beaten by: " + ", ".join(sorted(set(names) - set(beaten)))))
-    lines += ["", "Per-case numbers: `docs/quality_cases.csv`; figure: `docs/quality.png`.", SECTION_END]
-    section = "\n".join(lines) + "\n"
-    print(section)
-
-    bench_md = os.path.join(args.out, "BENCHMARKS.md")
-    old = open(bench_md).read() if os.path.exists(bench_md) else "# Benchmarks\n\n"
-    if SECTION_BEGIN in old:
-        old = old[:old.index(SECTION_BEGIN)] + section + old[old.index(SECTION_END) + len(SECTION_END) + 1:]
-    else:
-        old = old.rstrip("\n") + "\n\n" + section
-    with open(bench_md, "w") as f:
-        f.write(old)
+    lines += ["", "Per-case numbers: `quality_cases.csv`; figure: `quality.png` (beside this file)."]
+    print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), "quality", lines))
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"summary": summary, "k": k, "jhead_gain_pct": gain, "command": command}, f, indent=2)
     plot(summary, order, os.path.join(args.out, "quality.png"))
