@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The main job (for now): list the shipped models with their integrity check, then measure
-# their quality on a few held-out phantoms through the real inference path.
-# Outputs go to demo_output/ (BENCHMARKS.md section, per-case CSV, quality.png).
+# The main job: install the runtime, list the shipped models (integrity-checked), then segment the
+# bundled sample with every shipped model and write every output to demo_output/:
+# label volumes (NIfTI + Slicer .seg.nrrd), a DICOM version of the sample and its DICOM-SEG,
+# comparison.csv/.json and comparison.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh runtime
 lowresseg models
-python3 bench/quality.py --cases ${DEMO_CASES:-3} --tune-data phantom:4:1 --out demo_output
-echo "demo outputs: $(pwd)/demo_output (quality.png, quality_cases.csv, BENCHMARKS.md)"
+lowresseg demo --out demo_output --overwrite "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything LowResSeg needs on a fresh Debian machine (idempotent; fast when already done).
-#   scripts/setup.sh          runtime + training + test dependencies
+#   scripts/setup.sh          runtime + training + test dependencies (what the tests need)
+#   scripts/setup.sh runtime  only what `lowresseg segment/compare/demo` need (no torch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +16,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi
 
+if [ "${1:-all}" = runtime ]; then
+  $PY -m pip install -q -e ".[dicom,figures]"
+  exit 0
+fi
+
 # torch first and pinned: 2.13.0 is the CPU build that lies on disk here (a plain `torch`
 # would pull a multi-GB CUDA build). The [train] extra's range accepts it.
 $PY -c "import torch" >/dev/null 2>&1 || $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[train,dicom,dev]"
+$PY -m pip install -q -e ".[train,dicom,figures,dev]"
