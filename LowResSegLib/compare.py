@@ -90,10 +90,15 @@ def reference_volume_ml(volume, reference):
 
 def comparison_figure(volume, segs, path, reference=None, n_slices=3):
     """comparison.png: per model, its low-res input and its mask over the full-res slice."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError('the comparison figure needs matplotlib: pip install "LowResSegLib[figures]"')
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    red = ListedColormap(["#ff3b30"])
 
     names = sorted(segs, key=lambda n: (segs[n].card["input_size"], n))
     canon_img, _ = to_canonical(np.asarray(volume.array), volume.affine)
@@ -119,11 +124,15 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
             r = seg.card["input_size"]
             ax_in.set_title("%s\ninput %d×%d" % (name, r, r) if row == 0 else "input %d×%d" % (r, r), fontsize=8)
             ax_ov.imshow(canon_img[k], cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
-            if canon[name][k].any():
-                ax_ov.contour(canon[name][k], [0.5], colors=["#ff3b30"], linewidths=1.0)
+            mask = canon[name][k] > 0
+            if mask.any():
+                ax_ov.imshow(np.ma.masked_where(~mask, mask), cmap=red, alpha=0.35, aspect=aspect,
+                             interpolation="nearest", vmin=0, vmax=1)
+                ax_ov.contour(mask, [0.5], colors=["#ff3b30"], linewidths=0.8)
             if ref_c is not None and ref_c[k].any():
-                ax_ov.contour(ref_c[k], [0.5], colors=["#34c759"], linewidths=0.6, linestyles="dashed")
-            ax_ov.set_title("slice %d: %.1f mL total" % (k, seg.volume_ml()), fontsize=7)
+                ax_ov.contour(ref_c[k], [0.5], colors=["#34c759"], linewidths=0.8, linestyles="dashed")
+            agree = "" if basis is None else ", Dice %.2f" % dice(mask, basis[k] > 0)
+            ax_ov.set_title("slice %d%s | %.1f mL" % (k, agree, seg.volume_ml()), fontsize=7)
         if ref_c is not None:
             ax_in, ax_ov = axes[2 * row, cols - 1], axes[2 * row + 1, cols - 1]
             ax_in.axis("off")
@@ -136,9 +145,10 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("LowResSeg: model input (top) and mask on the full-resolution slice (bottom); "
-                 "red = model, green dashed = truth. Radiological view (patient right on the left). "
-                 "Research use only.", fontsize=8)
+    fig.suptitle("LowResSeg: each model's actual input (top) and its mask on the full-resolution slice (bottom)\n"
+                 "red = model, green dashed = %s; per-slice Dice against it. Radiological view (patient's right on the "
+                 "left). Research use only." % ("ground truth" if ref_c is not None else "highest-resolution run"),
+                 fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     tmp = path + ".part.png"
     fig.savefig(tmp, dpi=100)

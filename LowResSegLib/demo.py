@@ -70,26 +70,36 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     os.replace(staging, out_dir)
     written = [os.path.join(out_dir, os.path.relpath(p, staging)) for p in written]
 
-    log("\nwrote %d files under %s:" % (len(written), out_dir))
+    log("\n%-24s %6s %7s %8s %9s %9s" % ("model", "input", "Dice", "HD95 mm", "volume mL", "time ms"))
+    for r in rows:
+        log("%-24s %6s %7.3f %8.1f %9.1f %9.0f" % (r["model"], "%d²" % r["input_size"], r["dice"], r["hd95_mm"],
+                                                   r["volume_ml"], 1000 * r["time_s"]))
+    has_dicom = os.path.isdir(os.path.join(out_dir, "sample-dicom"))
+    log("\nwrote %d files under %s:" % (len(written) + (volume.shape[0] if has_dicom else 0), out_dir))
     for p in written:
-        if not os.path.basename(os.path.dirname(p)).startswith("sample-dicom"):
-            log("  " + os.path.relpath(p, out_dir))
-    log("  sample-dicom/ (the sample as a %d-file MR series)" % volume.shape[0])
+        log("  " + os.path.relpath(p, out_dir))
+    if has_dicom:
+        log("  sample-dicom/ (the sample as a %d-file MR series, the DICOM-SEG's source)" % volume.shape[0])
     best = max(rows, key=lambda r: r["dice"])
     fastest = min(rows, key=lambda r: r["time_s"])
     full = [r for r in rows if r["input_size"] == r["output_size"]]
+    by_name = {r["model"]: r for r in rows}
     log("\nsummary:")
-    log("  truth %.1f mL; %d models from %d² to %d² input" % (
+    log("  1. sample: %.1f mL of tumour; %d models with inputs from %d² to %d²" % (
         reference_volume_ml(volume, truth), len(rows), min(r["input_size"] for r in rows),
         max(r["input_size"] for r in rows)))
-    for r in rows:
-        log("  %-24s Dice %.3f  HD95 %5.1f mm  %6.1f mL  %6.0f ms" % (
-            r["model"], r["dice"], r["hd95_mm"], r["volume_ml"], 1000 * r["time_s"]))
-    log("  best Dice: %s (%.3f); fastest: %s (%.0f ms%s)" % (
-        best["model"], best["dice"], fastest["model"], 1000 * fastest["time_s"],
-        ", %.0f× faster than %s" % (full[0]["time_s"] / fastest["time_s"], full[0]["model"]) if full else ""))
-    log("  " + dicom_note)
-    log("  figure: %s" % os.path.join(out_dir, "comparison.png"))
+    log("  2. best Dice: %s, %.3f (HD95 %.1f mm)" % (best["model"], best["dice"], best["hd95_mm"]))
+    log("  3. fastest: %s, %.0f ms for the volume%s" % (
+        fastest["model"], 1000 * fastest["time_s"],
+        " (%.1f× faster than %s)" % (full[0]["time_s"] / fastest["time_s"], full[0]["model"]) if full else ""))
+    if "elunet-jhead-32to256" in by_name and "elunet-interp-32to256" in by_name:
+        j, i = by_name["elunet-jhead-32to256"], by_name["elunet-interp-32to256"]
+        log("  4. learned head vs bilinear at 32²: Dice %.3f vs %.3f, time %.0f vs %.0f ms" % (
+            j["dice"], i["dice"], 1000 * j["time_s"], 1000 * i["time_s"]))
+    else:
+        log("  4. table: %s" % os.path.join(out_dir, "comparison.csv"))
+    log("  5. " + dicom_note)
+    log("look at %s first." % os.path.join(out_dir, "comparison.png"))
     return rows
 
 
