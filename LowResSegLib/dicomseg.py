@@ -29,9 +29,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
+
+from LowResSegLib.io import atomic_write
+from LowResSegLib.outputs import check_output_path
 
 __all__ = ["write_dicom_seg", "read_dicom_seg", "run_dciodvfy"]
 
@@ -165,16 +167,6 @@ def _segment_description(number, cls, card, hd, codes):
 # --------------------------------------------------------------------------- write
 
 
-def _check_out_path(out_path, overwrite):
-    if os.path.isdir(out_path):
-        raise ValueError("out_path %s is a directory; give a file name" % out_path)
-    if os.path.exists(out_path) and not overwrite:
-        raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it" % out_path)
-    folder = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError("output folder %s does not exist" % folder)
-
-
 def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None):
     """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG.
 
@@ -192,7 +184,7 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
     from pydicom.sr.codedict import codes
 
     out_path = os.fspath(out_path)
-    _check_out_path(out_path, overwrite)
+    check_output_path(out_path, overwrite)
     classes = _card_classes(card)
     datasets = _read_sources(source_files, pydicom)
 
@@ -244,33 +236,8 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
     )
     seg.SeriesDescription = (series_description or "%s segmentation (AI)" % name)[:64]
 
-    _atomic_save(seg, out_path, overwrite)
+    atomic_write(out_path, overwrite, seg.save_as)
     return out_path
-
-
-def _atomic_save(ds, out_path, overwrite):
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(out_path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        ds.save_as(tmp)
-        if overwrite:
-            os.replace(tmp, out_path)
-        else:
-            # A hard link fails if the name appeared meanwhile, so nothing is clobbered.
-            try:
-                os.link(tmp, out_path)
-            except FileExistsError:
-                raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it"
-                                      % out_path)
-            except OSError:  # file system without hard links
-                if os.path.exists(out_path):
-                    raise FileExistsError("%s already exists; pass --overwrite (overwrite=True) to replace it"
-                                          % out_path)
-                os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------- read

@@ -396,7 +396,7 @@ def _geometry_image(labels, affine):
     return image
 
 
-def _atomic_write(path, overwrite, write):
+def atomic_write(path, overwrite, write):
     """Call ``write(tmp)`` on a temporary file beside ``path`` (same extension), then rename it into place."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -451,7 +451,7 @@ def write_labels(labels, reference, path, overwrite=False):
                          "(.seg.nrrd: use write_seg_nrrd)" % path)
     image = _geometry_image(_check_labels(labels, reference), reference.affine)
     # NIfTI compression follows the .gz extension; NRRD and MetaImage compress on request.
-    _atomic_write(path, overwrite, lambda tmp: sitk.WriteImage(image, tmp, fmt != "nifti"))
+    atomic_write(path, overwrite, lambda tmp: sitk.WriteImage(image, tmp, fmt != "nifti"))
 
 
 def _code(value, what):
@@ -526,4 +526,4 @@ def write_seg_nrrd(labels, reference, path, segments, overwrite=False):
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segs,
     }
-    _atomic_write(path, overwrite, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
+    atomic_write(path, overwrite, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
