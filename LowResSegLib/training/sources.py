@@ -222,13 +222,7 @@ def _load_pair(
     mapper: Callable[[np.ndarray], np.ndarray],
 ) -> Case:
     sitk = _sitk()
-    if not image_path.is_file():
-        raise FileNotFoundError("case %r: image file not found: %s" % (case_id, image_path))
-    if not label_path.is_file():
-        raise FileNotFoundError(
-            "case %r: label file not found: %s (every image needs a label with the same file name)"
-            % (case_id, label_path)
-        )
+    _check_files([(case_id, image_path, label_path)])
     img = _select_channel(_read_image(image_path), channel, "case %r image %s" % (case_id, image_path))
     lab = _select_channel(_read_image(label_path), None, "case %r label %s" % (case_id, label_path))
 
