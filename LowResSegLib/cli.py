@@ -106,6 +106,7 @@ def cmd_compare(args):
     from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
     from LowResSegLib.engines import LocalEngine
     from LowResSegLib.io import read_volume
+    from LowResSegLib.outputs import labels_on_grid
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
@@ -122,11 +123,8 @@ def cmd_compare(args):
     _print_warnings(volume)
     ref = None
     if args.reference_label:
-        ref = read_volume(args.reference_label).array
-        if ref.shape != volume.shape:
-            raise ValueError("reference label %s has shape %s, the image %s" % (args.reference_label, ref.shape,
-                                                                                volume.shape))
-        ref = (ref > 0).astype("uint8")
+        ref_vol = read_volume(args.reference_label)
+        ref = labels_on_grid((ref_vol.array > 0).astype("uint8"), ref_vol.affine, volume)
     rows, segs = run_comparison(volume, engines, reference=ref,
                                 progress=lambda m, d, t: print("\r%s %d/%d" % (m, d, t), end="", flush=True))
     print()

@@ -15,6 +15,7 @@ SAMPLE_DIR = os.path.join(os.path.dirname(default_repository()), "SampleData")
 SAMPLE_IMAGE = os.path.join(SAMPLE_DIR, "sample-flair.nii.gz")
 SAMPLE_LABEL = os.path.join(SAMPLE_DIR, "sample-label.nii.gz")
 DICOM_MODEL = "elunet-jhead-32to256"
+MARKER = ".lowresseg-demo"  # only folders carrying it may be replaced by a later demo
 
 
 def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
@@ -27,8 +28,14 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     from LowResSegLib.outputs import write_segmentation
 
     out_dir = os.path.abspath(out_dir)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError("%s is not empty; pass --overwrite to replace the demo outputs" % out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError("--out %s is a file; give a folder for the demo outputs" % out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        if not os.path.exists(os.path.join(out_dir, MARKER)):
+            raise FileExistsError("%s is not empty and was not made by `lowresseg demo`; choose another --out "
+                                  "(the demo replaces its folder as a whole)" % out_dir)
+        if not overwrite:
+            raise FileExistsError("%s holds an earlier demo; pass --overwrite to replace it" % out_dir)
     repo = ModelRepository(repository)
     names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
     if not names:
@@ -56,18 +63,22 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     if os.path.exists(staging):
         shutil.rmtree(staging)
     os.makedirs(os.path.join(staging, "labels"))
-    written = []
-    for name, seg in segs.items():
-        for ext in (".nii.gz", ".seg.nrrd"):
-            written.append(write_segmentation(seg, os.path.join(staging, "labels", name + ext)))
-    written += write_table(rows, staging, reference_ml=reference_volume_ml(volume, truth))
-    written.append(comparison_figure(volume, segs, os.path.join(staging, "comparison.png"), reference=truth))
-    dicom_note = _dicom_outputs(volume, staging, repository, threads, written) if DICOM_MODEL in names else \
-        "DICOM-SEG skipped: %s is not in the repository" % DICOM_MODEL
-
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
+    try:
+        written = []
+        for name, seg in segs.items():
+            for ext in (".nii.gz", ".seg.nrrd"):
+                written.append(write_segmentation(seg, os.path.join(staging, "labels", name + ext)))
+        written += write_table(rows, staging, reference_ml=reference_volume_ml(volume, truth))
+        written.append(comparison_figure(volume, segs, os.path.join(staging, "comparison.png"), reference=truth))
+        dicom_note = _dicom_outputs(volume, staging, repository, threads, written) if DICOM_MODEL in names else \
+            "DICOM-SEG skipped: %s is not in the repository" % DICOM_MODEL
+        open(os.path.join(staging, MARKER), "w").close()
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     written = [os.path.join(out_dir, os.path.relpath(p, staging)) for p in written]
 
     log("\n%-24s %6s %7s %8s %9s %9s" % ("model", "input", "Dice", "HD95 mm", "volume mL", "time ms"))

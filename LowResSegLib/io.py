@@ -102,7 +102,7 @@ def read_volume(path, channel=None):
     if fmt == "dicom":
         image = _read_dicom_folder(path, meta)
     else:
-        image = _read_file(path, fmt)
+        image = _read_file(path, fmt, meta)
     return _to_volume(image, path, channel, meta)
 
 
@@ -125,9 +125,9 @@ def _corrupt(path, fmt, reason):
                            % (path, FORMAT_NAMES[fmt], reason))
 
 
-def _read_file(path, fmt):
+def _read_file(path, fmt, meta):
     if fmt == "nifti":
-        _check_nifti_payload(path)
+        meta["_nonfinite_in_file"] = _check_nifti_payload(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.SetImageIO(_IMAGE_IO[fmt])
@@ -138,16 +138,24 @@ def _read_file(path, fmt):
 
 
 def _check_nifti_payload(path):
-    """ITK reads a truncated NIfTI without complaint (zeros or NaNs), so count the bytes ourselves."""
+    """Bytes present vs promised (ITK reads a truncated NIfTI without complaint), and the
+    number of NaN/Inf voxels in a float NIfTI (ITK silently turns them into 0).
+    """
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
             head = f.read(540)
-            expected = _nifti_expected_bytes(head)
-            if expected is None:
-                return  # not a NIfTI header: ITK says so
-            if compressed:
+            layout = _nifti_layout(head)
+            if layout is None:
+                return 0  # not a NIfTI header: ITK says so
+            offset, n_voxels, bitpix, float_dtype = layout
+            expected = offset + n_voxels * bitpix // 8
+            if float_dtype is not None:
+                f.seek(offset)
+                data = f.read(n_voxels * bitpix // 8)
+                total = offset + len(data)
+            elif compressed:
                 total = len(head)
                 chunk = f.read(1 << 22)
                 while chunk:
@@ -159,17 +167,22 @@ def _check_nifti_payload(path):
         raise _corrupt(path, "nifti", str(exc) or type(exc).__name__)
     if total < expected:
         raise _corrupt(path, "nifti", "the header promises %d bytes but the file holds %d" % (expected, total))
+    if float_dtype is None:
+        return 0
+    return int(np.count_nonzero(~np.isfinite(np.frombuffer(data, dtype=float_dtype))))
 
 
-def _nifti_expected_bytes(head):
-    """vox_offset + voxel bytes from a NIfTI-1 or NIfTI-2 header, or None if it is not one."""
+def _nifti_layout(head):
+    """(vox_offset, voxel count, bitpix, numpy float dtype or None) of a NIfTI-1/2 header, or None."""
     for endian in "<>":
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            datatype = struct.unpack(endian + "h", head[70:72])[0]
             dims = struct.unpack(endian + "8h", head[40:56])
             bitpix = struct.unpack(endian + "h", head[72:74])[0]
             offset = int(struct.unpack(endian + "f", head[108:112])[0])
             break
         if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            datatype = struct.unpack(endian + "h", head[12:14])[0]
             bitpix = struct.unpack(endian + "h", head[14:16])[0]
             dims = struct.unpack(endian + "8q", head[16:80])
             offset = struct.unpack(endian + "q", head[168:176])[0]
@@ -181,7 +194,9 @@ def _nifti_expected_bytes(head):
     n = 1
     for d in dims[1:dims[0] + 1]:
         n *= max(int(d), 1)
-    return max(offset, 0) + n * bitpix // 8
+    floats = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
+    float_dtype = np.dtype(endian + floats[datatype]) if datatype in floats else None
+    return max(offset, 0), n, bitpix, float_dtype
 
 
 def _to_volume(image, path, channel, meta):
@@ -209,7 +224,7 @@ def _to_volume(image, path, channel, meta):
     array = np.ascontiguousarray(array, dtype=np.float32)
 
     bad = ~np.isfinite(array)
-    n_bad = int(bad.sum())
+    n_bad = max(int(bad.sum()), meta.pop("_nonfinite_in_file", 0))
     if n_bad:
         array[bad] = 0.0
         meta["warnings"].append("%d voxel(s) were NaN or Inf (or too large for float32) and were replaced by 0"

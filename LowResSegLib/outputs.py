@@ -6,7 +6,8 @@ and that a failed run writes nothing (every writer is atomic).
 
 import os
 
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# single-file formats only: a detached header (.nhdr/.mhd) cannot be written atomically
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def check_output_path(path, overwrite=False, suffixes=None):
@@ -23,6 +24,26 @@ def check_output_path(path, overwrite=False, suffixes=None):
     if os.path.exists(path) and not overwrite:
         raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
     return path
+
+
+def labels_on_grid(labels, label_affine, volume):
+    """A reference label volume on ``volume``'s voxel grid, or a clear error.
+
+    The same world grid stored in another axis order (e.g. a RAS NIfTI label for an
+    LPS NRRD image) is reoriented; any other grid is refused, never compared blindly.
+    """
+    import numpy as np
+
+    from LowResSegLib.geometry import from_canonical, to_canonical
+
+    if labels.shape == volume.shape and np.allclose(label_affine, volume.affine, atol=1e-3):
+        return labels
+    canon_l, aff_l = to_canonical(labels, label_affine)
+    canon_v, aff_v = to_canonical(np.zeros(volume.shape, np.uint8), volume.affine)
+    if canon_l.shape == canon_v.shape and np.allclose(aff_l, aff_v, atol=1e-3):
+        return from_canonical(canon_l, volume.affine)
+    raise ValueError("the reference label is not on the image's voxel grid (shape %s vs %s, or a different "
+                     "position/spacing); resample it onto the image first" % (labels.shape, volume.shape))
 
 
 def write_segmentation(seg, path, overwrite=False):

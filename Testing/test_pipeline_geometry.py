@@ -145,6 +145,8 @@ CASES = {
     "dicom-reordered": ("dicom", (0, 1, 2), (False, True, False), SPACING, None),
     # oblique: 20 degrees about L (an AC-PC-like tilt), i reversed
     "mha-oblique-20deg": ("mha", (0, 1, 2), (True, False, False), SPACING, rotation(0, 20.0)),
+    # oblique DICOM with 3 mm slices: 20 degrees about S, rows and columns swapped, i reversed
+    "dicom-oblique-3mm": ("dicom", (1, 0, 2), (True, False, False), (0.8, 0.8, 3.0), rotation(2, 20.0)),
     # 3 mm slices (and 1 x 1 mm in-plane), i and j swapped, uncompressed NIfTI
     "nii-3mm-slices": ("nii", (1, 0, 2), (False, False, False), (1.0, 1.0, 3.0), None),
 }
@@ -235,7 +237,7 @@ def test_exact_round_trip(tmp_path, exact_engine, name):
     np.testing.assert_allclose(world_centroid(back.array, back.affine), cube_world, atol=1e-3)
     np.testing.assert_allclose(world_centroid(truth.array, truth.affine), cube_world, atol=1e-3)
     assert int(np.count_nonzero(back.array)) == int(np.count_nonzero(f_truth))
-    if fmt == "dicom":
+    if name == "dicom-reordered":
         # ITK read the series slice-reversed relative to how it was written
         np.testing.assert_array_equal(seg.labels, f_truth[::-1])
 
@@ -312,13 +314,18 @@ def test_progress_timings_and_labels(exact_engine):
     assert seg.volume_ml() == pytest.approx(truth.sum() * np.prod(SPACING) / 1000.0)
 
 
-def test_local_run_is_deterministic(tmp_path_factory, coarse_engine):
+@pytest.fixture(scope="module")
+def network_engine(tmp_path_factory):
+    """A real exported network (random weights): convolutions, not just a threshold."""
     repo = str(tmp_path_factory.mktemp("untrained"))
     name = os.path.basename(add_untrained_model(repo, "elunet", "jhead", r=16, big_r=64, width=2))
-    engine = LocalEngine(name, repo, threads=1)
+    return LocalEngine(name, repo, threads=1)
+
+
+def test_local_run_is_deterministic(network_engine, coarse_engine):
     img, _ = phantom(SHAPE64, BRAIN64, CUBE64)
     vol = Volume(img.astype(np.float32), canonical_affine((0.9, 0.9, 3.0), ORIGIN))
-    for eng in (engine, coarse_engine):
+    for eng in (network_engine, coarse_engine):
         a, b = segment(vol, eng, chunk=4), segment(vol, eng, chunk=4)
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.probabilities, b.probabilities)
