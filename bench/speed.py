@@ -67,13 +67,19 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=32)
     ap.add_argument("--sweep", action="store_true", help="also sweep chunk size and threads for the 32² jhead")
     ap.add_argument("--repository", default=None)
+    ap.add_argument("--volume", default=None, help="time this volume instead of a 240×240×155 phantom")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     args = ap.parse_args(argv)
 
     repo = ModelRepository(args.repository)
     names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
-    vol = bench_volume()
+    if args.volume:
+        from LowResSegLib.io import read_volume
+
+        vol = read_volume(args.volume)
+    else:
+        vol = bench_volume()
     print("volume %s, %d models, %d repeats, threads=%s" % (vol.shape, len(names), args.repeats,
                                                              args.threads or "all"))
     for e in engines.values():  # warm-up
@@ -98,11 +104,13 @@ def main(argv=None):
     j32, i32 = "elunet-jhead-32to256", "elunet-interp-32to256"
     lines = ["## Speed (CPU, onnxruntime)", "",
              "Produced by `python bench/speed.py %s` on %s: %s, %d cores, onnxruntime %s, %s threads, chunk %d "
-             "slices. Volume: a held-out phantom, 240×240×155 at 1 mm. Median of %d interleaved repeats "
+             "slices. Volume: %s. Median of %d interleaved repeats "
              "(every model once per round) after a warm-up run."
              % (" ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
                 time.strftime("%Y-%m-%d"), cpu_name(), os.cpu_count(), __import__("onnxruntime").__version__,
-                args.threads or "all", args.chunk, args.repeats), "",
+                args.threads or "all", args.chunk,
+                "`%s`, %s voxels (k, j, i)" % (args.volume, "×".join(map(str, vol.shape))) if args.volume else
+                "a held-out phantom, 240×240×155 at 1 mm (seed 1001)", args.repeats), "",
              "| model | input | end-to-end s / volume | ms / slice | preprocess ms | inference ms | postprocess ms "
              "| speed-up vs %s | graph ms / %d slices |" % (full or "full", args.chunk),
              "|---|---|---|---|---|---|---|---|---|"]

@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end (tiny settings, a factory repository) and write their sections.
+
+They measure; these tests only make sure they keep working and keep their report format.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from model_factory import add_threshold_model, add_untrained_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("models"))
+    add_threshold_model(d, "threshold-16to64", r=16, big_r=64, threshold=1.0)
+    add_untrained_model(d, "elunet", "jhead", 16, 64, width=2)
+    return d
+
+
+def run(script, *args, env=None):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script)] + list(args), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res.stdout
+
+
+def test_quality_bench_writes_its_section(repo, tmp_path):
+    env = dict(os.environ, LOWRESSEG_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "docs"
+    run("quality.py", "--data", "phantom:1:1001", "--tune-data", "phantom:1:1", "--repository", repo,
+        "--out", str(out), env=env)
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "<!-- quality:begin -->" in md and "<!-- quality:end -->" in md
+    assert "| threshold (k=" in md and "| threshold-16to64 |" in md and "| elunet-jhead-16to64 |" in md
+    assert "python bench/quality.py" in md
+    assert (out / "quality.png").stat().st_size > 1000 and (out / "quality_cases.csv").exists()
+
+
+def test_quality_bench_refuses_training_seed_as_held_out(repo, tmp_path):
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--data", "phantom:2:1",
+                          "--repository", repo, "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode != 0 and "seed other than the training seed" in res.stdout
+
+
+def test_speed_bench_writes_its_section_and_keeps_others(repo, tmp_path):
+    out = tmp_path / "docs"
+    out.mkdir()
+    (out / "BENCHMARKS.md").write_text("# Benchmarks\n\n<!-- quality:begin -->\nQ\n<!-- quality:end -->\n")
+    sample = os.path.join(ROOT, "Resources", "SampleData", "sample-flair.nii.gz")
+    run("speed.py", "--repeats", "1", "--repository", repo, "--out", str(out), "--volume", sample)
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "<!-- quality:begin -->\nQ\n<!-- quality:end -->" in md  # the other section is untouched
+    assert "<!-- speed:begin -->" in md and "| elunet-jhead-16to64 | 16² |" in md
+    assert md.count("<!-- speed:begin -->") == 1
+    run("speed.py", "--repeats", "1", "--repository", repo, "--out", str(out), "--volume", sample)
+    assert (out / "BENCHMARKS.md").read_text().count("<!-- speed:begin -->") == 1  # replaced, not appended
