@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-phantom:80:1}
-COMMON=(--data "$DATA" --width 8 --seed 0 --neg-ratio 0.5 --batch-size 16)
+COMMON=(--data "$DATA" --width 8 --seed 0 --neg-ratio 1.0 --batch-size 16)
 run() {  # name, then train options
   local name=$1; shift
   if [ -f "runs/$name/state.json" ]; then echo "== $name: already trained"; else
@@ -15,8 +15,8 @@ run() {  # name, then train options
   fi
   lowresseg export "runs/$name" --repository Resources/Models --overwrite
 }
-run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 14 --max-slices 2400
-run elunet-interp-32to256 --head interp --input-size 32  --epochs 14 --max-slices 2400
-run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 16 --max-slices 2400
-run elunet-full-256       --head full   --input-size 256 --epochs 6  --max-slices 1200 --crop 128
-run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 6  --max-slices 1800
+run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 12 --max-slices 2400
+run elunet-interp-32to256 --head interp --input-size 32  --epochs 12 --max-slices 2400
+run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 12 --max-slices 2400
+run elunet-full-256       --head full   --input-size 256 --epochs 5  --max-slices 1200 --crop 128
+run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 5  --max-slices 1800

@@ -155,12 +155,15 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
     # --- contrast -----------------------------------------------------------------------
     if rng.random() < 0.2:  # fully random tissue contrast (SynthSeg-style)
         i_csf, i_gm, i_wm = rng.uniform(0.02, 0.8, 3)
+        base = max(i_csf, i_gm, i_wm)
     else:  # FLAIR-like: dark CSF, GM a little brighter than WM
         i_csf = rng.uniform(0.02, 0.25)
         i_wm = rng.uniform(0.25, 0.5)
         i_gm = i_wm + rng.uniform(-0.02, 0.2)
-    base = max(i_gm, i_wm)
-    i_edema = base + rng.uniform(0.08, 0.7)
+        base = max(i_gm, i_wm)
+    # the lesion stays the salient hyperintensity (as on FLAIR); weaker contrasts than this are
+    # indistinguishable from the bias field below and only teach a model to over-segment
+    i_edema = base + rng.uniform(0.18, 0.7)
     i_core = rng.uniform(0.3, 1.2)
     i_nec = rng.uniform(0.03, 0.8)
     tex = rng.uniform(0.0, 0.15)
@@ -184,7 +187,7 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
         img = ndimage.gaussian_filter(img, (sig * 0.5, sig_ip, sig_ip))
     elif sig > 0.2:
         img = ndimage.gaussian_filter(img, sig)
-    bias = np.exp(rng.uniform(0.0, 0.45) * _smooth_field(rng, shape, rng.uniform(60, 140)))
+    bias = np.exp(rng.uniform(0.0, 0.25) * _smooth_field(rng, shape, rng.uniform(60, 140)))
     img = img * bias
     img = np.clip(img, 0, None) ** np.exp(rng.normal(0, 0.2))
     noise = rng.uniform(0.004, 0.05) * float(np.percentile(img[brain], 95)) if brain.any() else 0.0
