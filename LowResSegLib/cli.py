@@ -184,7 +184,10 @@ def cmd_export(args):
 def build_parser():
     from LowResSegLib.modelstore import default_repository
 
-    p = argparse.ArgumentParser(prog="lowresseg", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="lowresseg",
+        description="Brain-tumour segmentation from low-resolution MRI slices with a learned upsampling head "
+                    "(J-Net). Research use only, not for diagnosis.")
     sub = p.add_subparsers(dest="command")
 
     m = sub.add_parser("models", help="list the shipped models and check their integrity")
