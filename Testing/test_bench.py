@@ -29,11 +29,22 @@ def run(script, *args, env=None):
     return res.stdout
 
 
+def sample_folder(tmp_path):
+    """The bundled sample as an images/ + labels/ dataset (fast, no phantom generation)."""
+    import shutil
+
+    d = tmp_path / "sample"
+    for sub, name in (("images", "sample-flair.nii.gz"), ("labels", "sample-label.nii.gz")):
+        (d / sub).mkdir(parents=True)
+        shutil.copy(os.path.join(ROOT, "Resources", "SampleData", name), str(d / sub / "case.nii.gz"))
+    return "folder:%s" % d
+
+
 def test_quality_bench_writes_its_section(repo, tmp_path):
     env = dict(os.environ, LOWRESSEG_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "docs"
-    run("quality.py", "--data", "phantom:1:1001", "--tune-data", "phantom:1:1", "--repository", repo,
-        "--out", str(out), env=env)
+    data = sample_folder(tmp_path)
+    run("quality.py", "--data", data, "--tune-data", data, "--repository", repo, "--out", str(out), env=env)
     md = (out / "BENCHMARKS.md").read_text()
     assert "<!-- quality:begin -->" in md and "<!-- quality:end -->" in md
     assert "| threshold (k=" in md and "| threshold-16to64 |" in md and "| elunet-jhead-16to64 |" in md
