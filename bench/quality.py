@@ -60,7 +60,7 @@ def main(argv=None):
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="phantom:12:1001", help="held-out set (seed disjoint from training's)")
-    ap.add_argument("--train-data", default="phantom:48:1", help="the models' training set (its seed must differ)")
+    ap.add_argument("--train-data", default="phantom:80:1", help="the models' training set (its seed must differ)")
     ap.add_argument("--tune-data", default="phantom:16:1",
                     help="training cases for tuning the threshold floor's k (default: the first 16 training phantoms)")
     ap.add_argument("--cases", type=int, default=None, help="use only the first N held-out cases")
