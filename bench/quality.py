@@ -144,11 +144,11 @@ def main(argv=None):
     print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), "quality", lines))
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump({"summary": summary, "k": k, "jhead_gain_pct": gain, "command": command}, f, indent=2)
-    plot(summary, order, os.path.join(args.out, "quality.png"))
+    plot(summary, order, rows, os.path.join(args.out, "quality.png"))
     return 0
 
 
-def plot(summary, order, path):
+def plot(summary, order, rows, path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,15 +157,17 @@ def plot(summary, order, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, (m, label) in zip(axes, (("dice", "Dice (higher is better)"), ("hd95_mm", "HD95 mm (lower is better)"))):
         vals = [summary[n][m][0] for n in order]
-        errs = [summary[n][m][1] for n in order]
         colors = ["#999999"] + ["#d95f02" if "jhead" in n else "#7570b3" if "interp" in n else "#1b9e77"
                                 for n in order[1:]]
-        ax.barh(range(len(order)), vals, xerr=errs, color=colors)
+        ax.barh(range(len(order)), vals, color=colors, alpha=0.75)
+        for y, n in enumerate(order):  # every held-out case as a dot: the spread, honestly
+            pts = [r[m] for r in rows if r["model"] == n]
+            ax.scatter(pts, y + np.linspace(-0.25, 0.25, len(pts)), s=9, color="black", zorder=3)
         ax.set_yticks(range(len(order)))
         ax.set_yticklabels(order, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(label)
-    fig.suptitle("Held-out phantoms: mean ± SD per volume")
+    fig.suptitle("Held-out phantoms: mean per volume (bars) and every case (dots)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
