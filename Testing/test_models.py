@@ -77,3 +77,21 @@ def test_macs_match_reference_at_n16():
 def test_bad_model_configs(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         SegModel(width=2, **kwargs)
+
+
+@pytest.mark.parametrize("r,big_r", [(16, 256), (32, 256), (64, 256), (128, 256), (16, 64)])
+def test_subpixel_export_form_equals_the_trained_head(r, big_r):
+    """The export-time rewrite (Conv3x3 at low res + pixel shuffle) computes the same function."""
+    from LowResSegLib.training.models import FastJHead
+
+    torch.manual_seed(r)
+    m = SegModel("elunet", "jhead", r, big_r, width=2).eval()
+    with torch.no_grad():
+        for p in m.head.parameters():
+            p.normal_(0, 0.5)  # trained-like, non-zero, with biases (exercises the border constant)
+        logits = torch.randn(3, 1, r, r)
+        want = m.head(logits)[-1]
+        got = FastJHead(m.head, r)(logits)[-1]
+    assert got.shape == want.shape == (3, 1, big_r, big_r)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert want.abs().max() > 0.5  # not trivially zero
