@@ -1,0 +1,39 @@
+"""The README's main job on the real shipped models: `lowresseg demo` writes every promised output."""
+
+import json
+import os
+
+from LowResSegLib.cli import main
+from LowResSegLib.dicomseg import run_dciodvfy
+from LowResSegLib.modelstore import ModelRepository
+
+SHIPPED = ["elunet-full-256", "elunet-interp-32to256", "elunet-jhead-16to256", "elunet-jhead-32to256",
+           "elunet-jhead-64to256"]
+
+
+def test_five_shipped_models_pass_their_integrity_check():
+    repo = ModelRepository()
+    assert repo.names() == SHIPPED
+    for name in SHIPPED:
+        assert repo.check(name) == (True, "ok"), name
+        card = repo.card(name)
+        assert card["backbone"] == {"name": "elunet", "width": 8}  # one backbone: a fair comparison
+        assert card["training"]["command"].startswith("lowresseg train ")
+        assert os.path.getsize(repo.onnx_path(name)) < 15e6
+
+
+def test_demo_on_shipped_models(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    for name in SHIPPED:
+        assert (out / "labels" / (name + ".nii.gz")).exists()
+        assert (out / "labels" / (name + ".seg.nrrd")).exists()
+    table = json.loads((out / "comparison.json").read_text())
+    assert sorted(r["model"] for r in table["runs"]) == SHIPPED
+    assert all(r["reference"] == "ground truth" for r in table["runs"])
+    assert (out / "comparison.png").stat().st_size > 50000
+    seg = out / "elunet-jhead-32to256.seg.dcm"
+    errors, _ = run_dciodvfy(str(seg))
+    assert errors == []
+    assert "summary:" in stdout and "5. DICOM-SEG" in stdout and "0 errors" in stdout
