@@ -111,7 +111,11 @@ def _check_sizes(n_in, n_out):
 
 
 def apply_separable(batch: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``rows @ batch[n] @ cols.T`` for every slice (and every leading index)."""
+    """``rows @ batch[n] @ cols.T`` for every slice (and every leading index).
+
+    Done as two large matrix products over the whole batch: numpy's broadcast
+    ``rows @ batch`` runs slice by slice and was ~50x slower on a volume.
+    """
     batch = np.asarray(batch)
     if batch.ndim < 2:
         raise ValueError("expected [..., H, W] slices, got shape %s" % (batch.shape,))
@@ -121,8 +125,12 @@ def apply_separable(batch: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np
             % (batch.shape[-2:], rows.shape, cols.shape)
         )
     dtype = np.result_type(batch.dtype, np.float32)
-    out = np.matmul(rows.astype(dtype, copy=False), batch.astype(dtype, copy=False))
-    return np.matmul(out, cols.T.astype(dtype, copy=False))
+    lead, (h, w) = batch.shape[:-2], batch.shape[-2:]
+    flat = batch.reshape(-1, h, w).astype(dtype, copy=False)
+    n = flat.shape[0]
+    t = np.dot(flat.reshape(n * h, w), cols.T.astype(dtype, copy=False)).reshape(n, h, -1)
+    out = np.tensordot(rows.astype(dtype, copy=False), t, axes=(1, 1))  # (h', n, w')
+    return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(lead + (rows.shape[0], cols.shape[0]))
 
 
 def _target_shape(size):
