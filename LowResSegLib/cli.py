@@ -51,8 +51,7 @@ def _tqdm_progress(desc):
     def progress(done, total):
         if "bar" not in state:
             state["bar"] = tqdm(total=total, desc=desc, unit="slice")
-        state["bar"].n = done
-        state["bar"].refresh()
+        state["bar"].update(done - state["bar"].n)
         if done >= total:
             state["bar"].close()
     return progress

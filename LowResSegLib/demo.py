@@ -52,8 +52,7 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     def progress(model, done, total):
         if model not in bars:
             bars[model] = tqdm(total=total, desc=model, unit="slice", leave=False)
-        bars[model].n = done
-        bars[model].refresh()
+        bars[model].update(done - bars[model].n)
         if done >= total:
             bars[model].close()
 
