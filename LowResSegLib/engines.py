@@ -33,6 +33,9 @@ class LocalEngine(Engine):
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
+        # numpy pre/post-processing runs between chunks: threads that spin-wait for the next
+        # run steal those cores (measured: ~35 % slower end to end on 2 cores; docs/BENCHMARKS.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
