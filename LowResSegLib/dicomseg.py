@@ -69,7 +69,6 @@ def _read_sources(source_files, pydicom):
             raise
         except Exception as exc:
             raise ValueError("cannot read source DICOM file %s: %s" % (path, exc))
-    first = datasets[0]
     for key in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
                 "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         missing = [str(p) for p, ds in zip(source_files, datasets) if key not in ds]

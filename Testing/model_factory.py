@@ -11,8 +11,6 @@ Both go through the real modelstore layout (card, config.pbtxt, sha256) and real
 import json
 import os
 
-import numpy as np
-
 from LowResSegLib.intensity import normalization_card
 from LowResSegLib.modelstore import CARD_FORMAT_VERSION, sha256_file, triton_config, validate_card
 

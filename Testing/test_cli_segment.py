@@ -8,7 +8,6 @@ Inputs that are odd but usable (NaN voxels, an all-zero image, a CT series) must
 and say what happened in a warning.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from LowResSegLib.metrics import dice
 from LowResSegLib.modelstore import triton_config
 
 from model_factory import add_threshold_model
+from helpers import snapshot
 
 MODEL = "threshold-16to64"
 SHAPE = (8, 56, 64)  # (k, j, i): 56 x 64 axial slices, padded to a 64 square
@@ -89,18 +89,6 @@ def make_ct(folder, src):
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
         ds.save_as(os.path.join(str(folder), name), enforce_file_format=True)
     return str(folder)
-
-
-def snapshot(folder):
-    """{relative path: (size, mtime_ns, sha256)} of every file under ``folder``."""
-    out = {}
-    for root, _, files in os.walk(str(folder)):
-        for f in files:
-            p = os.path.join(root, f)
-            st = os.stat(p)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, str(folder))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
-    return out
 
 
 def no_temp_files(folder):

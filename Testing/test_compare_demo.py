@@ -10,7 +10,6 @@ and change nothing on disk.
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from LowResSegLib.cli import main
 from LowResSegLib.io import read_volume
 
 from model_factory import add_threshold_model, add_untrained_model
+from helpers import snapshot
 
 SHAPE = (8, 56, 64)  # (k, j, i)
 BRAIN = (slice(1, 7), slice(4, 52), slice(6, 58))
@@ -48,17 +48,6 @@ def write_nifti(path, data_kji, ras=RAS):
     img.set_qform(ras, code=1)
     nib.save(img, str(path))
     return str(path)
-
-
-def snapshot(folder):
-    out = {}
-    for root, _, files in os.walk(str(folder)):
-        for f in files:
-            p = os.path.join(root, f)
-            st = os.stat(p)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, str(folder))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
-    return out
 
 
 def leftovers(folder):

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from LowResSegLib import io as lio
 from LowResSegLib.geometry import Volume
 from LowResSegLib.io import VolumeReadError, read_volume, write_labels, write_seg_nrrd
+from helpers import rotation
 
 SHAPE = (6, 9, 13)  # (k, j, i): every axis a different length
 CUBE = (slice(1, 3), slice(2, 5), slice(8, 12))  # off-centre in every axis
@@ -45,15 +46,6 @@ def cube_centroid_ijk(array_kji):
 
 def world(affine, ijk):
     return (np.asarray(affine) @ np.append(ijk, 1.0))[:3]
-
-
-def rotation(axis, degrees):
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    m = np.eye(3)
-    p, q = [x for x in range(3) if x != axis]
-    m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
-    return m
 
 
 def listing(folder):

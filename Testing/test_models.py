@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from LowResSegLib.training.models import BACKBONES, HEADS, JHead, SegModel, count_macs, count_params, model_stats
+from LowResSegLib.training.models import BACKBONES, JHead, SegModel, count_macs, count_params, model_stats
 
 
 @pytest.mark.parametrize("r,expected", [(16, 82), (32, 67), (64, 52), (128, 37)])

@@ -28,6 +28,7 @@ from LowResSegLib.metrics import dice
 from LowResSegLib.pipeline import prepare_slices, segment
 
 from model_factory import add_threshold_model, add_untrained_model
+from helpers import rotation
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -51,15 +52,6 @@ def phantom(shape, brain, cube):
     truth = np.zeros(shape, np.uint8)
     truth[cube] = 1
     return img, truth
-
-
-def rotation(axis, degrees):
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    m = np.eye(3)
-    p, q = [x for x in range(3) if x != axis]
-    m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
-    return m
 
 
 def canonical_affine(spacing, origin, rot=None):

@@ -34,7 +34,7 @@ Nodes inside subgraphs (``If``/``Loop``/``Scan`` bodies) are checked too.
 """
 
 from collections import Counter
-from typing import Any, List
+from typing import Any, List  # noqa: F401  (used in type comments)
 
 __all__ = [
     "TRT82_SUPPORTED_OPS",

@@ -1,0 +1,28 @@
+"""Small helpers shared by several test files."""
+
+import hashlib
+import os
+
+import numpy as np
+
+
+def snapshot(folder):
+    """{relative path: (size, mtime_ns, sha256)} of every file under ``folder``: proves nothing changed."""
+    out = {}
+    for root, _, files in os.walk(str(folder)):
+        for f in files:
+            p = os.path.join(root, f)
+            st = os.stat(p)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, str(folder))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+    return out
+
+
+def rotation(axis, degrees):
+    """3×3 rotation about voxel/world axis ``axis``: oblique test geometries."""
+    a = np.deg2rad(degrees)
+    c, s = np.cos(a), np.sin(a)
+    m = np.eye(3)
+    p, q = [x for x in range(3) if x != axis]
+    m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
+    return m
