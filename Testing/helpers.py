@@ -26,3 +26,13 @@ def rotation(axis, degrees):
     p, q = [x for x in range(3) if x != axis]
     m[p, p], m[p, q], m[q, p], m[q, q] = c, -s, s, c
     return m
+
+
+def cube_phantom(shape, brain, cube):
+    """An asymmetric test volume: a dim "brain" box with a bright off-centre cube, and the cube as truth."""
+    img = np.zeros(shape, np.int16)
+    img[brain] = 100
+    img[cube] = 400
+    truth = np.zeros(shape, np.uint8)
+    truth[cube] = 1
+    return img, truth

@@ -24,7 +24,7 @@ from LowResSegLib.metrics import dice
 from LowResSegLib.modelstore import triton_config
 
 from model_factory import add_threshold_model
-from helpers import snapshot
+from helpers import cube_phantom, snapshot
 
 MODEL = "threshold-16to64"
 SHAPE = (8, 56, 64)  # (k, j, i): 56 x 64 axial slices, padded to a 64 square
@@ -36,12 +36,7 @@ TEMP_MARKERS = (".tmp", ".part")
 
 
 def phantom():
-    img = np.zeros(SHAPE, np.int16)
-    img[BRAIN] = 100
-    img[CUBE] = 400
-    truth = np.zeros(SHAPE, np.uint8)
-    truth[CUBE] = 1
-    return img, truth
+    return cube_phantom(SHAPE, BRAIN, CUBE)
 
 
 def lps_affine():

@@ -21,7 +21,7 @@ from LowResSegLib.cli import main
 from LowResSegLib.io import read_volume
 
 from model_factory import add_threshold_model, add_untrained_model
-from helpers import snapshot
+from helpers import cube_phantom, snapshot
 
 SHAPE = (8, 56, 64)  # (k, j, i)
 BRAIN = (slice(1, 7), slice(4, 52), slice(6, 58))
@@ -33,12 +33,7 @@ DICOM_MODEL = "elunet-jhead-32to256"
 
 
 def phantom():
-    img = np.zeros(SHAPE, np.int16)
-    img[BRAIN] = 100
-    img[CUBE] = 400
-    truth = np.zeros(SHAPE, np.uint8)
-    truth[CUBE] = 1
-    return img, truth
+    return cube_phantom(SHAPE, BRAIN, CUBE)
 
 
 def write_nifti(path, data_kji, ras=RAS):

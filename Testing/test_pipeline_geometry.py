@@ -28,7 +28,7 @@ from LowResSegLib.metrics import dice
 from LowResSegLib.pipeline import prepare_slices, segment
 
 from model_factory import add_threshold_model, add_untrained_model
-from helpers import rotation
+from helpers import cube_phantom as phantom, rotation
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -43,15 +43,6 @@ SPACING = (0.9, 1.1, 2.5)  # canonical (L, P, S) voxel size in mm: all different
 SHAPE64 = (10, 64, 64)
 BRAIN64 = (slice(1, 9), slice(4, 60), slice(6, 58))
 CUBE64 = (slice(5, 9), slice(8, 24), slice(32, 44))  # its mirrors, transpose and anti-transpose barely overlap it
-
-
-def phantom(shape, brain, cube):
-    img = np.zeros(shape, np.int16)
-    img[brain] = 100
-    img[cube] = 400
-    truth = np.zeros(shape, np.uint8)
-    truth[cube] = 1
-    return img, truth
 
 
 def canonical_affine(spacing, origin, rot=None):
