@@ -24,11 +24,6 @@ class Cancelled(Exception):
     """The user cancelled a comparison; nothing was written."""
 
 
-def _spacing_kji(volume):
-    i, j, k = volume.spacing
-    return (k, j, i)
-
-
 def run_comparison(volume, engines, reference=None, progress=None, cancel=None):
     """Segment ``volume`` with every engine; returns (rows, segmentations by model name).
 
@@ -50,7 +45,7 @@ def run_comparison(volume, engines, reference=None, progress=None, cancel=None):
     else:
         ref_name = max(segs, key=lambda n: (segs[n].card["input_size"], n))
         ref = segs[ref_name].labels > 0
-    sp = _spacing_kji(volume)
+    sp = volume.spacing_kji
     rows = []
     for name, seg in segs.items():
         rows.append({
@@ -84,8 +79,7 @@ def write_table(rows, out_dir, reference_ml=None):
 
 
 def reference_volume_ml(volume, reference):
-    i, j, k = volume.spacing
-    return round(volume_ml(reference > 0, (k, j, i)), 2)
+    return round(volume_ml(reference > 0, volume.spacing_kji), 2)
 
 
 def comparison_figure(volume, segs, path, reference=None, n_slices=3):
@@ -111,7 +105,14 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
     col_sp, row_sp = float(np.linalg.norm(c_aff[:3, 0])), float(np.linalg.norm(c_aff[:3, 1]))
     aspect = row_sp / col_sp
 
-    lows = {n: low_res_inputs(prepare_slices(volume, segs[n].card)[0][ks], segs[n].card) for n in names}
+    prepared = {}  # slices depend only on the normalisation method, shared by the models
+    lows = {}
+    for n in names:
+        card = segs[n].card
+        method = card["normalization"]["method"]
+        if method not in prepared:
+            prepared[method] = prepare_slices(volume, card)[0][ks]
+        lows[n] = low_res_inputs(prepared[method], card)
     cols = len(names) + (1 if ref_c is not None else 0)
     fig, axes = plt.subplots(2 * len(ks), cols, figsize=(2.6 * cols, 2.7 * 2 * len(ks)), squeeze=False)
     vmax = float(np.percentile(canon_img[canon_img > 0], 99.5)) if (canon_img > 0).any() else 1.0

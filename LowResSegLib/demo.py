@@ -5,7 +5,6 @@ DICOM-SEG of it, the comparison table (CSV/JSON) and comparison.png.
 """
 
 import os
-import shutil
 
 import numpy as np
 
@@ -25,7 +24,7 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     from LowResSegLib.engines import LocalEngine
     from LowResSegLib.io import read_volume
     from LowResSegLib.modelstore import ModelRepository
-    from LowResSegLib.outputs import write_segmentation
+    from LowResSegLib.outputs import staged_folder, write_segmentation
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -58,11 +57,8 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
 
     rows, segs = run_comparison(volume, engines, reference=truth, progress=progress)
 
-    staging = out_dir + ".part"
-    if os.path.exists(staging):
-        shutil.rmtree(staging)
-    os.makedirs(os.path.join(staging, "labels"))
-    try:
+    with staged_folder(out_dir) as staging:
+        os.makedirs(os.path.join(staging, "labels"))
         written = []
         for name, seg in segs.items():
             for ext in (".nii.gz", ".seg.nrrd"):
@@ -72,12 +68,6 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
         dicom_note = _dicom_outputs(volume, staging, repository, threads, written) if DICOM_MODEL in names else \
             "DICOM-SEG skipped: %s is not in the repository" % DICOM_MODEL
         open(os.path.join(staging, MARKER), "w").close()
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     written = [os.path.join(out_dir, os.path.relpath(p, staging)) for p in written]
 
     log("\n%-24s %6s %7s %8s %9s %9s" % ("model", "input", "Dice", "HD95 mm", "volume mL", "time ms"))

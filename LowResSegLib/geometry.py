@@ -51,6 +51,11 @@ class Volume(object):
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     @property
+    def spacing_kji(self):
+        """Voxel size in mm in array-axis order (k, j, i): what the metrics take."""
+        return self.spacing[::-1]
+
+    @property
     def shape(self):
         return self.array.shape
 

@@ -4,7 +4,10 @@ Checking first means a bad path fails in a second, not after a minute of inferen
 and that a failed run writes nothing (every writer is atomic).
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 # single-file formats only: a detached header (.nhdr/.mhd) cannot be written atomically
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -24,6 +27,25 @@ def check_output_path(path, overwrite=False, suffixes=None):
     if os.path.exists(path) and not overwrite:
         raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
     return path
+
+
+@contextlib.contextmanager
+def staged_folder(final):
+    """Yield a hidden sibling folder to fill; on success it replaces ``final`` whole, on error it vanishes.
+
+    A folder of outputs (a demo run, an exported model) then appears complete or not at all.
+    """
+    parent = os.path.dirname(os.path.abspath(final)) or "."
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="." + os.path.basename(final) + ".part-", dir=parent)
+    try:
+        yield staging
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def labels_on_grid(labels, label_affine, volume):

@@ -82,7 +82,7 @@ def test_export_refuses_to_replace_without_overwrite(tiny_run, tiny_repo):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(tiny_run[0], tiny_repo)
     assert open(card_path).read() == before
-    assert not [d for d in os.listdir(tiny_repo) if d.startswith(".export-")]
+    assert not [d for d in os.listdir(tiny_repo) if d.startswith(".")]  # no staging folder left
 
 
 def test_training_run_is_resumable(tiny_run):

@@ -24,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 from LowResSegLib.engines import LocalEngine  # noqa: E402
 from LowResSegLib.intensity import normalize_volume  # noqa: E402
-from LowResSegLib.metrics import dice, hd95, iou  # noqa: E402
+from LowResSegLib.geometry import Volume  # noqa: E402
+from LowResSegLib.metrics import dice, hd95, iou, volume_ml  # noqa: E402
 from LowResSegLib.modelstore import ModelRepository  # noqa: E402
 from LowResSegLib.pipeline import segment_array  # noqa: E402
 from bench.report import replace_section  # noqa: E402
@@ -46,10 +47,6 @@ def tune_threshold(train_spec, ks, cache_dir):
         scores.append(np.mean([dice(im.astype(np.float32) > k, lb) for im, lb in zip(cache.images, cache.labels)]))
     best = int(np.argmax(scores))
     return float(ks[best]), float(scores[best])
-
-
-def spacing_kji(affine):
-    return tuple(float(np.linalg.norm(affine[:3, a])) for a in (2, 1, 0))
 
 
 def main(argv=None):
@@ -85,14 +82,14 @@ def main(argv=None):
     rows = []
     cases = list(iter_cases(args.data, limit=args.cases))
     for case in tqdm(cases, desc="held-out cases", unit="case"):
-        sp = spacing_kji(case.affine)
+        sp = Volume(case.image, case.affine).spacing_kji
         truth = case.label > 0
         preds = {"threshold (k=%.1f)" % k: threshold_mask(case.image, k)}
         for n, eng in engines.items():
             preds[n] = segment_array(case.image, case.affine, eng)[0]
         for n, p in preds.items():
             rows.append({"case": case.case_id, "model": n, "dice": dice(p, truth), "iou": iou(p, truth),
-                         "hd95_mm": hd95(p, truth, sp), "truth_ml": float(truth.sum() * np.prod(sp) / 1000.0)})
+                         "hd95_mm": hd95(p, truth, sp), "truth_ml": volume_ml(truth, sp)})
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "quality_cases.csv"), "w", newline="") as f:

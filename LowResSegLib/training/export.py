@@ -7,8 +7,6 @@ op set are what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses.
 
 import json
 import os
-import shutil
-import tempfile
 
 import torch
 
@@ -16,6 +14,7 @@ from LowResSegLib import __version__
 from LowResSegLib.intensity import normalization_card
 from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, ONNX_RELPATH, sha256_file,
                                      triton_config, validate_card)
+from LowResSegLib.outputs import staged_folder
 from LowResSegLib.training.models import ExportWrapper, SegModel, model_stats
 from LowResSegLib.training.phantom import MNI_NOTICE
 
@@ -105,9 +104,7 @@ def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt"):
     final = os.path.join(repo_dir, model.name)
     if os.path.exists(final) and not overwrite:
         raise FileExistsError("%s exists; pass --overwrite to replace it" % final)
-    os.makedirs(repo_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=repo_dir)
-    try:
+    with staged_folder(final) as tmp:
         onnx_path = os.path.join(tmp, ONNX_RELPATH)
         os.makedirs(os.path.dirname(onnx_path))
         export_onnx(model, onnx_path)
@@ -117,10 +114,4 @@ def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt"):
             f.write("\n")
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             f.write(triton_config(card))
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
