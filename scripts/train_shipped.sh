@@ -5,6 +5,8 @@
 # ones continue (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="${LOWRESSEG_VENV:-$PWD/.venv}/bin:$PATH"
 DATA=${DATA:-phantom:80:1}
 COMMON=(--data "$DATA" --width 8 --seed 0 --neg-ratio 1.0 --batch-size 16)
 run() {  # name, then train options
