@@ -111,7 +111,7 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
         card = segs[n].card
         method = card["normalization"]["method"]
         if method not in prepared:
-            prepared[method] = prepare_slices(volume, card)[0][ks]
+            prepared[method] = prepare_slices(volume, card).slices[ks]
         lows[n] = low_res_inputs(prepared[method], card)
     cols = len(names) + (1 if ref_c is not None else 0)
     fig, axes = plt.subplots(2 * len(ks), cols, figsize=(2.6 * cols, 2.7 * 2 * len(ks)), squeeze=False)

@@ -19,7 +19,7 @@ finite and averageable:
 * exactly one empty:   Dice 0, IoU 0, HD95 = ``diagonal_mm(shape, spacing)``
   (the worst possible distance, e.g. 373.13 mm for 240x240x155 at 1 mm).
 
-Only numpy is needed to import this module; scipy is imported by ``hd95``.
+Only numpy is needed to import this module; SimpleITK (a runtime dependency) is imported by ``hd95``.
 """
 
 import math
@@ -98,18 +98,29 @@ def hd95(pred, ref, spacing: Optional[Sequence[float]] = None) -> float:
     if not (p_any and r_any):
         return diagonal_mm(p.shape, sp)
 
-    from scipy import ndimage
+    import SimpleITK as sitk
 
     # Crop to the union's bounding box: all surface voxels lie inside it, and
-    # because the box is tight, erosion with border_value=0 marks the same
+    # because the box is tight, erosion with a zero border marks the same
     # voxels as surface, so the result is identical to the full-volume one.
     idx = np.nonzero(p | r)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
     p, r = p[box], r[box]
 
-    footprint = ndimage.generate_binary_structure(p.ndim, 1)
-    p_surf = p ^ ndimage.binary_erosion(p, structure=footprint)
-    r_surf = r ^ ndimage.binary_erosion(r, structure=footprint)
-    d_pr = ndimage.distance_transform_edt(~r_surf, sampling=sp)[p_surf]
-    d_rp = ndimage.distance_transform_edt(~p_surf, sampling=sp)[r_surf]
+    def image(mask):
+        img = sitk.GetImageFromArray(np.pad(mask, 1).astype(np.uint8))  # pad: erosion sees a zero border
+        img.SetSpacing([float(s) for s in sp[::-1]])
+        return img
+
+    def surface(img):  # the voxels that a face-connected erosion removes
+        return img - sitk.BinaryErode(img, [1] * p.ndim, sitk.sitkCross, 0, 1)
+
+    def distance_to(surf):  # exact Euclidean distance (mm) to the nearest voxel of ``surf``
+        return sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(surf, insideIsPositive=False,
+                                                                   squaredDistance=False, useImageSpacing=True))
+
+    p_surf, r_surf = surface(image(p)), surface(image(r))
+    ps, rs = sitk.GetArrayFromImage(p_surf).astype(bool), sitk.GetArrayFromImage(r_surf).astype(bool)
+    d_pr = np.maximum(distance_to(r_surf), 0.0)[ps]
+    d_rp = np.maximum(distance_to(p_surf), 0.0)[rs]
     return float(np.percentile(np.concatenate((d_pr, d_rp)), 95))

@@ -1,8 +1,8 @@
 """One volume in, a tumour mask on the source grid out.
 
-canonical axial orientation -> normalisation -> per slice: square FOV, area-resample
-to r -> engine -> probabilities at R -> bilinear back to the square slice -> crop ->
-threshold -> undo orientation. Pre- and post-processing run here, on the client,
+canonical axial orientation -> normalisation -> square pixels -> per slice: square FOV,
+area-resample to r -> engine -> probabilities at R -> bilinear back to the square slice ->
+crop -> (area back to the source pixels) -> threshold -> undo orientation. Pre- and post-processing run here, on the client,
 for every engine (local or remote), so both give identical labels.
 """
 
@@ -34,11 +34,65 @@ class Segmentation(object):
         return self.reference.with_array(self.labels, model=self.card["name"])
 
 
+_ANISO_TOL = 1.5  # in-plane spacings further apart than this (a reformatted thick-slice scan) get square pixels
+_MAX_INPLANE = 1024
+
+
+class PreparedSlices(object):
+    """What the model input is cut from, and how to bring a mask back to the source grid.
+
+    ``slices``: ``[K, S, S]`` normalised, square-padded canonical axial slices with square pixels.
+    ``shape``: the canonical volume's ``(K, H, W)``; ``grid``: the in-plane ``(h, w)`` that the
+    slices were resampled to (equal to ``(H, W)`` unless the pixels were not square).
+    """
+
+    def __init__(self, slices, shape, grid):
+        self.slices, self.shape, self.grid = slices, shape, grid
+
+    def to_slice_grid(self, batch):
+        """``[N, S', S']`` maps on the model's square FOV (any S') -> ``[N, H, W]`` canonical slices."""
+        h, w = self.grid
+        out = crop_from_square(bilinear_resample(batch, self.slices.shape[-1]), h, w)
+        if (h, w) != tuple(self.shape[1:]):
+            out = area_resample(out, self.shape[1:])
+        return out
+
+
+def square_pixel_grid(h, w, row_mm, col_mm):
+    """In-plane ``(h, w)`` with square pixels at the finer of the two spacings (capped at 1024)."""
+    if max(row_mm, col_mm) <= _ANISO_TOL * min(row_mm, col_mm):
+        return h, w
+    fine = min(row_mm, col_mm)
+    hh, ww = h * row_mm / fine, w * col_mm / fine
+    f = min(1.0, _MAX_INPLANE / max(hh, ww))
+    return max(1, int(round(hh * f))), max(1, int(round(ww * f)))
+
+
+def prepare_array(array, affine, method, label=None):
+    """Canonical axial orientation, normalisation, square pixels, square FOV: training and inference.
+
+    Returns :class:`PreparedSlices`, and with ``label`` also the label prepared the same way
+    (float32 in [0, 1]: soft where the pixels were resampled).
+    """
+    canon, c_aff = to_canonical(np.asarray(array), affine)
+    spacing_kji = tuple(float(v) for v in np.linalg.norm(c_aff[:3, :3], axis=0))[::-1]
+    norm = normalize_volume(canon, method, spacing_kji)
+    nk, h, w = norm.shape
+    grid = square_pixel_grid(h, w, spacing_kji[1], spacing_kji[2])
+    if grid != (h, w):
+        norm = bilinear_resample(norm, grid).astype(np.float32)
+    prepared = PreparedSlices(pad_to_square(norm), norm.shape[:1] + (h, w), grid)
+    if label is None:
+        return prepared
+    lab = (to_canonical(np.asarray(label), affine)[0] > 0).astype(np.float32)
+    if grid != (h, w):
+        lab = np.clip(bilinear_resample(lab, grid), 0.0, 1.0).astype(np.float32)
+    return prepared, pad_to_square(lab)
+
+
 def prepare_slices(volume, card):
-    """Canonical, normalised, square-padded slices ``[K, S, S]`` and what is needed to undo it."""
-    canon, _ = to_canonical(np.asarray(volume.array), volume.affine)
-    norm = normalize_volume(canon, card["normalization"]["method"])
-    return pad_to_square(norm), norm.shape
+    """:func:`prepare_array` for a :class:`Volume` and a model card."""
+    return prepare_array(volume.array, volume.affine, card["normalization"]["method"])
 
 
 def low_res_inputs(slices, card):
@@ -61,11 +115,11 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.io.read_volume, "
                          "which replaces them by 0 and says so")
     t0 = time.perf_counter()
-    slices, (nk, h, w) = prepare_slices(volume, card)
+    prepared = prepare_slices(volume, card)
+    slices, nk = prepared.slices, prepared.shape[0]
     t_pre = time.perf_counter() - t0
     t_inf = t_post = 0.0
-    prob = np.zeros((nk, h, w), np.float32)
-    size = slices.shape[-1]
+    prob = np.zeros(prepared.shape, np.float32)
     for start in range(0, nk, chunk):
         if cancel is not None and cancel():
             return None
@@ -74,7 +128,7 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         t1 = time.perf_counter()
         _, p = engine.infer(x)
         t2 = time.perf_counter()
-        prob[start:start + chunk] = crop_from_square(bilinear_resample(p[:, 0], size), h, w)
+        prob[start:start + chunk] = prepared.to_slice_grid(p[:, 0])
         t3 = time.perf_counter()
         t_pre += t1 - t
         t_inf += t2 - t1

@@ -2,8 +2,16 @@
 
 import hashlib
 import os
+import shutil
+import sys
 
 import numpy as np
+
+
+def installed_tool(name):
+    """A console script of the environment running the tests (beside its python), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    return here if os.access(here, os.X_OK) else shutil.which(name)
 
 
 def snapshot(folder):

@@ -24,7 +24,7 @@ from LowResSegLib.metrics import dice
 from LowResSegLib.modelstore import triton_config
 
 from model_factory import add_threshold_model
-from helpers import cube_phantom, snapshot
+from helpers import cube_phantom, installed_tool, snapshot
 
 MODEL = "threshold-16to64"
 SHAPE = (8, 56, 64)  # (k, j, i): 56 x 64 axial slices, padded to a 64 square
@@ -209,7 +209,7 @@ def test_dicom_to_dicom_seg_and_labels(capsys, inputs, out, common):
 
 
 def test_installed_console_script(tmp_path, inputs, repo):
-    exe = shutil.which("lowresseg")
+    exe = installed_tool("lowresseg")
     assert exe, "the lowresseg console script is not installed (pip install -e .)"
     out = tmp_path / "x.nii.gz"
     proc = subprocess.run([exe, "segment", inputs["nifti"], "--model", MODEL, "--repository", repo,

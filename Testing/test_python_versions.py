@@ -1,10 +1,11 @@
 """The edge-server closure must run on Python 3.6 (JetPack 4.6); the Slicer-side runtime on 3.9 (Slicer 5.8)."""
 
 import os
-import shutil
 import subprocess
 
 import pytest
+
+from helpers import installed_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "LowResSegLib")
@@ -18,7 +19,7 @@ def runtime_files():
 
 
 def vermin(target, files):
-    exe = shutil.which("vermin")
+    exe = installed_tool("vermin")
     assert exe, "vermin is not installed: run the README's test command (it installs the [dev] extra)"
     cmd = [exe, "-t=%s" % target, "--violations", "--eval-annotations", "--no-tips"]
     res = subprocess.run(cmd + files, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)

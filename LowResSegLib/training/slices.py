@@ -13,10 +13,11 @@ import os
 
 import numpy as np
 
-from LowResSegLib.geometry import area_resample, pad_to_square, to_canonical
-from LowResSegLib.intensity import ZSCORE_NONZERO, normalize_volume
+from LowResSegLib.geometry import area_resample
+from LowResSegLib.intensity import DEFAULT_METHOD
+from LowResSegLib.pipeline import prepare_array
 
-CACHE_VERSION = 2  # bump when the phantom generator or slicing changes
+CACHE_VERSION = 3  # bump when the phantom generator or slicing changes
 
 
 def parse_data_spec(spec):
@@ -78,14 +79,16 @@ def iter_cases(spec, modality="FLAIR", label="wt", limit=None):
             yield c
 
 
-def volume_to_slices(image, label, affine):
-    """Canonical axial orientation, normalisation, square FOV; keeps slices with brain."""
-    img, _ = to_canonical(image, affine)
-    lab, _ = to_canonical(label, affine)
-    img = pad_to_square(normalize_volume(img))
-    lab = pad_to_square((lab > 0).astype(np.uint8))
+def volume_to_slices(image, label, affine, method=DEFAULT_METHOD):
+    """The slices inference would cut from this volume (:func:`pipeline.prepare_array`), with labels.
+
+    Keeps the slices with some head in them; images are stored as float16, labels as uint8
+    (0..255 for soft labels of resampled pixels).
+    """
+    prepared, lab = prepare_array(image, affine, method, label=label)
+    img = prepared.slices
     keep = (img != 0).mean(axis=(1, 2)) > 0.01
-    return img[keep].astype(np.float16), lab[keep]
+    return img[keep].astype(np.float16), np.round(lab[keep] * 255).astype(np.uint8)
 
 
 def _fingerprint(d):
@@ -114,7 +117,7 @@ class SliceCache(object):
 
         d = parse_data_spec(spec)
         key = json.dumps({"spec": d, "files": _fingerprint(d), "modality": modality, "label": label,
-                          "norm": ZSCORE_NONZERO, "v": CACHE_VERSION}, sort_keys=True)
+                          "norm": DEFAULT_METHOD, "v": CACHE_VERSION}, sort_keys=True)
         path = os.path.join(cache_dir, "slices-%s.npz" % hashlib.sha256(key.encode()).hexdigest()[:16])
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as z:
@@ -151,7 +154,7 @@ class SliceCache(object):
         """(case, slice, has_tumour) for every stored slice."""
         rows = []
         for c, lb in enumerate(self.labels):
-            fg = lb.reshape(lb.shape[0], -1).any(1)
+            fg = (lb.reshape(lb.shape[0], -1) >= 128).any(1)
             rows.extend((c, k, bool(f)) for k, f in enumerate(fg))
         return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
@@ -196,7 +199,7 @@ def augment_slice(im, lb, rng):
     y, x = (yy / s - 0.5), (xx / s - 0.5)
     c = rng.normal(0, 0.15, 5)  # smooth multiplicative bias (2nd-order polynomial)
     v = v * np.exp(c[0] * x + c[1] * y + c[2] * x * y + c[3] * x * x + c[4] * y * y)
-    v = v * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
+    v = v * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)  # a mis-estimated tissue mode
     out = np.zeros_like(im)
     out[brain] = v
     if rng.random() < 0.3:
@@ -215,7 +218,7 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
     imgs, labs = [], []
     for c, k, _ in rows:
         im = cache.images[c][k].astype(np.float32)
-        lb = cache.labels[c][k].astype(np.float32)
+        lb = cache.labels[c][k].astype(np.float32) / 255.0
         if rng is not None:
             im, lb = augment_slice(im, lb, rng)
         imgs.append(im)
