@@ -1,4 +1,4 @@
-"""``lowresseg`` command line: models, segment, compare, demo, phantom, train, export.
+"""``lowresseg`` command line: models, segment, compare, demo, phantom, fetch-real, train, export.
 
 Heavy imports (torch, SimpleITK) happen inside the subcommand that needs them, so
 ``lowresseg models`` starts fast and works without the training extra.
@@ -148,8 +148,17 @@ def cmd_demo(args):
 def cmd_phantom(args):
     from LowResSegLib.training.phantom import write_phantoms
 
-    paths = write_phantoms(args.outdir, args.n, args.seed)
+    paths = write_phantoms(args.outdir, args.n, args.seed, style=args.style, grid=args.grid)
     print("wrote %d phantom case(s) to %s (images/, labels/, NOTICE-MNI152.txt)" % (len(paths), args.outdir))
+    return 0
+
+
+def cmd_fetch_real(args):
+    from LowResSegLib.training.realdata import fetch, real_data_dir
+
+    n = fetch(args.split, args.dest)
+    print("real cases (%s) are in %s: %d file(s) downloaded, the rest already there and verified"
+          % (args.split, args.dest or real_data_dir(), n))
     return 0
 
 
@@ -226,6 +235,10 @@ def build_parser():
     ph.add_argument("outdir")
     ph.add_argument("--n", type=int, default=4, help="number of cases (default 4)")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--style", default="auto", choices=["auto", "stripped", "raw"],
+                    help="skull-stripped, a raw head (skull, scalp, neck, noisy background) or a random mix")
+    ph.add_argument("--grid", default="auto", choices=["auto", "iso", "thick"],
+                    help="1 mm, clinical 3-6 mm slices (axial, coronal or sagittal) or a random mix")
     ph.set_defaults(func=cmd_phantom)
 
     t = sub.add_parser("train", help="train a model (resumable with --resume)")
@@ -234,7 +247,9 @@ def build_parser():
     t.add_argument("--input-size", type=int, default=32)
     t.add_argument("--output-size", type=int, default=256)
     t.add_argument("--width", type=int, default=8, help="backbone width n (default 8)")
-    t.add_argument("--data", default="phantom:40:1", help="phantom:N[:seed] | msd:PATH | folder:PATH")
+    t.add_argument("--data", default="phantom:40:1",
+                   help="phantom:N[:seed] | real:train|val|all (after fetch-real) | msd:PATH | folder:PATH; "
+                        "join sources with '+', repeat one with '*N' (e.g. phantom:120:1+real:train*4)")
     t.add_argument("--modality", default="FLAIR", help="MSD modality name or index")
     t.add_argument("--label", default="wt", help="label mapping: wt, tc, et, eq:N, in:A,B")
     t.add_argument("--val-fraction", type=float, default=0.15)
@@ -253,6 +268,11 @@ def build_parser():
     t.add_argument("--out", default=None, help="run folder (default runs/<model name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.set_defaults(func=cmd_train)
+
+    fr = sub.add_parser("fetch-real", help="download the real labelled cases of the manifest (sha256-checked)")
+    fr.add_argument("--split", default="all", choices=["all", "train", "val"])
+    fr.add_argument("--dest", default=None, help="folder (default ~/.cache/lowresseg/real or $LOWRESSEG_REAL_DATA)")
+    fr.set_defaults(func=cmd_fetch_real)
 
     e = sub.add_parser("export", help="export a run to the model repository (ONNX opset 13 + model card)")
     e.add_argument("run", help="run folder written by `lowresseg train`")

@@ -46,10 +46,12 @@ def test_quality_bench_writes_its_section(repo, tmp_path):
     data = sample_folder(tmp_path)
     run("quality.py", "--data", data, "--tune-data", data, "--repository", repo, "--out", str(out), env=env)
     md = (out / "BENCHMARKS.md").read_text()
-    assert "<!-- quality:begin -->" in md and "<!-- quality:end -->" in md
+    assert "<!-- quality-folder:begin -->" in md and "<!-- quality-folder:end -->" in md
     assert "| threshold (k=" in md and "| threshold-16to64 |" in md and "| elunet-jhead-16to64 |" in md
     assert "python bench/quality.py" in md
-    assert (out / "quality.png").stat().st_size > 1000 and (out / "quality_cases.csv").exists()
+    assert (out / "quality-folder.png").stat().st_size > 1000
+    rows = (out / "quality-folder_cases.csv").read_text().splitlines()
+    assert rows[0] == "case,variant,model,dice,hd95_mm,truth_ml,pred_ml" and len(rows) == 1 + 3  # floor + 2 models
 
 
 def test_quality_bench_refuses_training_seed_as_held_out(repo, tmp_path):

@@ -1,9 +1,8 @@
 """Tests for LowResSegLib.training.phantom (MNI152-based brain-tumour FLAIR phantoms).
 
-make_phantom costs ~5 s a case, so this module generates exactly three cases:
-(seed 0, index 0) in memory, the same case again through the CLI
-(``lowresseg phantom OUT --n 1 --seed 0``, i.e. write_phantoms(OUT, 1, 0)), and
-(seed 3, index 0) with thick_slice_prob=1.
+make_phantom costs ~5 s a case, so this module generates four: (seed 0, index 0),
+stripped on the 1 mm grid, in memory; the same case through the CLI; and its thick-slice
+and raw-head twins.
 """
 
 import os
@@ -23,7 +22,7 @@ SEED = 0
 
 @pytest.fixture(scope="module")
 def case():
-    return make_phantom(SEED, 0)
+    return make_phantom(SEED, 0, style="stripped", grid="iso")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def written(tmp_path_factory):
     from LowResSegLib import cli
 
     out = tmp_path_factory.mktemp("phantoms") / "out"  # not there yet: the command creates it
-    rc = cli.main(["phantom", str(out), "--n", "1", "--seed", str(SEED)])
+    rc = cli.main(["phantom", str(out), "--n", "1", "--seed", str(SEED), "--style", "stripped", "--grid", "iso"])
     return out, rc
 
 
@@ -87,29 +86,47 @@ def test_params_recorded(case):
         assert key in case.params
 
 
-def test_thick_slice_variant_and_other_seed(case):
-    thick = make_phantom(3, 0, thick_slice_prob=1.0)
-    assert thick.case_id == "phantom_s3_0000"
+def test_thick_slice_twin_is_the_slab_average(case):
+    thick = make_phantom(SEED, 0, style="stripped", grid="thick")
     t = thick.params["slice_thickness_mm"]
-    assert t in (3.0, 4.0, 5.0)
-    nk = 155 // int(t)
-    assert thick.image.shape == (nk, 240, 240)
-    assert thick.label.shape == (nk, 240, 240)
+    axis = {"axial": 0, "coronal": 1, "sagittal": 2}[thick.params["orientation"]]  # array axis (k, j, i)
+    assert t in (3.0, 4.0, 5.0, 6.0)
+    n = BRATS_SHAPE_KJI[axis] // int(t)
+    expect = list(BRATS_SHAPE_KJI)
+    expect[axis] = n
+    assert thick.image.shape == thick.label.shape == tuple(expect)
     assert thick.image.dtype == np.float32 and thick.label.dtype == np.uint8
-    assert set(np.unique(thick.label).tolist()) == {0, 1}
-    np.testing.assert_array_equal(np.diag(thick.affine), [1.0, 1.0, t, 1.0])
-    np.testing.assert_array_equal(thick.affine[3], [0, 0, 0, 1])
-    assert (thick.image[thick.label > 0] > 0).mean() >= 0.99
-    # the thickness draw is the generator's last random draw, so if the seed were ignored this
-    # would be exactly the slab average of the seed-0 case: a different seed gives another image
-    img0 = case.image[: nk * int(t)].reshape(nk, int(t), 240, 240).mean(1)
-    assert not np.allclose(thick.image, img0)
-    lab0 = (case.label[: nk * int(t)].reshape(nk, int(t), 240, 240).mean(1) >= 0.5).astype(np.uint8)
-    assert not np.array_equal(thick.label, lab0)
-    # the origin sits at the centre of the first slab: half a slab above the 1 mm grid's
-    # first slice (the random origin shift is within +-6 mm of the 1 mm one)
+    spacing = [1.0, 1.0, 1.0]
+    spacing[2 - axis] = t
+    np.testing.assert_array_equal(np.diag(thick.affine)[:3], spacing)
+    # the same anatomy, tumour and contrast: exactly the slab average of the 1 mm twin
+    iso = np.moveaxis(case.image, axis, 0)[: n * int(t)]
+    slab = iso.reshape((n, int(t)) + iso.shape[1:]).mean(1)
+    np.testing.assert_allclose(thick.image, np.moveaxis(slab, 0, axis), rtol=1e-5, atol=1e-3)
+    # the origin sits at the centre of the first slab
     shift = thick.affine[:3, 3] - case.affine[:3, 3]
-    assert (np.abs(shift[:2]) <= 12).all() and abs(shift[2] - (t - 1) / 2.0) <= 12
+    np.testing.assert_allclose(shift, np.eye(3)[2 - axis] * (t - 1) / 2.0, atol=1e-9)
+
+
+def test_raw_twin_has_a_head_and_a_noisy_background(case):
+    from LowResSegLib.intensity import head_mask
+
+    raw = make_phantom(SEED, 0, style="raw", grid="iso")
+    assert raw.params["style"] == "raw" and case.params["style"] == "stripped"
+    np.testing.assert_array_equal(raw.label, case.label)
+    brain = case.image > 0
+    assert (raw.image[~brain] > 0).mean() > 0.99  # noise everywhere: no exact zeros outside the brain
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(brain, iterations=12) & ~ndimage.binary_dilation(brain, iterations=3)
+    assert np.percentile(raw.image[shell], 95) > 0.5 * np.median(raw.image[brain])  # scalp and neck: bright fat
+    assert np.percentile(raw.image[shell], 5) < 0.3 * np.median(raw.image[brain])  # skull: dark
+    head = head_mask(raw.image)  # the normalisation's mask keeps the brain and drops the noise
+    assert (head & brain).sum() > 0.93 * brain.sum()  # what it drops is dark surface CSF
+    assert head[raw.label > 0].mean() > 0.99  # never the tumour
+    assert not head[:, :5, :5].any()
+    # far from the head, only noise: much darker than the brain
+    assert np.median(raw.image[:, :5, :5]) < 0.2 * np.median(raw.image[brain])
 
 
 def test_cli_and_write_phantoms_round_trip(case, written):

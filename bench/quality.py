@@ -1,12 +1,21 @@
-"""Segmentation quality of every shipped model on held-out phantoms, plus a threshold floor.
+"""Segmentation quality of every shipped model on labelled data, against a threshold floor.
 
 Each model runs through the real inference path (onnxruntime on the shipped ONNX,
-LowResSegLib.pipeline): labels are compared with the truth per volume on the source
-grid, in 3-D, with the voxel spacing. The floor is a non-learned per-volume threshold
-at brain mean + k·SD (k tuned on the training phantoms).
+``LowResSegLib.pipeline``); masks are scored per volume, in 3-D, on the source grid
+with its spacing. Data sets (``--data``, comma-separated, each its own section of
+docs/BENCHMARKS.md):
 
-    python bench/quality.py                 # writes docs/BENCHMARKS.md (quality section) + docs/quality.*
-    python bench/quality.py --cases 4 --out DIR   # quick look, writes to DIR only
+* ``phantom:N:SEED`` -- held-out phantoms, each in four twins that share anatomy, tumour
+  and contrast: ``stripped`` (skull-stripped, 1 mm), ``raw`` (skull, scalp, neck, noisy
+  background), ``raw-thick`` (raw on a clinical 3-6 mm grid) and ``healthy-raw`` (no tumour);
+* ``real:val`` -- the real cases held out of training (``lowresseg fetch-real`` first);
+* ``msd:PATH`` or ``folder:PATH`` -- any labelled data of yours.
+
+The floor is a per-volume threshold at mean + k·SD of the head-mask voxels (on a
+skull-stripped volume: the brain mean + k·SD), k tuned on ``--tune-data``.
+
+    python bench/quality.py                       # phantoms + real:val -> docs/BENCHMARKS.md, docs/quality-*
+    python bench/quality.py --data msd:/data/Task01_BrainTumour --out /tmp/q
 """
 
 import argparse
@@ -23,166 +32,288 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.intensity import normalize_volume  # noqa: E402
-from LowResSegLib.geometry import Volume  # noqa: E402
-from LowResSegLib.metrics import dice, hd95, iou, volume_ml  # noqa: E402
+from LowResSegLib.geometry import Volume, to_canonical  # noqa: E402
+from LowResSegLib.intensity import head_mask  # noqa: E402
+from LowResSegLib.metrics import dice, hd95, volume_ml  # noqa: E402
 from LowResSegLib.modelstore import ModelRepository  # noqa: E402
-from LowResSegLib.pipeline import segment_array  # noqa: E402
+from LowResSegLib.pipeline import segment  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
+TWINS = {  # variant -> make_phantom keyword arguments
+    "stripped": dict(style="stripped", grid="iso"),
+    "raw": dict(style="raw", grid="iso"),
+    "raw-thick": dict(style="raw", grid="thick"),
+    "healthy-raw": dict(style="raw", grid="iso", tumour=False),
+}
+BIG_ML = 10.0  # "every tumour over 10 mL gets Dice >= 0.5"
+JHEAD, INTERP, FULL = "elunet-jhead-32to256", "elunet-interp-32to256", "elunet-full-256"
 
 
-def threshold_mask(image, k):
-    """The floor: voxels brighter than brain mean + k·SD (z-score over non-zero voxels)."""
-    return (normalize_volume(image) > k).astype(np.uint8)
+def zscore_in_head(image, spacing_kji):
+    mask = head_mask(image, spacing_kji)
+    vals = image[mask].astype(np.float64)
+    if vals.size == 0:
+        return np.zeros(image.shape, np.float32), mask
+    return ((image - vals.mean()) / (vals.std() or 1.0)).astype(np.float32), mask
 
 
-def tune_threshold(train_spec, ks, cache_dir):
-    """k maximising mean per-case Dice on the (cached, normalised) training slices."""
-    from LowResSegLib.training.slices import SliceCache
+def threshold_mask(image, spacing_kji, k):
+    """The floor: head-mask voxels brighter than their mean + k·SD."""
+    z, mask = zscore_in_head(image, spacing_kji)
+    return ((z > k) & mask).astype(np.uint8)
 
-    cache = SliceCache.build(train_spec, cache_dir, progress=True)
-    scores = []
-    for k in ks:
-        scores.append(np.mean([dice(im.astype(np.float32) > k, lb) for im, lb in zip(cache.images, cache.labels)]))
+
+def tune_threshold(spec, ks):
+    """k maximising the mean per-case Dice on ``spec`` (training data, never the test set)."""
+    from LowResSegLib.training.slices import iter_cases
+
+    scores = np.zeros(len(ks))
+    n = 0
+    for case in iter_cases(spec):
+        sp = Volume(case.image, case.affine).spacing_kji
+        z, mask = zscore_in_head(case.image, sp)
+        for i, k in enumerate(ks):
+            scores[i] += dice((z > k) & mask, case.label > 0)
+        n += 1
     best = int(np.argmax(scores))
-    return float(ks[best]), float(scores[best])
+    return float(ks[best]), float(scores[best] / max(1, n))
+
+
+def held_out_cases(spec, limit):
+    """(case, variant) pairs: phantoms in their four twins, anything else as it is."""
+    from LowResSegLib.training.slices import iter_cases, parse_data_spec
+
+    d = parse_data_spec(spec)
+    if d["kind"] != "phantom":
+        for case in iter_cases(spec, limit=limit):
+            yield case, "as is"
+        return
+    from LowResSegLib.training.phantom import make_phantom
+
+    for idx in range(d["n"] if limit is None else min(limit, d["n"])):
+        for variant, kw in TWINS.items():
+            yield make_phantom(d["seed"], idx, **kw), variant
+
+
+def section_name(spec):
+    kind = spec.partition(":")[0]
+    return {"phantom": "quality-phantoms", "real": "quality-real"}.get(kind, "quality-" + kind)
+
+
+def evaluate(spec, engines, k, limit):
+    """Per-case rows, and for every model its worst case (arrays for the figure)."""
+    from tqdm import tqdm
+
+    rows, worst = [], {}
+    floor = "threshold (k=%.2f)" % k
+    cases = held_out_cases(spec, limit)
+    for case, variant in tqdm(cases, desc=spec, unit="volume"):
+        vol = Volume(case.image, case.affine)
+        sp = vol.spacing_kji
+        truth = case.label > 0
+        preds = {floor: threshold_mask(case.image, sp, k)}
+        for n, eng in engines.items():
+            preds[n] = segment(vol, eng, keep_probabilities=False).labels
+        t_ml = volume_ml(truth, sp)
+        for n, p in preds.items():
+            row = {"case": case.case_id, "variant": variant, "model": n, "dice": dice(p, truth),
+                   "hd95_mm": hd95(p, truth, sp), "truth_ml": t_ml, "pred_ml": volume_ml(p, sp)}
+            rows.append(row)
+            if t_ml >= BIG_ML and (n not in worst or row["dice"] < worst[n][0]["dice"]):
+                worst[n] = (row, _figure_slice(case, p))
+    return rows, worst, floor
+
+
+def _figure_slice(case, pred):
+    """The canonical axial slice with the most tumour: image, truth, prediction."""
+    img = to_canonical(case.image, case.affine)[0]
+    lab = to_canonical(case.label, case.affine)[0] > 0
+    prd = to_canonical(pred, case.affine)[0] > 0
+    k = int(np.argmax(lab.reshape(lab.shape[0], -1).sum(1)))
+    return img[k].astype(np.float32), lab[k], prd[k]
+
+
+def summarise(rows, models):
+    """Per (variant, model): mean Dice and HD95, worst Dice and failures on tumours >= 10 mL, mL on healthy."""
+    out = {}
+    for v in sorted(set(r["variant"] for r in rows), key=lambda v: list(TWINS).index(v) if v in TWINS else 0):
+        for n in models:
+            rs = [r for r in rows if r["variant"] == v and r["model"] == n]
+            tum = [r for r in rs if r["truth_ml"] > 0]
+            big = [r for r in rs if r["truth_ml"] >= BIG_ML]
+            empty = [r for r in rs if r["truth_ml"] == 0]
+            out[(v, n)] = {
+                "n": len(rs), "n_tumour": len(tum),
+                "dice": float(np.mean([r["dice"] for r in tum])) if tum else float("nan"),
+                "hd95_mm": float(np.mean([r["hd95_mm"] for r in tum])) if tum else float("nan"),
+                "worst_big": min((r["dice"] for r in big), default=float("nan")),
+                "fail_big": sum(r["dice"] < 0.5 for r in big), "n_big": len(big),
+                "healthy_ml_max": max((r["pred_ml"] for r in empty), default=float("nan")),
+                "healthy_ml_mean": float(np.mean([r["pred_ml"] for r in empty])) if empty else float("nan"),
+            }
+    return out
+
+
+def paired(rows, a, b, variant):
+    """Per-case Dice differences a - b on the cases with a tumour."""
+    by = {}
+    for r in rows:
+        if r["variant"] == variant and r["truth_ml"] > 0 and r["model"] in (a, b):
+            by.setdefault(r["case"], {})[r["model"]] = r["dice"]
+    d = [c[a] - c[b] for c in by.values() if a in c and b in c]
+    if not d:
+        return None
+    return {"n": len(d), "wins": int(sum(x > 0 for x in d)), "losses": int(sum(x < 0 for x in d)),
+            "mean": float(np.mean(d)), "median": float(np.median(d))}
+
+
+def twin_gaps(rows, model):
+    """Dice(raw twin) - Dice(stripped twin), per case with a tumour."""
+    by = {}
+    for r in rows:
+        if r["model"] == model and r["truth_ml"] > 0 and r["variant"] in ("stripped", "raw"):
+            by.setdefault(r["case"], {})[r["variant"]] = r["dice"]
+    return [c["raw"] - c["stripped"] for c in by.values() if len(c) == 2]
+
+
+def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
+    f = lambda x, fmt="%.3f": "–" if x != x else fmt % x  # noqa: E731 (nan -> dash)
+    title = "real cases held out of training" if spec.startswith("real:") else \
+        "held-out phantoms" if spec.startswith("phantom:") else "`%s`" % spec
+    lines = ["## Quality on %s" % title, "",
+             "Produced by `%s` on %s: %d case(s) of `%s`. %s" % (command, time.strftime("%Y-%m-%d"), n_cases, spec,
+                                                                  k_info),
+             "Every model runs the real inference path (onnxruntime, `LowResSegLib.pipeline`); Dice and HD95 are per "
+             "volume in 3-D on the source grid, averaged over the cases with a tumour. *worst* and *fails* look at "
+             "tumours of ≥ %g mL (*fails*: Dice < 0.5)." % BIG_ML, ""]
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for v in variants:
+        if v != "as is":
+            lines += ["**%s**" % v, ""]
+        if v.startswith("healthy"):
+            lines += ["| model | healthy cases | predicted mL, mean | predicted mL, max |", "|---|---|---|---|"]
+            for n in [floor] + models:
+                s = summary[(v, n)]
+                lines.append("| %s | %d | %s | %s |" % (n, s["n"], f(s["healthy_ml_mean"], "%.1f"),
+                                                         f(s["healthy_ml_max"], "%.1f")))
+        else:
+            lines += ["| model | input | Dice | HD95 mm | worst | fails | healthy mL (max) | head params |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for n in [floor] + models:
+                s, c = summary[(v, n)], cards.get(n)
+                lines.append("| %s | %s | %s | %s | %s | %d/%d | %s | %s |" % (
+                    n, "%d²→%d²" % (c["input_size"], c["output_size"]) if c else "full res", f(s["dice"]),
+                    f(s["hd95_mm"], "%.1f"), f(s["worst_big"]), s["fail_big"], s["n_big"],
+                    f(s["healthy_ml_max"], "%.1f"), str(c["params"]["head"]) if c else "0"))
+        lines.append("")
+    for v in variants:
+        if v.startswith("healthy"):
+            continue
+        p = paired(rows, JHEAD, INTERP, v)
+        if p:
+            base = summary[(v, INTERP)]["dice"]
+            lines.append("- %s: **jhead vs interp at 32→256: %+.1f %%** mean Dice (relative; the paper claims +5.5 %%), "
+                         "better on %d and worse on %d of %d cases (median ΔDice %+.4f)." % (
+                             v, 100 * p["mean"] / base if base else float("nan"), p["wins"], p["losses"], p["n"],
+                             p["median"]))
+        for n in models:
+            if n == FULL:
+                continue
+            q = paired(rows, n, FULL, v)
+            if q:
+                lines.append("- %s: %s vs full-256: mean ΔDice %+.3f (better on %d of %d)." % (
+                    v, n, q["mean"], q["wins"], q["n"]))
+    gaps = {n: twin_gaps(rows, n) for n in models}
+    if any(gaps.values()):
+        lines += ["", "Raw input vs its skull-stripped twin, Dice(raw) − Dice(stripped) per case:", "",
+                  "| model | mean | worst | within 0.05 |", "|---|---|---|---|"]
+        for n in models:
+            g = gaps[n]
+            if g:
+                lines.append("| %s | %+.3f | %+.3f | %d/%d |" % (n, np.mean(g), min(g), sum(abs(x) <= 0.05 for x in g),
+                                                                  len(g)))
+    lines += ["", "Per-case numbers: `%s_cases.csv`; worst case of each model: `%s.png` (beside this file)."
+              % (section_name(spec), section_name(spec))]
+    return lines
+
+
+def plot_worst(worst, order, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in order if n in worst]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(2.8 * len(names), 3.3), squeeze=False)
+    for ax, n in zip(axes[0], names):
+        row, (img, lab, prd) = worst[n]
+        vmax = float(np.percentile(img, 99.5)) or 1.0
+        ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
+        if lab.any():
+            ax.contour(lab, [0.5], colors="lime", linewidths=1.0)
+        if prd.any():
+            ax.contour(prd, [0.5], colors="red", linewidths=1.0)
+        ax.set_title("%s\n%s %s\nDice %.2f, %.0f mL" % (n, row["case"], row["variant"], row["dice"], row["truth_ml"]),
+                     fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title + " — worst case per model (green: truth, red: model)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None):
-    from tqdm import tqdm
-
-    from LowResSegLib.training.slices import iter_cases, parse_data_spec
-    from LowResSegLib.training.trainer import default_cache_dir
+    from LowResSegLib.training.slices import parse_data_spec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="phantom:24:1001", help="held-out set (seed disjoint from training's)")
-    ap.add_argument("--train-data", default="phantom:80:1", help="the models' training set (its seed must differ)")
-    ap.add_argument("--tune-data", default="phantom:16:1",
-                    help="training cases for tuning the threshold floor's k (default: the first 16 training phantoms)")
-    ap.add_argument("--cases", type=int, default=None, help="use only the first N held-out cases")
+    ap.add_argument("--data", default="phantom:16:1001,real:val",
+                    help="comma-separated held-out data sets (phantom seeds must differ from training's)")
+    ap.add_argument("--train-seed", type=int, default=1, help="the phantom seed the models were trained on")
+    ap.add_argument("--tune-data", default="real:train", help="training data for tuning the floor's k")
+    ap.add_argument("--cases", type=int, default=None, help="use only the first N cases of each data set")
     ap.add_argument("--models", default=None, help="comma-separated subset (default: all shipped)")
     ap.add_argument("--repository", default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for BENCHMARKS.md and figures")
     args = ap.parse_args(argv)
 
-    test_seed = parse_data_spec(args.data).get("seed")
-    for spec in (args.train_data, args.tune_data):
-        if test_seed is not None and parse_data_spec(spec).get("seed") == test_seed:
-            raise SystemExit("the held-out phantoms must use a seed other than the training seed %d" % test_seed)
+    specs = [s for s in args.data.split(",") if s]
+    for spec in specs:
+        d = parse_data_spec(spec)
+        if d.get("seed") == args.train_seed:
+            raise SystemExit("the held-out phantoms must use a seed other than the training seed %d" % args.train_seed)
+        if d["kind"] == "real" and d["split"] != "val":
+            raise SystemExit("only real:val is held out of training; %s is not" % spec)
     repo = ModelRepository(args.repository)
-    names = args.models.split(",") if args.models else repo.names()
-    engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
-
-    ks = np.round(np.arange(0.5, 3.01, 0.1), 2)
-    k, k_dice = tune_threshold(args.tune_data, ks, default_cache_dir())
-    print("threshold floor: k = %.1f (mean Dice %.3f on the training phantoms)" % (k, k_dice))
-
-    rows = []
-    cases = list(iter_cases(args.data, limit=args.cases))
-    for case in tqdm(cases, desc="held-out cases", unit="case"):
-        sp = Volume(case.image, case.affine).spacing_kji
-        truth = case.label > 0
-        preds = {"threshold (k=%.1f)" % k: threshold_mask(case.image, k)}
-        for n, eng in engines.items():
-            preds[n] = segment_array(case.image, case.affine, eng)[0]
-        for n, p in preds.items():
-            rows.append({"case": case.case_id, "model": n, "dice": dice(p, truth), "iou": iou(p, truth),
-                         "hd95_mm": hd95(p, truth, sp), "truth_ml": volume_ml(truth, sp)})
-
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "quality_cases.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-    order = ["threshold (k=%.1f)" % k] + names
-    summary = {}
-    for n in order:
-        rs = [r for r in rows if r["model"] == n]
-        summary[n] = {m: (float(np.mean([r[m] for r in rs])), float(np.std([r[m] for r in rs])))
-                      for m in ("dice", "iou", "hd95_mm")}
+    models = args.models.split(",") if args.models else repo.names()
+    engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in models}
     cards = {n: e.card for n, e in engines.items()}
-    gain = paired = None
-    if "elunet-jhead-32to256" in summary and "elunet-interp-32to256" in summary:
-        dj, di = summary["elunet-jhead-32to256"]["dice"][0], summary["elunet-interp-32to256"]["dice"][0]
-        gain = (dj - di) / di * 100.0
-        by_case = {}
-        for r in rows:
-            by_case.setdefault(r["case"], {})[r["model"]] = r
-        diffs = [(c["elunet-jhead-32to256"]["dice"] - c["elunet-interp-32to256"]["dice"],
-                  c["elunet-jhead-32to256"]["truth_ml"]) for c in by_case.values()]
-        big = [d for d, ml in diffs if ml >= 10.0]
-        paired = {"wins": sum(d > 0 for d, _ in diffs), "losses": sum(d < 0 for d, _ in diffs), "n": len(diffs),
-                  "median_delta": float(np.median([d for d, _ in diffs])),
-                  "wins_ge_10ml": sum(d > 0 for d in big), "n_ge_10ml": len(big),
-                  "mean_delta_ge_10ml": float(np.mean(big)) if big else float("nan")}
 
+    ks = np.round(np.arange(0.5, 3.01, 0.25), 2)
+    k, k_dice = tune_threshold(args.tune_data, ks)
+    k_info = "Floor: k = %.2f, tuned on `%s` (mean Dice %.3f there)." % (k, args.tune_data, k_dice)
+    print(k_info)
     command = "python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    lines = ["## Quality on held-out phantoms", "",
-             "Produced by `%s` on %s (%d held-out cases, `%s`; the training set is `%s`)."
-             % (command.strip(), time.strftime("%Y-%m-%d"), len(cases), args.data, args.train_data),
-             "Each model runs through the real inference path (onnxruntime on the shipped ONNX, "
-             "`LowResSegLib.pipeline`); metrics are per volume, 3-D, on the source grid with its spacing, "
-             "then averaged (± SD). HD95 is medpy's pooled-surface 95th percentile; empty-mask conventions as in "
-             "`LowResSegLib/metrics.py`.", "",
-             "| model | input | Dice | IoU | HD95 (mm) | head params | head MMACs | backbone MMACs |",
-             "|---|---|---|---|---|---|---|---|"]
-    for n in order:
-        s = summary[n]
-        c = cards.get(n)
-        cols = ["%d²→%d²" % (c["input_size"], c["output_size"]) if c else "full res",
-                "%.3f ± %.3f" % s["dice"], "%.3f ± %.3f" % s["iou"], "%.1f ± %.1f" % s["hd95_mm"],
-                str(c["params"]["head"]) if c else "0",
-                "%.2f" % (c["macs"]["head"] / 1e6) if c else "–",
-                "%.1f" % (c["macs"]["backbone"] / 1e6) if c else "–"]
-        lines.append("| %s | %s |" % (n, " | ".join(cols)))
-    lines.append("")
-    if gain is not None:
-        lines.append("**jhead gain over interp at 32→256: %+.1f %% mean Dice** (relative; the paper claims +5.5 %% "
-                     "for its head, metric unnamed)." % gain)
-        lines.append("Paired per case: jhead better on %d, worse on %d of %d cases (median ΔDice %+.4f); on the %d "
-                     "tumours of ≥ 10 mL it is better on %d (mean ΔDice %+.4f)." % (
-                         paired["wins"], paired["losses"], paired["n"], paired["median_delta"], paired["n_ge_10ml"],
-                         paired["wins_ge_10ml"], paired["mean_delta_ge_10ml"]))
-    floor = summary[order[0]]["dice"][0]
-    beaten = [n for n in names if summary[n]["dice"][0] > floor]
-    lines.append("Models beating the threshold floor (Dice %.3f): %d of %d%s." % (
-        floor, len(beaten), len(names),
-        "" if len(beaten) == len(names) else " — NOT beaten by: " + ", ".join(sorted(set(names) - set(beaten)))))
-    lines += ["", "Per-case numbers: `quality_cases.csv`; figure: `quality.png` (beside this file)."]
-    print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), "quality", lines))
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for spec in specs:
+        rows, worst, floor = evaluate(spec, engines, k, args.cases)
+        name = section_name(spec)
+        with open(os.path.join(args.out, name + "_cases.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        summary = summarise(rows, [floor] + models)
+        n_cases = len(set(r["case"] for r in rows))
+        lines = report(spec, rows, summary, models, floor, cards, command.strip(), n_cases, k_info)
+        print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), name, lines))
+        plot_worst(worst, [floor] + models, os.path.join(args.out, name + ".png"), spec)
+        results[spec] = {"%s|%s" % key: val for key, val in summary.items()}
     with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump({"summary": summary, "k": k, "jhead_gain_pct": gain, "jhead_vs_interp_paired": paired,
-                   "command": command}, f, indent=2)
-    plot(summary, order, rows, os.path.join(args.out, "quality.png"))
+        json.dump({"k": k, "command": command, "summary": results}, f, indent=2)
     return 0
-
-
-def plot(summary, order, rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, (m, label) in zip(axes, (("dice", "Dice (higher is better)"), ("hd95_mm", "HD95 mm (lower is better)"))):
-        vals = [summary[n][m][0] for n in order]
-        colors = ["#999999"] + ["#d95f02" if "jhead" in n else "#7570b3" if "interp" in n else "#1b9e77"
-                                for n in order[1:]]
-        ax.barh(range(len(order)), vals, color=colors, alpha=0.75)
-        for y, n in enumerate(order):  # every held-out case as a dot: the spread, honestly
-            pts = [r[m] for r in rows if r["model"] == n]
-            ax.scatter(pts, y + np.linspace(-0.25, 0.25, len(pts)), s=9, color="black", zorder=3)
-        ax.set_yticks(range(len(order)))
-        ax.set_yticklabels(order, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(label)
-    fig.suptitle("Held-out phantoms: mean per volume (bars) and every case (dots)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def bench_volume():
     """A held-out phantom on the BraTS grid (seed 1001, disjoint from training)."""
     from LowResSegLib.training.phantom import make_phantom
 
-    case = make_phantom(1001, 0, thick_slice_prob=0.0)
+    case = make_phantom(1001, 0, style="stripped", grid="iso")
     return Volume(case.image, case.affine)
 
 

@@ -22,7 +22,7 @@ SEED, INDEX = 2024, 0
 def main():
     out = os.path.join(ROOT, "Resources", "SampleData")
     os.makedirs(out, exist_ok=True)
-    case = make_phantom(SEED, INDEX, thick_slice_prob=1.0)
+    case = make_phantom(SEED, INDEX, style="raw", grid="thick")
     scale = 1000.0 / float(np.percentile(case.image[case.image > 0], 99.5))
     for name, arr in (("sample-flair.nii.gz", np.round(case.image * scale).astype(np.int16)),
                       ("sample-label.nii.gz", case.label.astype(np.uint8))):
@@ -34,7 +34,7 @@ def main():
         f.write(
             "# Sample data\n\n"
             "`sample-flair.nii.gz` (FLAIR-like phantom, int16) and `sample-label.nii.gz` (whole-tumour truth) are\n"
-            "case %d of phantom seed %d from `LowResSegLib.training.phantom.make_phantom(%d, %d, thick_slice_prob=1.0)`,\n"
+            "case %d of phantom seed %d from `LowResSegLib.training.phantom.make_phantom(%d, %d, style=\"raw\", grid=\"thick\")`,\n"
             "written by `python scripts/make_sample.py`. Shape (k, j, i) = %s, spacing (i, j, k) = %s mm, LPS.\n"
             "The phantom seed is disjoint from the training seed (1) and the held-out seed (1001).\n\n"
             "Derived from the MNI152 2009a template (via nilearn). %s\n"

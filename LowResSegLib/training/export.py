@@ -11,7 +11,7 @@ import os
 import torch
 
 from LowResSegLib import __version__
-from LowResSegLib.intensity import normalization_card
+from LowResSegLib.intensity import ZSCORE_NONZERO, normalization_card
 from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, ONNX_RELPATH, sha256_file,
                                      triton_config, validate_card)
 from LowResSegLib.outputs import staged_folder
@@ -53,6 +53,29 @@ def load_run(run_dir, checkpoint="best.pt"):
     return model.eval(), info, ck
 
 
+def real_cases_of(spec):
+    """The real cases a data spec trained on, each with its source (repository, commit, paths)."""
+    from LowResSegLib.training.realdata import manifest_cases
+    from LowResSegLib.training.slices import parse_data_specs, parse_data_spec
+
+    out = []
+    for part, times in parse_data_specs(spec):
+        d = parse_data_spec(part)
+        if d["kind"] == "real":
+            out += [{"case": c["case"], "repository": c["repository"], "commit": c["commit"],
+                     "image": c["image_path"], "label": c["label_path"], "origin": c["origin"], "repeat": times}
+                    for c in manifest_cases(d["split"])]
+    return out
+
+
+def data_notice(spec):
+    text = "Trained on synthetic phantoms derived from the MNI152 2009a template. " + MNI_NOTICE
+    if real_cases_of(spec):
+        text += (" Also trained on real BraTS 2017/2018 and UPENN-GBM (TCIA) cases listed in training.real_cases "
+                 "(not redistributed; see LowResSegLib/training/real_manifest.json for their sources and terms).")
+    return text
+
+
 def build_card(model, info, ck, sha256, metrics=None):
     c = model.config
     state = {}
@@ -68,20 +91,21 @@ def build_card(model, info, ck, sha256, metrics=None):
         "lowresseg_version": __version__,
         "task": "brain tumour segmentation (whole tumour) on axial MRI slices",
         "modality": "MR",
-        "sequence": "FLAIR (skull-stripped)",
+        "sequence": "FLAIR (skull-stripped or a raw head with skull, scalp and a noisy background)",
         "orientation": "axial; slices in canonical LPS order (i: L, j: P), square FOV by zero padding",
         "input_size": c["input_size"],
         "output_size": c["output_size"],
         "input_resampling": "area (box) average of the square slice to input_size (LowResSegLib.geometry.area_resample)",
         "classes": [dict(TUMOUR_CLASS)],
-        "normalization": normalization_card(),
+        "normalization": normalization_card(tc.get("normalization", ZSCORE_NONZERO)),
         "backbone": {"name": c["backbone"], "width": c["width"]},
         "head": c["head"],
         "deep_supervision_scales": info.get("scales"),
         "params": model_stats(model)["params"],
         "macs": model_stats(model)["macs"],
         "training": {
-            "data": tc["data"], "command": info["command"], "seed": tc["seed"],
+            "data": tc["data"], "real_cases": real_cases_of(tc["data"]),
+            "command": info["command"], "seed": tc["seed"],
             "epochs": int(ck.get("epoch", 0)), "epochs_run": state.get("epoch"),
             "epochs_planned": tc["epochs"], "train_seconds": round(state.get("train_seconds", 0.0), 1),
             "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
@@ -92,7 +116,7 @@ def build_card(model, info, ck, sha256, metrics=None):
                         **(metrics or {})),
         "sha256": sha256,
         "intended_use": "research use, not for diagnosis",
-        "data_notice": "Trained on synthetic phantoms derived from the MNI152 2009a template. " + MNI_NOTICE,
+        "data_notice": data_notice(tc["data"]),
     }
     return validate_card(card)
 

@@ -8,8 +8,17 @@ FLAIR-like but every tissue intensity, texture, bias field, blur, noise level an
 (sometimes) the slice thickness is random, so a model cannot learn the generator's
 quirks and has to learn "hyperintense, mass-like region inside the brain".
 
+Two styles: ``stripped`` (skull-stripped, exact-zero background, as in BraTS) and
+``raw`` (what a scanner writes: CSF, skull with diploe and a fat/muscle scalp of
+random thickness around the brain, a neck below it, Rician noise in the
+background, the head shifted so that the field of view may cut it). Tumours range
+from 1 mL to ~200 mL, are sometimes multifocal, sometimes diffuse with soft borders,
+and their FLAIR contrast runs from faint to bright; some cases have no tumour.
+
 Label: whole tumour (core | necrosis | edema). The grid is BraTS-like 240×240×155
-at 1 mm, or a thick-slice variant. Everything is deterministic given (seed, index).
+at 1 mm, or a clinical thick-slice grid (3-6 mm axial, coronal or sagittal slices).
+Everything is deterministic given (seed, index); the style and grid draws come from
+their own random streams, so ``style=``/``grid=`` give twins of one case.
 
 MNI notice (keep with anything derived that is shipped): "Copyright (C) 1993-2009
 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute,
@@ -75,11 +84,30 @@ class PhantomCase(object):
         self.image, self.label, self.affine, self.case_id, self.params = image, label, affine, case_id, params
 
 
-def make_phantom(seed, index=0, thick_slice_prob=0.25):
-    """Generate case ``index`` of the phantom series ``seed`` (deterministic)."""
+STYLES = ("auto", "stripped", "raw")
+GRIDS = ("auto", "iso", "thick")
+RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
+THICK_PROB = 0.35  # "auto" grid: this share gets thick slices
+HEALTHY_PROB = 0.1
+
+
+def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
+    """Generate case ``index`` of the phantom series ``seed`` (deterministic).
+
+    ``style``: "stripped", "raw" or "auto" (random); ``grid``: "iso" (1 mm), "thick"
+    (3-6 mm slices in a random orientation) or "auto". Fixing either gives the same
+    anatomy, tumour and contrast: the twin of the "auto" case in another style or grid.
+    ``tumour=False`` gives the healthy twin (same anatomy and acquisition, no lesion).
+    """
+    if style not in STYLES or grid not in GRIDS:
+        raise ValueError("style must be one of %s and grid one of %s" % (STYLES, GRIDS))
     from scipy import ndimage
 
     rng = np.random.default_rng([int(seed), int(index)])
+    rng_style = np.random.default_rng([int(seed), int(index), 1])
+    rng_grid = np.random.default_rng([int(seed), int(index), 2])
+    raw = rng_style.random() < RAW_PROB if style == "auto" else style == "raw"
+    thick = rng_grid.random() < THICK_PROB if grid == "auto" else grid == "thick"
     t1, gm, wm, mni_affine = mni_templates()
     shape = BRATS_SHAPE_KJI
     params = {}
@@ -96,7 +124,7 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
     # tumour centre: somewhere in cerebral white/grey matter of the *output* grid
     centre_idx = np.array([rng.uniform(60, 180), rng.uniform(50, 190), rng.uniform(45, 125)])  # i, j, k
     centre = origin + centre_idx
-    core_r = float(np.exp(rng.uniform(np.log(3.5), np.log(28.0))))
+    core_r = float(np.exp(rng.uniform(np.log(3.5), np.log(30.0))))
     mass = rng.uniform(0.0, 0.35)
 
     P = np.stack(np.meshgrid(i, j, k, indexing="ij"), 0).transpose(0, 3, 2, 1)  # [3, k, j, i] (i, j, k)
@@ -147,10 +175,23 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
         spread = edema_mm * (0.35 + 0.9 * p_wm[box])
         n2 = _smooth_field(rng, bshape, rng.uniform(5, 15))
         edema = ((d_out + 0.35 * edema_mm * n2) < spread) & b_brain & (p_csf[box] < 0.6) & ~core
+    healthy = rng.random() < HEALTHY_PROB
+    if tumour is not None:
+        healthy = not tumour
+    if healthy:
+        core, edema, necrosis = (np.zeros_like(core),) * 3
+    satellite = np.zeros_like(core)
+    if not healthy and rng.random() < 0.2:  # multifocal: a second, smaller focus nearby
+        off = rng.normal(0, 1, 3)
+        off = off / (np.linalg.norm(off) + 1e-6) * rng.uniform(1.5, 3.0) * core_r
+        sc = np.array([(h_ - l_) / 2.0 for l_, h_ in zip(lo, hi)]) + off[::-1]  # box (k, j, i) centre + offset
+        kk, jj, ii = np.ogrid[:bshape[0], :bshape[1], :bshape[2]]
+        sr = core_r * rng.uniform(0.3, 0.7)
+        satellite = (((kk - sc[0]) ** 2 + (jj - sc[1]) ** 2 + (ii - sc[2]) ** 2) < sr ** 2) & b_brain
     label = np.zeros(shape, bool)
-    label[box] = core | edema | necrosis
-    params.update(core_radius_mm=round(core_r, 2), edema_mm=round(edema_mm, 2),
-                  necrosis=bool(necrosis.any()), mass_effect=round(mass, 3))
+    label[box] = core | edema | necrosis | satellite
+    params.update(core_radius_mm=round(core_r, 2), edema_mm=round(edema_mm, 2), healthy=bool(healthy),
+                  necrosis=bool(necrosis.any()), mass_effect=round(mass, 3), multifocal=bool(satellite.any()))
 
     # --- contrast -----------------------------------------------------------------------
     if rng.random() < 0.2:  # fully random tissue contrast (SynthSeg-style)
@@ -163,7 +204,8 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
         base = max(i_gm, i_wm)
     # the lesion stays the salient hyperintensity (as on FLAIR); weaker contrasts than this are
     # indistinguishable from the bias field below and only teach a model to over-segment
-    i_edema = base + rng.uniform(0.18, 0.7)
+    contrast = float(np.exp(rng.uniform(np.log(0.06), np.log(0.8))))  # faint (low grade) to bright
+    i_edema = base + contrast
     i_core = rng.uniform(0.3, 1.2)
     i_nec = rng.uniform(0.03, 0.8)
     tex = rng.uniform(0.0, 0.15)
@@ -172,13 +214,18 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
     ttex = rng.uniform(0.05, 0.3)
     t_field2 = _smooth_field(rng, bshape, rng.uniform(2, 8))
     sub = img[box]
-    for mask, val in ((edema, i_edema), (core, i_core), (necrosis, i_nec)):
+    soft = rng.uniform(0.5, 1.5) if rng.random() < 0.75 else rng.uniform(2.0, 4.0)  # diffuse borders
+    for mask, val in ((edema, i_edema), (satellite, i_edema), (core, i_core), (necrosis, i_nec)):
         if mask.any():
-            frac = ndimage.gaussian_filter(mask.astype(np.float32), rng.uniform(0.5, 1.5))
+            frac = ndimage.gaussian_filter(mask.astype(np.float32), soft)
             sub = sub * (1 - frac) + frac * val * (1 + ttex * t_field2)
     img[box] = sub
     del t_field, t_field2, n1
     img = np.clip(img, 0, None) * brain
+    params.update(contrast=round(contrast, 3), border_mm=round(soft, 2))
+    head = brain
+    if raw:
+        img, head = _add_head(img, brain, i_csf, max(i_gm, i_wm), rng_style)
 
     # --- acquisition: blur / in-plane resolution loss, bias, gamma, noise --------------
     sig = rng.uniform(0, 1.0)
@@ -191,28 +238,86 @@ def make_phantom(seed, index=0, thick_slice_prob=0.25):
     img = img * bias
     img = np.clip(img, 0, None) ** np.exp(rng.normal(0, 0.2))
     noise = rng.uniform(0.004, 0.05) * float(np.percentile(img[brain], 95)) if brain.any() else 0.0
+    del head
     n_re = rng.standard_normal(shape, dtype=np.float32) * noise
     n_im = rng.standard_normal(shape, dtype=np.float32) * noise
-    img = np.sqrt((img + n_re) ** 2 + n_im ** 2) * brain  # Rician; skull-stripped background stays 0
+    img = np.sqrt((img + n_re) ** 2 + n_im ** 2)  # Rician
+    if not raw:
+        img = img * brain  # skull-stripped: the background is exactly 0
     img = (img * rng.uniform(200, 2000)).astype(np.float32)
 
     spacing = np.array([1.0, 1.0, 1.0])
     label = label.astype(np.uint8)
-    if rng.random() < thick_slice_prob:  # thick-slice variant: slab-average in z
-        t = int(rng.choice([3, 4, 5]))
-        nk = shape[0] // t
-        img = img[: nk * t].reshape(nk, t, shape[1], shape[2]).mean(1)
-        label = (label[: nk * t].reshape(nk, t, shape[1], shape[2]).mean(1) >= 0.5).astype(np.uint8)
-        origin = origin + np.array([0, 0, (t - 1) / 2.0])
-        spacing[2] = t
-    params.update(slice_thickness_mm=float(spacing[2]))
+    orientation = "axial"
+    if thick:  # clinical 2-D acquisition: slab-average along one axis
+        t = int(rng_grid.choice([3, 4, 5, 6]))
+        axis = int(rng_grid.choice([0, 1, 2], p=[0.6, 0.2, 0.2]))  # k (axial), j (coronal), i (sagittal)
+        orientation = ("axial", "coronal", "sagittal")[axis]
+        img, label = _slabs(img, t, axis), (_slabs(label.astype(np.float32), t, axis) >= 0.5).astype(np.uint8)
+        origin = origin + np.eye(3)[2 - axis] * (t - 1) / 2.0
+        spacing[2 - axis] = t
+    params.update(style="raw" if raw else "stripped", orientation=orientation,
+                  slice_thickness_mm=float(spacing.max()))
     affine = np.eye(4)
     affine[:3, :3] = np.diag(spacing)
     affine[:3, 3] = origin
     return PhantomCase(img.astype(np.float32), label, affine, "phantom_s%d_%04d" % (seed, index), params)
 
 
-def write_phantoms(outdir, n, seed=0, progress=True):
+
+
+def _slabs(vol, t, axis):
+    """Average ``t`` consecutive slices along ``axis`` (a thick 2-D acquisition)."""
+    n = vol.shape[axis] // t
+    v = np.moveaxis(vol, axis, 0)[: n * t]
+    v = v.reshape((n, t) + v.shape[1:]).mean(1)
+    return np.ascontiguousarray(np.moveaxis(v, 0, axis)).astype(np.float32)
+
+
+def _add_head(img, brain, i_csf, i_tissue, rng):
+    """CSF, skull (with diploe), scalp (fat and muscle) and a neck around a brain-only image.
+
+    Layer thicknesses vary smoothly over the head; distances are taken on a 2 mm grid.
+    Returns the image and the head mask.
+    """
+    from scipy import ndimage
+
+    shape = brain.shape
+    d = ndimage.distance_transform_edt(~brain[::2, ::2, ::2], sampling=2.0)
+    d = np.repeat(np.repeat(np.repeat(d, 2, 0), 2, 1), 2, 2)[: shape[0], : shape[1], : shape[2]]
+    wob = 1.0 + 0.3 * _smooth_field(rng, shape, 40)
+    t_csf, t_skull, t_scalp = rng.uniform(1.0, 4.0), rng.uniform(4.0, 9.0), rng.uniform(3.0, 10.0)
+    # the neck: below the brain, a column under the lower half of the brain's silhouette
+    ks = np.nonzero(brain.any(axis=(1, 2)))[0]
+    neck = np.zeros(shape, bool)
+    if len(ks):
+        k0 = int(ks[0] + 0.25 * (ks[-1] - ks[0]))
+        sil = ndimage.binary_erosion(brain[k0:int(ks[0] + 0.45 * (ks[-1] - ks[0]) + 1)].any(0), iterations=8)
+        neck[:k0] = sil
+    d_neck = ndimage.distance_transform_edt(~neck[::2, ::2, ::2], sampling=2.0) if neck.any() else None
+    if d_neck is not None:
+        d_neck = np.repeat(np.repeat(np.repeat(d_neck, 2, 0), 2, 1), 2, 2)[: shape[0], : shape[1], : shape[2]]
+        d = np.minimum(d, d_neck + 0.5 * t_csf)
+    csf = (d > 0) & (d <= t_csf * wob)
+    skull = (d > t_csf * wob) & (d <= (t_csf + t_skull) * wob)
+    scalp = (d > (t_csf + t_skull) * wob) & (d <= (t_csf + t_skull + t_scalp) * wob)
+    i_bone = rng.uniform(0.0, 0.12) * i_tissue
+    i_diploe = rng.uniform(0.2, 1.0) * i_tissue if rng.random() < 0.6 else i_bone
+    i_fat = rng.uniform(0.7, 1.8) * i_tissue
+    i_muscle = rng.uniform(0.3, 0.8) * i_tissue
+    mid = np.abs(d - (t_csf + 0.5 * t_skull) * wob) < 0.25 * t_skull * wob
+    tex = _smooth_field(rng, shape, rng.uniform(3, 8))
+    fat = 1.0 / (1.0 + np.exp(-3.0 * (tex + rng.uniform(-0.8, 0.8))))
+    out = img.copy()
+    out[csf] = i_csf * (1 + 0.1 * tex[csf])
+    out[skull] = np.where(mid[skull], i_diploe, i_bone)
+    soft = fat * i_fat + (1 - fat) * i_muscle
+    out[scalp] = soft[scalp]
+    out[neck & ~brain] = soft[neck & ~brain]
+    head = brain | csf | skull | scalp | neck
+    return np.clip(out, 0, None).astype(np.float32), head
+
+def write_phantoms(outdir, n, seed=0, progress=True, style="auto", grid="auto"):
     """Write ``n`` cases as ``images/`` + ``labels/`` NIfTI pairs (and the MNI notice)."""
     import SimpleITK as sitk
     from tqdm import tqdm
@@ -223,7 +328,7 @@ def write_phantoms(outdir, n, seed=0, progress=True):
         f.write("Derived from the MNI152 2009a template (via nilearn).\n" + MNI_NOTICE + "\n")
     paths = []
     for idx in tqdm(range(n), desc="phantoms", unit="case", disable=not progress):
-        case = make_phantom(seed, idx)
+        case = make_phantom(seed, idx, style=style, grid=grid)
         for sub, arr in (("images", case.image), ("labels", case.label)):
             img = sitk.GetImageFromArray(arr)
             img.SetSpacing([float(abs(case.affine[a, a])) for a in range(3)])

@@ -20,8 +20,12 @@ from LowResSegLib.pipeline import prepare_array
 CACHE_VERSION = 3  # bump when the phantom generator or slicing changes
 
 
+DATA_HELP = ("phantom:N[:seed] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
+             "and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
+
+
 def parse_data_spec(spec):
-    """``phantom:N[:seed]``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    """One data source: ``phantom:N[:seed]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
     kind, _, rest = spec.partition(":")
     if kind == "phantom":
         parts = rest.split(":") if rest else []
@@ -31,11 +35,33 @@ def parse_data_spec(spec):
         except ValueError:
             raise ValueError("bad data spec %r: use phantom:N[:seed], e.g. phantom:40:1" % spec)
         return {"kind": "phantom", "n": n, "seed": seed}
+    if kind == "real":
+        from LowResSegLib.training.realdata import SPLITS
+
+        if rest not in SPLITS:
+            raise ValueError("bad data spec %r: use real:train, real:val or real:all" % spec)
+        return {"kind": "real", "split": rest}
     if kind in ("msd", "folder") and rest:
         if not os.path.isdir(rest):
             raise FileNotFoundError("data folder not found: %s" % rest)
         return {"kind": kind, "path": os.path.abspath(rest)}
-    raise ValueError("bad data spec %r: use phantom:N[:seed], msd:PATH or folder:PATH" % spec)
+    raise ValueError("bad data spec %r: use %s" % (spec, DATA_HELP))
+
+
+def parse_data_specs(spec):
+    """``A+B*3`` -> [(spec A, 1), (spec B, 3)]: several sources, each with a repeat count."""
+    out = []
+    for part in spec.split("+"):
+        part, star, times = part.partition("*")
+        try:
+            n = int(times) if star else 1
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError("bad repeat in data spec %r: use SOURCE*N with N >= 1" % spec)
+        parse_data_spec(part)  # fail early, with the message of the part
+        out.append((part, n))
+    return out
 
 
 def _phantom_slices(args):
@@ -67,6 +93,11 @@ def iter_cases(spec, modality="FLAIR", label="wt", limit=None):
         n = d["n"] if limit is None else min(limit, d["n"])
         for idx in range(n):
             yield make_phantom(d["seed"], idx)
+    elif d["kind"] == "real":
+        from LowResSegLib.training.realdata import iter_real_cases
+
+        for c in iter_real_cases(d["split"], limit=limit):
+            yield c
     elif d["kind"] == "msd":
         from LowResSegLib.training.sources import iter_msd_cases
 
@@ -92,7 +123,12 @@ def volume_to_slices(image, label, affine, method=DEFAULT_METHOD):
 
 
 def _fingerprint(d):
-    """Names, sizes and mtimes of a data folder's files: a changed folder gets a new cache."""
+    """Names, sizes and mtimes of a data folder's files (the manifest's hashes for real data):
+    changed data gets a new cache."""
+    if d["kind"] == "real":
+        from LowResSegLib.training.realdata import manifest_cases
+
+        return hashlib.sha256(json.dumps(manifest_cases(d["split"]), sort_keys=True).encode()).hexdigest()
     if "path" not in d:
         return None
     h = hashlib.sha256()
@@ -113,6 +149,21 @@ class SliceCache(object):
 
     @classmethod
     def build(cls, spec, cache_dir, modality="FLAIR", label="wt", progress=True, workers=None):
+        """The slices of ``spec`` (see :data:`DATA_HELP`); each source is cached on its own."""
+        parts = parse_data_specs(spec)
+        if len(parts) == 1 and parts[0][1] == 1:
+            return cls._build_one(spec, cache_dir, modality, label, progress, workers)
+        images, labels, ids = [], [], []
+        for part, times in parts:
+            one = cls._build_one(part, cache_dir, modality, label, progress, workers)
+            for rep in range(times):
+                images += one.images
+                labels += one.labels
+                ids += one.case_ids if rep == 0 else ["%s#%d" % (c, rep) for c in one.case_ids]
+        return cls(images, labels, ids)
+
+    @classmethod
+    def _build_one(cls, spec, cache_dir, modality, label, progress, workers):
         from tqdm import tqdm
 
         d = parse_data_spec(spec)
@@ -143,12 +194,16 @@ class SliceCache(object):
         return cls(images, labels, ids)
 
     def split(self, val_fraction, seed=0):
-        """Case-level split (never slices of one case on both sides)."""
-        order = np.random.default_rng(seed).permutation(len(self.case_ids))
+        """Case-level split (never slices of one case on both sides, repeats included)."""
+        base = [c.split("#")[0] for c in self.case_ids]
+        uniq = sorted(set(base), key=base.index)
+        order = np.random.default_rng(seed).permutation(len(uniq))
         n_val = max(1, int(round(len(order) * val_fraction))) if val_fraction > 0 else 0
+        val_ids = {uniq[i] for i in order[:n_val]}
         pick = lambda idx: SliceCache([self.images[i] for i in idx], [self.labels[i] for i in idx],
                                       [self.case_ids[i] for i in idx])
-        return pick(sorted(order[n_val:])), pick(sorted(order[:n_val]))
+        val = [i for i, b in enumerate(base) if b in val_ids and "#" not in self.case_ids[i]]
+        return pick([i for i, b in enumerate(base) if b not in val_ids]), pick(val)
 
     def index(self):
         """(case, slice, has_tumour) for every stored slice."""
@@ -213,7 +268,7 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
     """Model input [B,1,r,r] and soft targets per scale [B,1,s,s] (float32 numpy).
 
     ``rng`` enables augmentation (:func:`augment_slice`). ``crop``
-    (full-resolution models only) trains on a random crop of the R-grid to save time.
+    (full-resolution models only) trains on a uniformly placed random crop of the R-grid to save time.
     """
     imgs, labs = [], []
     for c, k, _ in rows:
@@ -231,12 +286,11 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
         if crop >= size:
             return x, ys
         xs, ts = [], [[] for _ in ys]
+        pick = rng or np.random.default_rng(0)
         for b in range(x.shape[0]):
-            fg = np.argwhere(ys[-1][b, 0] > 0.5)
-            if len(fg) and (rng is None or rng.random() < 0.7):
-                cy, cx = fg[(rng or np.random.default_rng(0)).integers(len(fg))]
-            else:
-                cy, cx = (rng or np.random.default_rng(0)).integers(0, size, 2)
+            # unbiased: the crop's place is uniform over the slice, so the model learns the
+            # true tumour/background balance that it meets on whole slices at inference
+            cy, cx = pick.integers(crop // 2, size - crop // 2 + 1, 2)
             y0 = int(np.clip(cy - crop // 2, 0, size - crop))
             x0 = int(np.clip(cx - crop // 2, 0, size - crop))
             xs.append(x[b, :, y0:y0 + crop, x0:x0 + crop])

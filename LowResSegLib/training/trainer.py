@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from LowResSegLib.intensity import DEFAULT_METHOD
 from LowResSegLib.training.models import SegModel, model_stats
 from LowResSegLib.training.slices import SliceCache, make_batch
 
@@ -68,6 +69,7 @@ def train(cfg, progress=True):
 
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
+    cfg = dict(cfg, normalization=DEFAULT_METHOD)  # what the slice cache is made with; export writes it to the card
     torch.manual_seed(cfg["seed"])
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
