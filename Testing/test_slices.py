@@ -274,14 +274,17 @@ def test_make_batch_crop_full_resolution(cache):
     x_full, ys_full = make_batch(cache, rows, 48, [48])
     x, ys = make_batch(cache, rows, 48, [48], crop=16)
     assert x.shape == (len(rows), 1, 16, 16) and len(ys) == 1 and ys[0].shape == (len(rows), 1, 16, 16)
+    places = set()
     for b in range(len(rows)):
         # the crop is one window of the full slice, the same window for input and target
         hits = [(y0, x0) for y0 in range(33) for x0 in range(33)
                 if np.array_equal(x_full[b, 0, y0:y0 + 16, x0:x0 + 16], x[b, 0])
                 and np.array_equal(ys_full[0][b, 0, y0:y0 + 16, x0:x0 + 16], ys[0][b, 0])]
         assert hits
-        if rows[b][2]:  # without rng, tumour slices are cropped around tumour pixels
-            assert ys[0][b, 0].any()
+        places.add(hits[0])
+    # unbiased: windows land all over the slice, not only on the tumour
+    assert len(places) >= min(5, len(rows) // 2)
+    assert any(not ys[0][b, 0].any() for b in range(len(rows)) if rows[b][2])
     # with augmentation the crop size is the same
     xa, ysa = make_batch(cache, rows, 48, [48], rng=np.random.default_rng(1), crop=16)
     assert xa.shape == (len(rows), 1, 16, 16) and ysa[0].shape == (len(rows), 1, 16, 16)

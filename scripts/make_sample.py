@@ -33,7 +33,8 @@ def main():
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(
             "# Sample data\n\n"
-            "`sample-flair.nii.gz` (FLAIR-like phantom, int16) and `sample-label.nii.gz` (whole-tumour truth) are\n"
+            "`sample-flair.nii.gz` (FLAIR-like phantom of a raw head as a scanner writes it: skull, scalp, neck, a noisy\n"
+            "background and 5 mm axial slices; int16) and `sample-label.nii.gz` (whole-tumour truth) are\n"
             "case %d of phantom seed %d from `LowResSegLib.training.phantom.make_phantom(%d, %d, style=\"raw\", grid=\"thick\")`,\n"
             "written by `python scripts/make_sample.py`. Shape (k, j, i) = %s, spacing (i, j, k) = %s mm, LPS.\n"
             "The phantom seed is disjoint from the training seed (1) and the held-out seed (1001).\n\n"
