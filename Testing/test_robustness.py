@@ -1,0 +1,98 @@
+"""Input that does not depend on pre-processing, on the shipped models.
+
+* training and inference cut exactly the same normalised slices from a volume;
+* a noisy scanner background (instead of exact zeros) leaves the mask of a shipped model
+  essentially unchanged;
+* a large tumour does not move the intensity scale (it did with the old z-score).
+"""
+
+import numpy as np
+import pytest
+
+from LowResSegLib.engines import LocalEngine
+from LowResSegLib.geometry import Volume
+from LowResSegLib.intensity import DEFAULT_METHOD, ZSCORE_NONZERO, head_mask_and_scale, normalize_volume
+from LowResSegLib.metrics import dice
+from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.pipeline import prepare_slices, segment
+
+pytest.importorskip("nilearn")
+MODEL = "elunet-jhead-32to256"
+
+
+@pytest.fixture(scope="module")
+def stripped():
+    from LowResSegLib.training.phantom import make_phantom
+
+    return make_phantom(1001, 3, style="stripped", grid="thick")  # held-out seed, zero background
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LocalEngine(MODEL, threads=1)
+
+
+def test_shipped_models_use_the_current_normalisation():
+    repo = ModelRepository()
+    for name in repo.names():
+        assert repo.card(name)["normalization"]["method"] == DEFAULT_METHOD, name
+
+
+def test_training_and_inference_cut_the_same_slices(stripped, engine):
+    from LowResSegLib.training.slices import volume_to_slices
+
+    vol = Volume(stripped.image, stripped.affine)
+    infer = prepare_slices(vol, engine.card).slices
+    train_img, train_lab = volume_to_slices(stripped.image, stripped.label, stripped.affine,
+                                            engine.card["normalization"]["method"])
+    keep = (infer != 0).mean(axis=(1, 2)) > 0.01
+    assert train_img.shape == infer[keep].shape
+    np.testing.assert_allclose(train_img.astype(np.float32), infer[keep], rtol=1e-3, atol=1e-3)  # float16 cache
+    assert train_lab.max() == 255 and train_lab.shape == train_img.shape
+
+
+def with_noise_background(image, rel=0.03, seed=0):
+    """Rician scanner noise where the volume is exactly 0 (what skull stripping had removed)."""
+    rng = np.random.default_rng(seed)
+    sd = rel * float(np.percentile(image[image > 0], 95))
+    bg = image == 0
+    noisy = image.copy()
+    noisy[bg] = np.hypot(rng.normal(0, sd, bg.sum()), rng.normal(0, sd, bg.sum()))
+    return noisy
+
+
+def test_noise_background_gives_the_same_mask(stripped, engine):
+    spacing = Volume(stripped.image, stripped.affine).spacing_kji
+    noisy = with_noise_background(stripped.image)
+    assert (noisy > 0).mean() > 0.99
+    a = segment(Volume(stripped.image, stripped.affine), engine).labels
+    b = segment(Volume(noisy, stripped.affine), engine).labels
+    ml = lambda m: float(m.sum() * np.prod(spacing)) / 1000  # noqa: E731
+    assert ml(stripped.label) > 5 and ml(a) > 5  # a real tumour, really found
+    assert dice(a, b) >= 0.95, (dice(a, b), ml(a), ml(b))
+    assert abs(ml(a) - ml(b)) <= 0.05 * ml(a) + 1.0
+    # the old z-score over non-zero voxels is what this replaced: it is thrown off by the noise
+    old_a, old_b = normalize_volume(stripped.image, ZSCORE_NONZERO), normalize_volume(noisy, ZSCORE_NONZERO)
+    brain = stripped.image > 0
+    assert np.abs(old_a[brain] - old_b[brain]).mean() > 0.2
+    new_a, new_b = normalize_volume(stripped.image, spacing_kji=spacing), normalize_volume(noisy, spacing_kji=spacing)
+    assert np.abs(new_a[brain] - new_b[brain]).mean() < 0.02
+
+
+def test_a_large_tumour_does_not_move_the_scale(stripped):
+    spacing = Volume(stripped.image, stripped.affine).spacing_kji
+    brain = stripped.image > 0
+    _, scale = head_mask_and_scale(stripped.image, spacing)
+    big = stripped.image.copy()
+    rng = np.random.default_rng(1)
+    centre = np.argwhere(brain).mean(0)
+    kk, jj, ii = np.indices(big.shape)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip((kk, jj, ii), centre, spacing))
+    lesion = brain & (d2 < 36.0 ** 2)  # ~200 mL, moderately hyperintense
+    assert 150 < lesion.sum() * np.prod(spacing) / 1000 < 250
+    big[lesion] = big[lesion] * rng.uniform(1.3, 1.6, lesion.sum())
+    _, scale_big = head_mask_and_scale(big, spacing)
+    assert abs(scale_big / scale - 1) < 0.05
+    z0, z1 = normalize_volume(stripped.image, ZSCORE_NONZERO), normalize_volume(big, ZSCORE_NONZERO)
+    # the z-score, by contrast, pulls the normal brain down by the tumour's weight
+    assert abs(np.median(z1[brain & ~lesion]) - np.median(z0[brain & ~lesion])) > 0.1
