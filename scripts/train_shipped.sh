@@ -26,11 +26,11 @@ lowresseg train "${COMMON[@]}" --head interp --input-size 16 --epochs 0 --out ru
 queue_a() {
   run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 16 --max-slices 2500
   run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 16 --max-slices 2500
-  run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 10 --max-slices 2500
 }
 queue_b() {
   run elunet-interp-32to256 --head interp --input-size 32  --epochs 16 --max-slices 2500
   run elunet-full-256       --head full   --input-size 256 --epochs 10 --max-slices 1500 --crop 128
+  run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 10 --max-slices 2500
 }
 mkdir -p runs
 queue_a > runs/queue_a.log 2>&1 &
