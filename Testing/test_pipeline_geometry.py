@@ -262,6 +262,24 @@ def test_low_resolution_model_round_trip(tmp_path, coarse_engine, fmt, axes, fli
     np.testing.assert_allclose(world_centroid(back, vol.affine), world_centroid(truth, ca), atol=1.0)
 
 
+def test_thick_sagittal_acquisition_gets_square_pixels(tmp_path, exact_engine):
+    """5 mm sagittal slices: axial slices have 5 x 1 mm pixels, resampled to square ones and back."""
+    img, truth = phantom(SHAPE, BRAIN, CUBE)
+    ca = canonical_affine((5.0, 1.0, 1.0), ORIGIN)  # L (columns of an axial slice) is the 5 mm axis
+    f_img, f_aff = relayout(img, ca, (1, 2, 0), (False, True, False))  # stored sagittal, as a scanner writes it
+    vol = read_volume(write_sitk(os.path.join(str(tmp_path), "sag.nrrd"), f_img, f_aff))
+    prepared = prepare_slices(vol, exact_engine.card)
+    assert prepared.shape == SHAPE and prepared.grid == (SHAPE[1], 5 * SHAPE[2])  # 40 x 240 square pixels
+    assert prepared.slices.shape == (SHAPE[0], 240, 240)
+    seg = segment(vol, exact_engine)
+    t = relayout(truth, ca, (1, 2, 0), (False, True, False))[0]
+    assert seg.labels.shape == vol.shape and dice(seg.labels, t) > 0.6  # 240 mm FOV at 48 px: 5 mm pixels
+    for what, wrong in mirrors_and_transpose(t):
+        if wrong.shape == t.shape:
+            assert dice(seg.labels, wrong) < 0.5, what
+    np.testing.assert_allclose(world_centroid(seg.labels, vol.affine), world_centroid(truth, ca), atol=1.0)
+
+
 # --------------------------------------------------------------------------- run control
 
 

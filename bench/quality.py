@@ -117,7 +117,8 @@ def evaluate(spec, engines, k, limit):
         t_ml = volume_ml(truth, sp)
         for n, p in preds.items():
             row = {"case": case.case_id, "variant": variant, "model": n, "dice": dice(p, truth),
-                   "hd95_mm": hd95(p, truth, sp), "truth_ml": t_ml, "pred_ml": volume_ml(p, sp)}
+                   "hd95_mm": hd95(p, truth, sp) if t_ml > 0 else float("nan"),  # healthy: no surface to miss
+                   "truth_ml": t_ml, "pred_ml": volume_ml(p, sp)}
             rows.append(row)
             if t_ml >= BIG_ML and (n not in worst or row["dice"] < worst[n][0]["dice"]):
                 worst[n] = (row, _figure_slice(case, p))
@@ -223,6 +224,13 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
             if q:
                 lines.append("- %s: %s vs full-256: mean ΔDice %+.3f (better on %d of %d)." % (
                     v, n, q["mean"], q["wins"], q["n"]))
+    if n_cases <= 8:  # a handful of (real) cases: every case in the table
+        lines += ["", "Per case (Dice; tumour volume of the truth):", "",
+                  "| case | truth mL | %s |" % " | ".join([floor] + models), "|---|---|%s" % ("---|" * (1 + len(models)))]
+        for case in dict.fromkeys(r["case"] for r in rows):
+            rs = {r["model"]: r for r in rows if r["case"] == case and r["variant"] == variants[0]}
+            lines.append("| %s | %.1f | %s |" % (case, rs[floor]["truth_ml"],
+                                                 " | ".join("%.3f" % rs[n]["dice"] for n in [floor] + models)))
     gaps = {n: twin_gaps(rows, n) for n in models}
     if any(gaps.values()):
         lines += ["", "Raw input vs its skull-stripped twin, Dice(raw) − Dice(stripped) per case:", "",
