@@ -8,9 +8,10 @@ in training and at inference (both call :func:`normalize_volume`).
 * the **head mask** comes from an Otsu threshold of a smoothed copy (largest
   component, holes filled), so a noisy scanner background, skull and scalp are
   handled like the exact zeros of a skull-stripped volume;
-* the intensity scale is the **mode** of the tissue histogram inside the head,
-  away from its surface (> 10 mm in), which is normal-appearing parenchyma on
-  FLAIR. A large or bright tumour moves a mean and an SD, not the mode;
+* the intensity scale is the **mode** of the tissue histogram: voxels of the bright
+  Otsu class (not noise, CSF or bone) deep inside the head (> 20 mm in, else > 10 mm),
+  which is normal-appearing parenchyma on FLAIR. A large or bright tumour moves a
+  mean and an SD, not the mode;
 * output = intensity / mode inside the head (normal tissue ≈ 1), clipped to
   [0, 5], and exactly 0 outside, like the zero padding of the square FOV.
 
@@ -27,13 +28,13 @@ DEFAULT_METHOD = HEAD_MODE_RATIO
 
 _WORK_MM = 2.0  # the mask and the mode are found on a grid of about this voxel size
 _SMOOTH_MM = 2.0
-_CORE_MM = 10.0  # the mode is taken this far inside the head mask (past scalp and skull)
+_CORE_MM = (20.0, 10.0)  # the mode is taken this far inside the head mask (past scalp and skull), if it can
 _CLIP = 5.0
 
 _DESCRIPTIONS = {
     HEAD_MODE_RATIO: "head mask = largest component of Otsu(Gaussian-smoothed volume, sigma 2 mm), holes filled "
-                     "(2-D per slice and 3-D), found on a ~2 mm grid; scale = histogram mode of the voxels more "
-                     "than 10 mm inside the mask; output = intensity / mode clipped to [0, 5] inside the mask, "
+                     "(2-D per slice and 3-D), found on a ~2 mm grid; scale = histogram mode of the voxels above the "
+                     "Otsu threshold more than 20 mm (else 10 mm) inside the mask; output = intensity / mode clipped to [0, 5] inside the mask, "
                      "0 outside (negative inputs are first shifted so that the minimum is 0)",
     ZSCORE_NONZERO: "clip to the 0.5-99.5 percentiles of the non-zero voxels, z-score over them, "
                     "clip to [-5, 5]; zero (background) voxels stay 0",
@@ -110,17 +111,25 @@ def head_mask_and_scale(v, spacing_kji):
     img = sitk.GetImageFromArray(small)
     img.SetSpacing([s * f for s, f in zip(spacing, factors)][::-1])
     smooth = sitk.DiscreteGaussian(img, _SMOOTH_MM ** 2, 16, 0.01, True)  # any size, unlike the recursive one
-    fg = sitk.OtsuThreshold(smooth, 0, 1, 256)
-    fg = _largest_component(fg)
-    fg = _fill_holes(fg)
+    otsu = sitk.OtsuThresholdImageFilter()
+    otsu.SetInsideValue(0)
+    otsu.SetOutsideValue(1)
+    otsu.SetNumberOfHistogramBins(256)
+    fg = _fill_holes(_largest_component(otsu.Execute(smooth)))
     m_small = sitk.GetArrayFromImage(fg).astype(bool)
     if not m_small.any():
         return np.zeros(v.shape, bool), 0.0
     inside = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(fg, insideIsPositive=True, squaredDistance=False,
                                                                  useImageSpacing=True))
-    core = m_small & (inside > _CORE_MM)
-    if core.sum() < 0.05 * m_small.sum():  # a thin slab or a small FOV: use the whole mask
-        core = m_small
+    # tissue = the bright Otsu class: parenchyma, not noise, CSF or bone (which the filled mask holds)
+    tissue = m_small & (sitk.GetArrayFromImage(smooth) > otsu.GetThreshold())
+    core = np.zeros_like(tissue)
+    for depth in _CORE_MM:  # deep enough to be past scalp and skull, if the head is big enough
+        core = tissue & (inside > depth)
+        if core.sum() >= 0.05 * m_small.sum():
+            break
+    if core.sum() < 0.05 * m_small.sum():  # a thin slab or a small FOV: all the tissue
+        core = tissue if tissue.any() else m_small
     scale = histogram_mode(small[core])
     mask = m_small
     for axis, f in enumerate(factors):

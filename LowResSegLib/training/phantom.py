@@ -181,12 +181,12 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     if healthy:
         core, edema, necrosis = (np.zeros_like(core),) * 3
     satellite = np.zeros_like(core)
-    if not healthy and rng.random() < 0.2:  # multifocal: a second, smaller focus nearby
-        off = rng.normal(0, 1, 3)
-        off = off / (np.linalg.norm(off) + 1e-6) * rng.uniform(1.5, 3.0) * core_r
+    multi, off, f_off, f_r = rng.random() < 0.2, rng.normal(0, 1, 3), rng.uniform(1.5, 3.0), rng.uniform(0.3, 0.7)
+    if multi and not healthy:  # multifocal: a second, smaller focus (drawn always, so twins stay exact)
+        off = off / (np.linalg.norm(off) + 1e-6) * f_off * core_r
         sc = np.array([(h_ - l_) / 2.0 for l_, h_ in zip(lo, hi)]) + off[::-1]  # box (k, j, i) centre + offset
         kk, jj, ii = np.ogrid[:bshape[0], :bshape[1], :bshape[2]]
-        sr = core_r * rng.uniform(0.3, 0.7)
+        sr = core_r * f_r
         satellite = (((kk - sc[0]) ** 2 + (jj - sc[1]) ** 2 + (ii - sc[2]) ** 2) < sr ** 2) & b_brain
     label = np.zeros(shape, bool)
     label[box] = core | edema | necrosis | satellite
