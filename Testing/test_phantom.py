@@ -111,9 +111,16 @@ def test_thick_slice_twin_is_the_slab_average(case):
 def test_raw_twin_has_a_head_and_a_noisy_background(case):
     from LowResSegLib.intensity import head_mask
 
+    from LowResSegLib.intensity import head_mask_and_scale
+
     raw = make_phantom(SEED, 0, style="raw", grid="iso")
     assert raw.params["style"] == "raw" and case.params["style"] == "stripped"
+    assert {k: v for k, v in raw.params.items() if k != "style"} == \
+        {k: v for k, v in case.params.items() if k != "style"}  # exact twins
     np.testing.assert_array_equal(raw.label, case.label)
+    # skull, scalp and noise do not move the normalisation's tissue scale
+    s_raw, s_case = head_mask_and_scale(raw.image, (1, 1, 1))[1], head_mask_and_scale(case.image, (1, 1, 1))[1]
+    assert abs(s_raw / s_case - 1) < 0.1, (s_raw, s_case)
     brain = case.image > 0
     assert (raw.image[~brain] > 0).mean() > 0.99  # noise everywhere: no exact zeros outside the brain
     from scipy import ndimage
