@@ -88,11 +88,27 @@ def held_out_cases(spec, limit):
         for case in iter_cases(spec, limit=limit):
             yield case, "as is"
         return
-    from LowResSegLib.training.phantom import make_phantom
-
     for idx in range(d["n"] if limit is None else min(limit, d["n"])):
         for variant, kw in TWINS.items():
-            yield make_phantom(d["seed"], idx, **kw), variant
+            yield cached_phantom(d["seed"], idx, variant, kw), variant
+
+
+def cached_phantom(seed, idx, variant, kw):
+    """make_phantom(seed, idx, **kw), kept on disk beside the slice cache: reruns skip the ~5 s a case."""
+    from LowResSegLib.training.phantom import PhantomCase, make_phantom
+    from LowResSegLib.training.slices import CACHE_VERSION  # bumped whenever the generator changes
+    from LowResSegLib.training.trainer import default_cache_dir
+
+    path = os.path.join(default_cache_dir(), "bench-phantoms-v%d" % CACHE_VERSION, "%d_%04d_%s.npz" % (seed, idx, variant))
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as z:
+            return PhantomCase(z["image"], z["label"], z["affine"], str(z["case_id"]), json.loads(str(z["params"])))
+    case = make_phantom(seed, idx, **kw)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".part.npz", image=case.image, label=case.label, affine=case.affine,
+             case_id=case.case_id, params=json.dumps(case.params))
+    os.replace(path + ".part.npz", path)
+    return case
 
 
 def section_name(spec):
