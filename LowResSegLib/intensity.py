@@ -9,7 +9,7 @@ in training and at inference (both call :func:`normalize_volume`).
   component, holes filled), so a noisy scanner background, skull and scalp are
   handled like the exact zeros of a skull-stripped volume;
 * the intensity scale is the **mode** of the tissue histogram: voxels of the bright
-  Otsu class (not noise, CSF or bone) deep inside the head (> 20 mm in, else > 10 mm),
+  Otsu class (not noise, CSF or bone) more than 10 mm inside the head,
   which is normal-appearing parenchyma on FLAIR. A large or bright tumour moves a
   mean and an SD, not the mode;
 * output = intensity / mode inside the head (normal tissue ≈ 1), clipped to
@@ -28,13 +28,13 @@ DEFAULT_METHOD = HEAD_MODE_RATIO
 
 _WORK_MM = 2.0  # the mask and the mode are found on a grid of about this voxel size
 _SMOOTH_MM = 2.0
-_CORE_MM = (20.0, 10.0)  # the mode is taken this far inside the head mask (past scalp and skull), if it can
+_CORE_MM = (10.0,)  # the mode is taken this far inside the head mask (past scalp and most of the skull)
 _CLIP = 5.0
 
 _DESCRIPTIONS = {
     HEAD_MODE_RATIO: "head mask = largest component of Otsu(Gaussian-smoothed volume, sigma 2 mm), holes filled "
                      "(2-D per slice and 3-D), found on a ~2 mm grid; scale = histogram mode of the voxels above the "
-                     "Otsu threshold more than 20 mm (else 10 mm) inside the mask; output = intensity / mode clipped to [0, 5] inside the mask, "
+                     "Otsu threshold more than 10 mm inside the mask; output = intensity / mode clipped to [0, 5] inside the mask, "
                      "0 outside (negative inputs are first shifted so that the minimum is 0)",
     ZSCORE_NONZERO: "clip to the 0.5-99.5 percentiles of the non-zero voxels, z-score over them, "
                     "clip to [-5, 5]; zero (background) voxels stay 0",
