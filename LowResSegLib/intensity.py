@@ -28,7 +28,7 @@ DEFAULT_METHOD = HEAD_MODE_RATIO
 
 _WORK_MM = 2.0  # the mask and the mode are found on a grid of about this voxel size
 _SMOOTH_MM = 2.0
-_CORE_MM = (10.0,)  # the mode is taken this far inside the head mask (past scalp and most of the skull)
+_CORE_MM = 10.0  # the mode is taken this far inside the head mask (past scalp and most of the skull)
 _CLIP = 5.0
 
 _DESCRIPTIONS = {
@@ -123,11 +123,7 @@ def head_mask_and_scale(v, spacing_kji):
                                                                  useImageSpacing=True))
     # tissue = the bright Otsu class: parenchyma, not noise, CSF or bone (which the filled mask holds)
     tissue = m_small & (sitk.GetArrayFromImage(smooth) > otsu.GetThreshold())
-    core = np.zeros_like(tissue)
-    for depth in _CORE_MM:  # deep enough to be past scalp and skull, if the head is big enough
-        core = tissue & (inside > depth)
-        if core.sum() >= 0.05 * m_small.sum():
-            break
+    core = tissue & (inside > _CORE_MM)
     if core.sum() < 0.05 * m_small.sum():  # a thin slab or a small FOV: all the tissue
         core = tissue if tissue.any() else m_small
     scale = histogram_mode(small[core])

@@ -11,7 +11,7 @@ quirks and has to learn "hyperintense, mass-like region inside the brain".
 Two styles: ``stripped`` (skull-stripped, exact-zero background, as in BraTS) and
 ``raw`` (what a scanner writes: CSF, skull with diploe and a fat/muscle scalp of
 random thickness around the brain, a neck below it, Rician noise in the
-background, the head shifted so that the field of view may cut it). Tumours range
+background; the grid may cut the vertex). Tumours range
 from 1 mL to ~200 mL, are sometimes multifocal, sometimes diffuse with soft borders,
 and their FLAIR contrast runs from faint to bright; some cases have no tumour.
 
@@ -223,9 +223,8 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     del t_field, t_field2, n1
     img = np.clip(img, 0, None) * brain
     params.update(contrast=round(contrast, 3), border_mm=round(soft, 2))
-    head = brain
     if raw:
-        img, head = _add_head(img, brain, i_csf, max(i_gm, i_wm), rng_style)
+        img = _add_head(img, brain, i_csf, max(i_gm, i_wm), rng_style)
 
     # --- acquisition: blur / in-plane resolution loss, bias, gamma, noise --------------
     sig = rng.uniform(0, 1.0)
@@ -238,7 +237,6 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     img = img * bias
     img = np.clip(img, 0, None) ** np.exp(rng.normal(0, 0.2))
     noise = rng.uniform(0.004, 0.05) * float(np.percentile(img[brain], 95)) if brain.any() else 0.0
-    del head
     n_re = rng.standard_normal(shape, dtype=np.float32) * noise
     n_im = rng.standard_normal(shape, dtype=np.float32) * noise
     img = np.sqrt((img + n_re) ** 2 + n_im ** 2)  # Rician
@@ -278,13 +276,16 @@ def _add_head(img, brain, i_csf, i_tissue, rng):
     """CSF, skull (with diploe), scalp (fat and muscle) and a neck around a brain-only image.
 
     Layer thicknesses vary smoothly over the head; distances are taken on a 2 mm grid.
-    Returns the image and the head mask.
     """
     from scipy import ndimage
 
     shape = brain.shape
-    d = ndimage.distance_transform_edt(~brain[::2, ::2, ::2], sampling=2.0)
-    d = np.repeat(np.repeat(np.repeat(d, 2, 0), 2, 1), 2, 2)[: shape[0], : shape[1], : shape[2]]
+
+    def distance_mm(mask):  # to the mask, on a 2 mm grid, repeated back to 1 mm
+        d2 = ndimage.distance_transform_edt(~mask[::2, ::2, ::2], sampling=2.0)
+        return np.repeat(np.repeat(np.repeat(d2, 2, 0), 2, 1), 2, 2)[: shape[0], : shape[1], : shape[2]]
+
+    d = distance_mm(brain)
     wob = 1.0 + 0.3 * _smooth_field(rng, shape, 40)
     t_csf, t_skull, t_scalp = rng.uniform(1.0, 4.0), rng.uniform(4.0, 9.0), rng.uniform(3.0, 10.0)
     # the neck: below the brain, a column under the lower half of the brain's silhouette
@@ -294,10 +295,8 @@ def _add_head(img, brain, i_csf, i_tissue, rng):
         k0 = int(ks[0] + 0.25 * (ks[-1] - ks[0]))
         sil = ndimage.binary_erosion(brain[k0:int(ks[0] + 0.45 * (ks[-1] - ks[0]) + 1)].any(0), iterations=8)
         neck[:k0] = sil
-    d_neck = ndimage.distance_transform_edt(~neck[::2, ::2, ::2], sampling=2.0) if neck.any() else None
-    if d_neck is not None:
-        d_neck = np.repeat(np.repeat(np.repeat(d_neck, 2, 0), 2, 1), 2, 2)[: shape[0], : shape[1], : shape[2]]
-        d = np.minimum(d, d_neck + 0.5 * t_csf)
+    if neck.any():
+        d = np.minimum(d, distance_mm(neck) + 0.5 * t_csf)
     csf = (d > 0) & (d <= t_csf * wob)
     skull = (d > t_csf * wob) & (d <= (t_csf + t_skull) * wob)
     scalp = (d > (t_csf + t_skull) * wob) & (d <= (t_csf + t_skull + t_scalp) * wob)
@@ -314,8 +313,7 @@ def _add_head(img, brain, i_csf, i_tissue, rng):
     soft = fat * i_fat + (1 - fat) * i_muscle
     out[scalp] = soft[scalp]
     out[neck & ~brain] = soft[neck & ~brain]
-    head = brain | csf | skull | scalp | neck
-    return np.clip(out, 0, None).astype(np.float32), head
+    return np.clip(out, 0, None).astype(np.float32)
 
 def write_phantoms(outdir, n, seed=0, progress=True, style="auto", grid="auto"):
     """Write ``n`` cases as ``images/`` + ``labels/`` NIfTI pairs (and the MNI notice)."""

@@ -290,9 +290,7 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None):
         for b in range(x.shape[0]):
             # unbiased: the crop's place is uniform over the slice, so the model learns the
             # true tumour/background balance that it meets on whole slices at inference
-            cy, cx = pick.integers(crop // 2, size - crop // 2 + 1, 2)
-            y0 = int(np.clip(cy - crop // 2, 0, size - crop))
-            x0 = int(np.clip(cx - crop // 2, 0, size - crop))
+            y0, x0 = (int(v) for v in pick.integers(0, size - crop + 1, 2))
             xs.append(x[b, :, y0:y0 + crop, x0:x0 + crop])
             for t, y in zip(ts, ys):
                 t.append(y[b, :, y0:y0 + crop, x0:x0 + crop])
