@@ -51,7 +51,7 @@ def test_quality_bench_writes_its_section(repo, tmp_path):
     assert "python bench/quality.py" in md
     assert (out / "quality-folder.png").stat().st_size > 1000
     rows = (out / "quality-folder_cases.csv").read_text().splitlines()
-    assert rows[0] == "case,variant,model,dice,hd95_mm,truth_ml,pred_ml" and len(rows) == 1 + 3  # floor + 2 models
+    assert rows[0] == "case,variant,model,dice,hd95_mm,truth_ml,pred_ml,lesion_sd" and len(rows) == 1 + 3  # floor + 2 models
 
 
 def test_quality_bench_refuses_training_seed_as_held_out(repo, tmp_path):

@@ -57,6 +57,15 @@ def zscore_in_head(image, spacing_kji):
     return ((image - vals.mean()) / (vals.std() or 1.0)).astype(np.float32), mask
 
 
+def lesion_contrast_sd(image, truth, spacing_kji):
+    """How far the tumour stands out: (tumour mean - other head voxels' mean) / their SD."""
+    mask = head_mask(image, spacing_kji)
+    rest = image[mask & ~truth].astype(np.float64)
+    if not truth.any() or rest.size == 0:
+        return float("nan")
+    return float((image[truth].mean() - rest.mean()) / (rest.std() or 1.0))
+
+
 def threshold_mask(image, spacing_kji, k):
     """The floor: head-mask voxels brighter than their mean + k·SD."""
     z, mask = zscore_in_head(image, spacing_kji)
@@ -131,10 +140,11 @@ def evaluate(spec, engines, k, limit):
         for n, eng in engines.items():
             preds[n] = segment(vol, eng, keep_probabilities=False).labels
         t_ml = volume_ml(truth, sp)
+        contrast = lesion_contrast_sd(case.image, truth, sp)
         for n, p in preds.items():
             row = {"case": case.case_id, "variant": variant, "model": n, "dice": dice(p, truth),
                    "hd95_mm": hd95(p, truth, sp) if t_ml > 0 else float("nan"),  # healthy: no surface to miss
-                   "truth_ml": t_ml, "pred_ml": volume_ml(p, sp)}
+                   "truth_ml": t_ml, "pred_ml": volume_ml(p, sp), "lesion_sd": contrast}
             rows.append(row)
             if t_ml >= BIG_ML and (n not in worst or row["dice"] < worst[n][0]["dice"]):
                 worst[n] = (row, _figure_slice(case, p))
@@ -241,12 +251,13 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
                 lines.append("- %s: %s vs full-256: mean ΔDice %+.3f (better on %d of %d)." % (
                     v, n, q["mean"], q["wins"], q["n"]))
     if n_cases <= 8:  # a handful of (real) cases: every case in the table
-        lines += ["", "Per case (Dice; tumour volume of the truth):", "",
-                  "| case | truth mL | %s |" % " | ".join([floor] + models), "|---|---|%s" % ("---|" * (1 + len(models)))]
+        lines += ["", "Per case (Dice; tumour volume of the truth; lesion contrast in SDs of the other head voxels):",
+                  "", "| case | truth mL | contrast SD | %s |" % " | ".join([floor] + models),
+                  "|---|---|---|%s" % ("---|" * (1 + len(models)))]
         for case in dict.fromkeys(r["case"] for r in rows):
             rs = {r["model"]: r for r in rows if r["case"] == case and r["variant"] == variants[0]}
-            lines.append("| %s | %.1f | %s |" % (case, rs[floor]["truth_ml"],
-                                                 " | ".join("%.3f" % rs[n]["dice"] for n in [floor] + models)))
+            lines.append("| %s | %.1f | %.2f | %s |" % (case, rs[floor]["truth_ml"], rs[floor]["lesion_sd"],
+                                                        " | ".join("%.3f" % rs[n]["dice"] for n in [floor] + models)))
     gaps = {n: twin_gaps(rows, n) for n in models}
     if any(gaps.values()):
         lines += ["", "Raw input vs its skull-stripped twin, Dice(raw) − Dice(stripped) per case:", "",

@@ -88,7 +88,7 @@ STYLES = ("auto", "stripped", "raw")
 GRIDS = ("auto", "iso", "thick")
 RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
 THICK_PROB = 0.35  # "auto" grid: this share gets thick slices
-HEALTHY_PROB = 0.1
+HEALTHY_PROB = 0.15
 
 
 def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
@@ -202,15 +202,21 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
         i_wm = rng.uniform(0.25, 0.5)
         i_gm = i_wm + rng.uniform(-0.02, 0.2)
         base = max(i_gm, i_wm)
-    # the lesion stays the salient hyperintensity (as on FLAIR); weaker contrasts than this are
-    # indistinguishable from the bias field below and only teach a model to over-segment
-    contrast = float(np.exp(rng.uniform(np.log(0.06), np.log(0.8))))  # faint (low grade) to bright
-    i_edema = base + contrast
-    i_core = rng.uniform(0.3, 1.2)
-    i_nec = rng.uniform(0.03, 0.8)
+    # Lesion signal in SDs of the healthy brain, faint low-grade-like to bright: drawn 1.5-7 here,
+    # about 1.2-4.2 once blur, bias and noise are added; real BraTS FLAIR measures 1.5-4.6 (brain
+    # statistics without the tumour). A fixed offset instead made lesions that vanished in a brain
+    # with a wide random tissue contrast: labels no reader could see.
+    contrast_sd = float(np.exp(rng.uniform(np.log(1.5), np.log(7.0))))
     tex = rng.uniform(0.0, 0.15)
     t_field = _smooth_field(rng, shape, rng.uniform(2, 6))
     img = (p_csf * i_csf + p_gm * i_gm + p_wm * i_wm) * (1 + tex * t_field)
+    tissue = img[brain & ~label] if (brain & ~label).any() else np.array([base], np.float32)
+    contrast = max(0.03, float(tissue.mean()) + contrast_sd * float(tissue.std()) - base)
+    i_edema = base + contrast
+    # the whole-tumour label is what FLAIR shows bright: the core is at least as bright as the
+    # oedema's lower half (a core darker than the brain made labels no reader could see)
+    i_core = base + contrast * rng.uniform(0.6, 2.0)
+    i_nec = rng.uniform(0.03, 0.8)
     ttex = rng.uniform(0.05, 0.3)
     t_field2 = _smooth_field(rng, bshape, rng.uniform(2, 8))
     sub = img[box]
@@ -222,7 +228,7 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     img[box] = sub
     del t_field, t_field2, n1
     img = np.clip(img, 0, None) * brain
-    params.update(contrast=round(contrast, 3), border_mm=round(soft, 2))
+    params.update(contrast=round(contrast, 3), contrast_sd=round(contrast_sd, 2), border_mm=round(soft, 2))
     if raw:
         img = _add_head(img, brain, i_csf, max(i_gm, i_wm), rng_style)
 

@@ -17,7 +17,7 @@ from LowResSegLib.geometry import area_resample
 from LowResSegLib.intensity import DEFAULT_METHOD
 from LowResSegLib.pipeline import prepare_array
 
-CACHE_VERSION = 4  # bump when the phantom generator or slicing changes
+CACHE_VERSION = 5  # bump when the phantom generator or slicing changes
 
 
 DATA_HELP = ("phantom:N[:seed] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
