@@ -15,6 +15,7 @@ Runs on Python 3.9+; needs only numpy and SimpleITK. ``.seg.nrrd`` output needs
 slicerio (the ``[dicom]`` extra), imported only when used.
 """
 
+import contextlib
 import gzip
 import os
 import re
@@ -83,27 +84,35 @@ def is_supported_path(path):
 # --------------------------------------------------------------------------- reading
 
 
-def read_volume(path, channel=None):
+def read_volume(path, channel=None, series=None, contrast=None):
     """Read a 3-D volume as float32 with its IJK->LPS affine and reader facts in ``meta``.
 
-    ``channel`` picks one channel of a 4-D image (or of a vector-pixel 3-D image); such an
-    image is refused without it, because guessing would segment the wrong sequence.
+    ``channel`` picks one channel of a 4-D image (or of a vector-pixel 3-D image), or one
+    volume of a DICOM series that holds several (b-values, echoes, time points); such an
+    input is refused without it, because guessing would segment the wrong sequence.
+    DICOM only: ``series`` (a SeriesInstanceUID) picks one of several series in a folder;
+    without it the one that looks like ``contrast`` (e.g. "FLAIR") is read (docs/dicom.md).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise VolumeReadError("%s does not exist; check the path (expected %s)" % (path, _SUPPORTED))
     fmt = detect_format(path)
+    if fmt is None and (_has_dicom_preamble(path) or path.lower().endswith(_DICOM_EXTENSIONS)):
+        fmt = "dicom"  # one file: an enhanced multi-frame series, or a slice whose folder is wanted
     if fmt is None:
-        if _has_dicom_preamble(path) or path.lower().endswith(_DICOM_EXTENSIONS):
-            raise VolumeReadError("%s is a single DICOM file; pass the folder that holds the whole series "
-                                  "(%s)" % (path, os.path.dirname(os.path.abspath(path))))
         raise VolumeReadError("%s is not a supported volume format; convert it or pass %s" % (path, _SUPPORTED))
+    if series and fmt != "dicom":
+        raise VolumeReadError("--series picks a DICOM series, but %s is a %s file" % (path, FORMAT_NAMES[fmt]))
     meta = {"source": path, "format": fmt, "modality": None, "warnings": []}
     if fmt == "dicom":
-        image = _read_dicom_folder(path, meta)
-    else:
-        image = _read_file(path, fmt, meta)
-    return _to_volume(image, path, channel, meta)
+        from LowResSegLib.dicomread import DicomReadError
+
+        try:
+            array, affine = _read_dicom(path, meta, channel, series, contrast)
+        except DicomReadError as exc:
+            raise VolumeReadError(str(exc))
+        return _finish_volume(array, affine, meta)
+    return _to_volume(_read_file(path, fmt, meta), path, channel, meta)
 
 
 def _itk_reason(exc):
@@ -221,8 +230,12 @@ def _to_volume(image, path, channel, meta):
         array = array[c]
     elif comps > 1:
         array = array[..., c]
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    return _finish_volume(array, _affine_of(image), meta)
 
+
+def _finish_volume(array, affine, meta):
+    """Checks every reader's array gets: non-finite voxels, an empty image, a single slice."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
     bad = ~np.isfinite(array)
     n_bad = max(int(bad.sum()), meta.pop("_nonfinite_in_file", 0))
     if n_bad:
@@ -233,7 +246,7 @@ def _to_volume(image, path, channel, meta):
         meta["warnings"].append("all voxels are 0 (an empty image?); the segmentation will be empty")
     if min(array.shape) == 1:
         meta["warnings"].append("the volume has a single slice along one axis (shape %s)" % (array.shape,))
-    return Volume(array, _affine_of(image), meta)
+    return Volume(array, affine, meta)
 
 
 def _affine_of(image):
@@ -261,127 +274,89 @@ def _has_dicom_preamble(path):
     return os.path.isfile(path) and _read_head(path, 132)[128:132] == b"DICM"
 
 
-def _sop_class_of(path):
-    """MediaStorageSOPClassUID from a Part-10 file meta header (no pydicom needed), else None."""
-    head = _read_head(path, 4096)
-    if head[128:132] != b"DICM":
-        return None
-    pos = 132
-    try:
-        while pos + 8 <= len(head):
-            group, element = struct.unpack_from("<HH", head, pos)
-            if group != 2:
-                return None
-            if head[pos + 4:pos + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-                length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
-            else:
-                length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
-            if element == 2:
-                return head[pos:pos + length].decode("ascii", "replace").strip(" \x00") or None
-            pos += length
-    except struct.error:
-        return None
-    return None
+@contextlib.contextmanager
+def quiet_itk():
+    """Keep ITK's raw 'WARNING: In /tmp/SimpleITK-build/...' lines off the user's terminal.
 
-
-def _read_dicom_folder(folder, meta):
-    """Read the largest series in ``folder``; refuse when a slice-like file there is unreadable.
-
-    GDCM silently leaves unreadable files out of a series, which would drop slices and
-    shift the geometry, so every file of the folder is accounted for here.
+    Whatever they report that matters is checked and said in our own words instead.
     """
-    reader = sitk.ImageSeriesReader()
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        series = {sid: list(reader.GetGDCMSeriesFileNames(folder, sid)) for sid in reader.GetGDCMSeriesIDs(folder)}
-    except RuntimeError as exc:
-        raise VolumeReadError("could not scan %s for DICOM files: %s; check the folder" % (folder, _itk_reason(exc)))
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError as exc:
-        raise VolumeReadError("cannot list %s: %s; check the folder's permissions" % (folder, exc.strerror or exc))
-    in_series = set(os.path.normcase(os.path.abspath(f)) for files in series.values() for f in files)
-    leftovers = [os.path.join(folder, n) for n in names
-                 if not n.startswith(".") and n.upper() != "DICOMDIR" and os.path.isfile(os.path.join(folder, n))
-                 and os.path.normcase(os.path.abspath(os.path.join(folder, n))) not in in_series]
-    if series:
-        sid = max(sorted(series), key=lambda s: len(series[s]))
-        files = series[sid]
-        series_class = _sop_class_of(files[0])
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
+def _read_dicom(path, meta, channel, series_uid, contrast):
+    """A DICOM folder (or one multi-frame file) as (array, affine), by the rules of dicomread."""
+    from LowResSegLib import dicomread as dr
+
+    if os.path.isdir(path):
+        series, ignored = dr.scan_folder(path)
     else:
-        sid, files, series_class = None, [], None
-
-    others = []
-    for f in leftovers:
-        sop_class = _sop_class_of(f)
-        if _has_dicom_preamble(f):
-            slice_like = sop_class is None or sop_class == series_class  # unreadable meta, or same kind as the series
-        else:
-            slice_like = f.lower().endswith(_DICOM_EXTENSIONS)  # named like a slice, yet not DICOM at all
-        if slice_like:
-            raise VolumeReadError("%s looks like a DICOM slice but could not be read (truncated or corrupt); "
-                                  "reading the rest would silently drop a slice, so re-export the series or "
-                                  "remove the file" % f)
-        others.append(os.path.basename(f) + (" (SOP class %s)" % sop_class if sop_class else ""))
-    if not series:
-        subdirs = [n for n in names if os.path.isdir(os.path.join(folder, n))]
-        raise VolumeReadError("no DICOM series found in %s (%d files, %d sub-folders); point to the folder that "
+        series, ignored = dr.scan_files([path])
+        if series and not any(s.multiframe for s in series.values()):
+            raise VolumeReadError("%s is a single DICOM file; pass the folder that holds the whole series (%s)"
+                                  % (path, os.path.dirname(os.path.abspath(path))))
+    if not series and os.path.isdir(path):
+        names = os.listdir(path)
+        subdirs = [n for n in names if os.path.isdir(os.path.join(path, n))]
+        raise VolumeReadError("no DICOM image series found in %s (%d files, %d sub-folders); point to the folder that "
                               "directly holds the series' files, or pass a NIfTI, NRRD or MetaImage file"
-                              % (folder, len(names) - len(subdirs), len(subdirs)))
-    if others:
+                              % (path, len(names) - len(subdirs), len(subdirs)))
+    chosen = dr.choose_series(series, contrast, series_uid, where=path)
+    if ignored:
         meta["warnings"].append("ignored %d file%s in %s that %s not part of a DICOM image series: %s"
-                                % (len(others), "s" if len(others) > 1 else "", folder,
-                                   "are" if len(others) > 1 else "is", ", ".join(others[:5])))
+                                % (len(ignored), "s" if len(ignored) > 1 else "", path,
+                                   "are" if len(ignored) > 1 else "is", ", ".join(ignored[:5])))
     if len(series) > 1:
-        rest = ", ".join("%s (%d files)" % (s, len(series[s])) for s in sorted(series) if s != sid)
-        meta["warnings"].append("%s holds %d DICOM series; read %s (%d files, the largest) and ignored %s; "
-                                "pass a folder holding only the series you want to read another"
-                                % (folder, len(series), sid, len(files), rest))
-
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
+        meta["warnings"].append("%s holds %d image series; read %s%s and ignored the others"
+                                % (path, len(series), chosen.label, " (picked by --series)" if series_uid else
+                                   " (the one that looks like %s)" % contrast))
+    what = "series %s" % chosen.label
+    if "MOSAIC" in chosen.image_type:
+        raise VolumeReadError("%s is a Siemens MOSAIC (many slices tiled in one image); LowResSeg cannot untile it, "
+                              "so convert it first (e.g. dcm2niix) and pass the NIfTI" % what)
+    volumes = dr.split_volumes(chosen)
+    if len(volumes) > 1 and channel is None:
+        raise VolumeReadError("%s holds %d volumes at the same slice positions (%s); pass --channel N with N in "
+                              "0..%d to pick one" % (what, len(volumes), "; ".join(
+                                  dr.describe_volume(v, n) for n, v in enumerate(volumes[:6])) +
+                                  ("; ..." if len(volumes) > 6 else ""), len(volumes) - 1))
+    if channel is not None and not 0 <= int(channel) < len(volumes):
+        raise VolumeReadError("channel %s is out of range: %s has %d volume%s; pass --channel N with N in 0..%d"
+                              % (channel, what, len(volumes), "s" if len(volumes) > 1 else "", len(volumes) - 1))
+    frames, affine, warnings = dr.stack_geometry(volumes[int(channel or 0)], what)
+    meta["warnings"].extend(warnings)
+    rescales = set(f.rescale for f in frames if f.index is not None)
+    if len(rescales) > 1:
+        raise VolumeReadError("%s scales its frames differently (per-frame rescale); convert it first (e.g. dcm2niix)"
+                              % what)
     try:
-        image = reader.Execute()
+        array = dr.read_series_pixels(frames)
     except RuntimeError as exc:
-        raise VolumeReadError("the DICOM series %s in %s could not be read: %s; check the files or re-export the "
-                              "series" % (sid, folder, _itk_reason(exc)))
-
-    def tag(key, k=0):
-        if not reader.HasMetaDataKey(k, key):
-            return None
-        return reader.GetMetaData(k, key).strip(" \x00") or None
-
-    n = len(files)
+        raise VolumeReadError("the pixel data of %s could not be decoded: %s; check the files or re-export the "
+                              "series uncompressed" % (what, _itk_reason(exc)))
+    guessed = dr.guess_contrast(chosen)
     meta.update({
-        "modality": tag("0008|0060"),
-        "series_instance_uid": tag("0020|000e") or sid,
-        "study_instance_uid": tag("0020|000d"),
-        "frame_of_reference_uid": tag("0020|0052"),
-        "sop_instance_uids": [tag("0008|0018", k) for k in range(n)],
-        "files": list(files),
+        "modality": chosen.modality,
+        "contrast": guessed,
+        "series_description": chosen.description or chosen.protocol,
+        "series_instance_uid": chosen.uid,
+        "study_instance_uid": chosen.study_uid,
+        "frame_of_reference_uid": chosen.frame_of_reference_uid,
+        "sop_instance_uids": [f.sop_uid for f in frames],
+        "files": [f.path for f in frames],
+        "frames": [f.index for f in frames],  # frame number in a multi-frame file, else None
+        "multiframe": chosen.multiframe,
     })
-    if tag("0010|0020"):
-        meta["patient_id"] = tag("0010|0020")
-    if meta["modality"] and meta["modality"].upper() != "MR":
+    if chosen.patient_id:
+        meta["patient_id"] = chosen.patient_id
+    if chosen.modality and chosen.modality.upper() != "MR":
         meta["warnings"].append("modality is %s, not MR: LowResSeg models are trained on MRI, so results on this "
-                                "image are not meaningful" % meta["modality"])
-    _check_slice_spacing(image, [tag("0020|0032", k) for k in range(n)], meta)
-    return image
-
-
-def _check_slice_spacing(image, positions, meta):
-    """Warn when slices are not evenly spaced: ITK assumes they are, so a gap shifts the geometry."""
-    if len(positions) < 3 or any(p is None for p in positions):
-        return
-    try:
-        xyz = np.array([[float(v) for v in p.split("\\")] for p in positions])
-    except ValueError:
-        return
-    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
-    gaps = np.diff(xyz @ normal)
-    if np.ptp(gaps) > 0.01 * abs(gaps.mean()) + 1e-3:
-        meta["warnings"].append("slice positions are not evenly spaced (gaps from %.3g to %.3g mm): a slice may be "
-                                "missing or duplicated, so the geometry may be wrong; check the series"
-                                % (gaps.min(), gaps.max()))
+                                "image are not meaningful" % chosen.modality)
+    return array, affine
 
 
 # --------------------------------------------------------------------------- writing

@@ -319,7 +319,7 @@ def _no_dicom(tmp, inputs, out):
     folder = tmp / "empty-folder"
     folder.mkdir()
     (folder / "notes.txt").write_text("no images here")
-    return [folder, "--output", out / "x.nii.gz"], ["no DICOM series found"]
+    return [folder, "--output", out / "x.nii.gz"], ["no DICOM image series found"]
 
 
 def _two_d(tmp, inputs, out):

@@ -123,8 +123,13 @@ THICKNESS = 3.0
 IPP0 = np.array([-40.0, 12.5, 60.0])
 
 
-def write_dicom_series(folder, data_kji, modality="MR", intercept=0.0, seed=0, series_uid=None):
-    """One file per slice, shuffled file names; returns {sop_uid: (slice index, position)} and the UIDs."""
+def write_dicom_series(folder, data_kji, modality="MR", intercept=0.0, seed=0, series_uid=None, tweak=None,
+                       prefix="IM"):
+    """One file per slice, shuffled file names; returns {sop_uid: (slice index, position)} and the UIDs.
+
+    ``tweak(ds, s)`` may change slice ``s``'s dataset before it is saved (a description, a
+    broken position, ...).
+    """
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -158,7 +163,9 @@ def write_dicom_series(folder, data_kji, modality="MR", intercept=0.0, seed=0, s
         if intercept:
             ds.RescaleIntercept, ds.RescaleSlope = intercept, 1
         ds.PixelData = (data_kji[s] - intercept).astype("<i2").tobytes()
-        ds.save_as(os.path.join(str(folder), "IM%04d.dcm" % names[s]), enforce_file_format=True)
+        if tweak is not None:
+            tweak(ds, s)
+        ds.save_as(os.path.join(str(folder), "%s%04d.dcm" % (prefix, names[s])), enforce_file_format=True)
         slices[sop] = (s, position)
     return slices, uids
 
@@ -202,17 +209,31 @@ def test_dicom_ct_rescaled_and_warned(tmp_path):
     assert len(vol.meta["warnings"]) == 1 and "modality is CT, not MR" in vol.meta["warnings"][0]
 
 
-def test_dicom_picks_largest_series_and_says_so(tmp_path):
+def _describe(text):
+    def tweak(ds, s):
+        ds.SeriesDescription = text
+    return tweak
+
+
+def test_dicom_two_series_refused_unless_one_matches_or_is_chosen(tmp_path):
+    """Two series of one size: no tie broken by UID order; the FLAIR wins for a FLAIR model."""
     folder = tmp_path / "two"
-    slices, uids = write_dicom_series(folder, phantom())
-    small = tmp_path / "small"
-    write_dicom_series(small, phantom()[:3], seed=1)
-    for n in os.listdir(str(small)):
-        os.rename(str(small / n), str(folder / ("B" + n)))
-    vol = read_volume(folder)
+    slices, uids = write_dicom_series(folder, phantom(), tweak=_describe("Ax T2 FLAIR"))
+    t2_slices, t2_uids = write_dicom_series(folder, phantom(), seed=1, tweak=_describe("Ax T2 TSE"), prefix="T2_")
+    with pytest.raises(VolumeReadError, match="2 image series and no modality to prefer") as err:
+        read_volume(folder)
+    assert uids["series"] in str(err.value) and t2_uids["series"] in str(err.value) and "--series UID" in str(err.value)
+    vol = read_volume(folder, contrast="FLAIR")
     check_dicom_volume(vol, folder, slices, uids, phantom())
     (warning,) = vol.meta["warnings"]
-    assert "2 DICOM series" in warning and uids["series"] in warning and "(3 files)" in warning
+    assert "2 image series" in warning and "looks like FLAIR" in warning and vol.meta["contrast"] == "FLAIR"
+    picked = read_volume(folder, series=t2_uids["series"], contrast="FLAIR")
+    check_dicom_volume(picked, folder, t2_slices, t2_uids, phantom())
+    assert picked.meta["contrast"] == "T2"
+    with pytest.raises(VolumeReadError, match="series 1.2.3 is not in"):
+        read_volume(folder, series="1.2.3")
+    with pytest.raises(VolumeReadError, match="none looks like T1"):
+        read_volume(folder, contrast="T1")
 
 
 def test_dicom_non_image_file_is_ignored_with_warning(tmp_path):
@@ -253,17 +274,15 @@ def test_dicom_folder_with_one_corrupt_slice_is_refused(tmp_path, damage):
     assert listing(folder) == before
 
 
-def test_dicom_missing_slice_is_flagged(tmp_path):
+def test_dicom_missing_slice_is_refused(tmp_path):
     folder = tmp_path / "gap"
-    slices, uids = write_dicom_series(folder, phantom())
+    write_dicom_series(folder, phantom())
     pydicom = pytest.importorskip("pydicom")
     for name in os.listdir(str(folder)):
         if pydicom.dcmread(str(folder / name), stop_before_pixels=True).InstanceNumber == 3:
             os.remove(str(folder / name))  # never exported: nothing in the folder can tell, except the positions
-    vol = read_volume(folder)
-    assert vol.shape[0] == SHAPE[0] - 1
-    (warning,) = vol.meta["warnings"]
-    assert "not evenly spaced" in warning and "missing" in warning
+    with pytest.raises(VolumeReadError, match="uneven slice positions .* a slice is missing"):
+        read_volume(folder)
 
 
 def test_folder_without_dicom(tmp_path):
@@ -271,7 +290,7 @@ def test_folder_without_dicom(tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("no images here")
     (folder / "sub").mkdir()
-    with pytest.raises(VolumeReadError, match="no DICOM series found") as err:
+    with pytest.raises(VolumeReadError, match="no DICOM image series found") as err:
         read_volume(folder)
     assert "1 files, 1 sub-folders" in str(err.value)
     assert listing(folder) == ["notes.txt", "sub"]
