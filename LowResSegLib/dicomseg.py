@@ -35,7 +35,7 @@ import numpy as np
 from LowResSegLib.io import atomic_write
 from LowResSegLib.outputs import check_output_path
 
-__all__ = ["write_dicom_seg", "read_dicom_seg", "run_dciodvfy"]
+__all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "read_dicom_seg", "run_dciodvfy"]
 
 _INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
 _CLASS_TAG = "LowResSeg class %d"
@@ -55,26 +55,101 @@ def _import_dicom():
 # --------------------------------------------------------------------------- inputs
 
 
-def _read_sources(source_files, pydicom):
-    """Datasets of the source series, in the given (k) order, validated as one series."""
+_DA = re.compile(r"^\d{8}$")
+_TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_AS = re.compile(r"^\d{3}[DWMY]$")
+_TYPE2_RULES = {  # type-2 attributes highdicom copies from the source; an invalid value is left empty
+    "PatientSex": lambda v: v in ("M", "F", "O"),
+    "PatientBirthDate": lambda v: bool(_DA.match(v)),
+    "PatientAge": lambda v: bool(_AS.match(v)),
+    "StudyDate": lambda v: bool(_DA.match(v)),
+    "StudyTime": lambda v: bool(_TM.match(v)),
+    "AccessionNumber": lambda v: len(v) <= 16,
+    "StudyID": lambda v: len(v) <= 16,
+}
+
+
+class SegSources(object):
+    """The source series of a SEG, checked from its headers alone (before any inference).
+
+    ``datasets``: one header per source file (a multi-frame source is one file);
+    ``frames``: per label slice k, the source frame it lies on (multi-frame) or None;
+    ``notes``: what was tolerated or left empty, in words for the user.
+    """
+
+    def __init__(self, datasets, files, frames, notes):
+        self.datasets, self.files, self.frames, self.notes = datasets, files, frames, notes
+
+    @property
+    def multiframe(self):
+        return self.frames[0] is not None
+
+    @property
+    def shape(self):
+        return (len(self.frames), int(self.datasets[0].Rows), int(self.datasets[0].Columns))
+
+
+def _sanitise(ds, notes):
+    """Leave invalid type-2 patient/study values empty (common in anonymised data) and say so."""
+    for key, valid in _TYPE2_RULES.items():
+        value = ds.get(key)
+        if value is None or str(value).strip() == "":
+            continue
+        if not valid(str(value).strip()):
+            note = "%s %r of the source is not valid DICOM; left empty in the SEG" % (key, str(value))
+            if note not in notes:
+                notes.append(note)
+            setattr(ds, key, "")
+
+
+def check_seg_sources(source_files, source_frames=None):
+    """Check that a SEG can be written on ``source_files`` (k order) and return :class:`SegSources`.
+
+    ``source_frames`` (a reader's ``meta["frames"]``) names, for a multi-frame source, the
+    frame of each slice. Orientation cosines that differ by no more than
+    ``dicomread.ORIENTATION_TOL`` (a GE 3-D series: ~6e-8) are one orientation; the SEG uses
+    the first slice's. Raises ValueError when the series cannot carry a SEG.
+    """
+    from LowResSegLib.dicomread import ORIENTATION_TOL
+
+    hd, pydicom = _import_dicom()
     if isinstance(source_files, (str, bytes)) or not hasattr(source_files, "__len__"):
         raise ValueError("source_files must be a list of the source series' file paths in k order")
     if len(source_files) == 0:
         raise ValueError("source_files is empty")
+    frames = list(source_frames) if source_frames is not None else [None] * len(source_files)
+    if len(frames) != len(source_files):
+        raise ValueError("source_frames must give one frame (or None) per source file entry")
+    files = list(dict.fromkeys(str(p) for p in source_files))
     datasets = []
-    for path in source_files:
+    for path in files:
         try:
-            datasets.append(pydicom.dcmread(str(path), stop_before_pixels=True))
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
         except FileNotFoundError:
             raise
         except Exception as exc:
             raise ValueError("cannot read source DICOM file %s: %s" % (path, exc))
-    for key in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID",
-                "Rows", "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        missing = [str(p) for p, ds in zip(source_files, datasets) if key not in ds]
+    multiframe = frames[0] is not None
+    if multiframe != all(f is not None for f in frames) or (multiframe and len(files) != 1):
+        raise ValueError("a SEG references one multi-frame source file or single-frame files, not a mix")
+    if not multiframe and len(files) != len(source_files):
+        raise ValueError("source_files lists the same file more than once")
+    keys = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Rows", "Columns"]
+    if not multiframe:
+        keys += ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]
+    for key in keys:
+        missing = [p for p, ds in zip(files, datasets) if key not in ds]
         if missing:
-            raise ValueError("source file(s) lack %s (not a cross-sectional image series?): %s"
-                             % (key, ", ".join(missing[:3])))
+            raise ValueError("the source series lacks %s (%s), so no DICOM-SEG can reference it; export the "
+                             "labels as NIfTI or .seg.nrrd instead" % (key, ", ".join(missing[:3])))
+    if multiframe:
+        ds = datasets[0]
+        n = int(ds.get("NumberOfFrames") or 1)
+        if "PerFrameFunctionalGroupsSequence" not in ds:
+            raise ValueError("the multi-frame source %s has no per-frame functional groups (not an enhanced image); "
+                             "no DICOM-SEG can reference its frames" % files[0])
+        if any(not 0 <= f < n for f in frames) or len(set(frames)) != len(frames):
+            raise ValueError("source_frames must be distinct frame indices in 0..%d" % (n - 1))
     for key, what in (("SeriesInstanceUID", "series"), ("StudyInstanceUID", "study"),
                       ("FrameOfReferenceUID", "frame of reference")):
         values = sorted(set(str(ds.get(key)) for ds in datasets))
@@ -84,13 +159,28 @@ def _read_sources(source_files, pydicom):
     shapes = sorted(set((int(ds.Rows), int(ds.Columns)) for ds in datasets))
     if len(shapes) > 1:
         raise ValueError("source images differ in size (rows, columns): %s" % (shapes,))
-    frames = [int(ds.get("NumberOfFrames", 1) or 1) for ds in datasets]
-    if any(f != 1 for f in frames):
-        raise ValueError("source images must be single-frame (one file per slice)")
-    uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    if len(set(uids)) != len(uids):
-        raise ValueError("source_files lists the same SOP instance more than once")
-    return datasets
+    if not multiframe:
+        if any(int(ds.get("NumberOfFrames", 1) or 1) != 1 for ds in datasets):
+            raise ValueError("source images must be single-frame files, or one enhanced multi-frame file")
+        uids = [str(ds.SOPInstanceUID) for ds in datasets]
+        if len(set(uids)) != len(uids):
+            raise ValueError("source_files lists the same SOP instance more than once")
+    notes = []
+    if not multiframe:
+        first = np.array([float(v) for v in datasets[0].ImageOrientationPatient])
+        worst = max(float(np.abs(np.array([float(v) for v in ds.ImageOrientationPatient]) - first).max())
+                    for ds in datasets)
+        if worst > ORIENTATION_TOL:
+            raise ValueError("the source slices differ in orientation by up to %.3g (more than %g); a SEG needs one "
+                             "orientation" % (worst, ORIENTATION_TOL))
+        if worst > 0:
+            for ds in datasets:
+                ds.ImageOrientationPatient = datasets[0].ImageOrientationPatient
+            notes.append("slice orientations differing by up to %.2g were taken as one (tolerance %g)"
+                         % (worst, ORIENTATION_TOL))
+    for ds in datasets:
+        _sanitise(ds, notes)
+    return SegSources(datasets, files, frames, notes)
 
 
 # --------------------------------------------------------------------------- card
@@ -166,32 +256,37 @@ def _segment_description(number, cls, card, hd, codes):
 # --------------------------------------------------------------------------- write
 
 
-def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None):
-    """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG.
+def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None,
+                    source_frames=None, sources=None):
+    """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG; return ``out_path``.
 
     ``source_files`` are the source series' files in k order (as a reader gives them);
-    ``labels[k]`` is the mask of ``source_files[k]``. ``card`` is the model card dict
-    (``name``, ``version``, ``classes``). Written atomically (a temporary file in the same
-    folder, then renamed); an existing ``out_path`` is refused unless ``overwrite``.
-    Returns ``out_path``.
+    ``labels[k]`` is the mask of ``source_files[k]`` (of frame ``source_frames[k]`` for an
+    enhanced multi-frame source). ``card`` is the model card dict (``name``, ``version``,
+    ``classes``). ``sources`` may pass an earlier :func:`check_seg_sources` result.
+    Written atomically (a temporary file in the same folder, then renamed); an existing
+    ``out_path`` is refused unless ``overwrite``. What was tolerated or left empty is in
+    the ``notes`` of the :class:`SegSources` (pass ``sources`` to see them).
 
-    Raises ValueError for a labels shape other than (number of files, Rows, Columns),
-    label values that are not card class indices, or source files that are not one
-    series in one frame of reference; FileExistsError for an existing ``out_path``.
+    Raises ValueError for a labels shape other than the source's (slices, rows, columns),
+    label values that are not card class indices, or source files that cannot carry a SEG;
+    FileExistsError for an existing ``out_path``.
     """
+    import warnings
+
     hd, pydicom = _import_dicom()
     from pydicom.sr.codedict import codes
 
     out_path = os.fspath(out_path)
     check_output_path(out_path, overwrite)
     classes = _card_classes(card)
-    datasets = _read_sources(source_files, pydicom)
+    if sources is None:
+        sources = check_seg_sources(source_files, source_frames)
 
     labels = np.asarray(labels)
-    expected = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
-    if labels.shape != expected:
-        raise ValueError("labels shape %s does not match the source series (files, rows, columns) = %s"
-                         % (labels.shape, expected))
+    if labels.shape != sources.shape:
+        raise ValueError("labels shape %s does not match the source series (slices, rows, columns) = %s"
+                         % (labels.shape, sources.shape))
     if labels.dtype == np.bool_:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -207,33 +302,54 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
     descriptions = [_segment_description(n + 1, classes[idx], card, hd, codes)
                     for n, idx in enumerate(indices)]
     stacked = np.stack([labels == idx for idx in indices], axis=-1).astype(np.uint8)
+    source_images = sources.datasets
+    if sources.multiframe:
+        # highdicom refuses a source whose frames repeat positions (a 4-D file), so it gets a header
+        # holding only this volume's frames, in k order; its frame numbers are mapped back below.
+        import copy
 
-    # Full datasets (with pixels) are what highdicom documents as source images.
-    sources = [pydicom.dcmread(str(p)) for p in source_files]
-    src0 = sources[0]
+        header = copy.deepcopy(sources.datasets[0])
+        header.PerFrameFunctionalGroupsSequence = pydicom.Sequence(
+            [header.PerFrameFunctionalGroupsSequence[f] for f in sources.frames])
+        header.NumberOfFrames = len(sources.frames)
+        source_images = [header]
+
+    src0 = sources.datasets[0]
     try:
         series_number = int(src0.get("SeriesNumber") or 0) + 1000
     except (TypeError, ValueError):
         series_number = 1000
     name, version = str(card["name"]), str(card["version"])
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=stacked,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="LowResSeg",
-        manufacturer_model_name=name[:64],
-        software_versions=("LowResSeg %s %s" % (name, version))[:64],
-        device_serial_number="none",
-        content_label="LOWRESSEG",
-        content_description=("%s %s automatic segmentation" % (name, version))[:64],
-        content_creator_name="LowResSeg^%s" % re.sub(r"[\^=\\]", "_", name)[:50],
-    )
+    with warnings.catch_warnings():
+        # highdicom's UserWarnings speak to a Python caller; what matters is checked above
+        warnings.simplefilter("ignore")
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=source_images,
+                pixel_array=stacked,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="LowResSeg",
+                manufacturer_model_name=name[:64],
+                software_versions=("LowResSeg %s %s" % (name, version))[:64],
+                device_serial_number="none",
+                content_label="LOWRESSEG",
+                content_description=("%s %s automatic segmentation" % (name, version))[:64],
+                content_creator_name="LowResSeg^%s" % re.sub(r"[\^=\\]", "_", name)[:50],
+            )
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise ValueError("a DICOM-SEG cannot be built on this source series (%s); export the labels as NIfTI "
+                             "or .seg.nrrd instead" % str(exc).splitlines()[0][:200])
     seg.SeriesDescription = (series_description or "%s segmentation (AI)" % name)[:64]
+    if sources.multiframe:
+        for item in seg.PerFrameFunctionalGroupsSequence:
+            for derivation in item.get("DerivationImageSequence", []):
+                for source in derivation.get("SourceImageSequence", []):
+                    source.ReferencedFrameNumber = sources.frames[int(source.ReferencedFrameNumber) - 1] + 1
 
     atomic_write(out_path, overwrite, seg.save_as)
     return out_path
@@ -293,7 +409,7 @@ def _masks_by_position(seg, datasets, numbers):
     return out
 
 
-def read_dicom_seg(path, source_files, card=None):
+def read_dicom_seg(path, source_files, card=None, source_frames=None):
     """Read a DICOM-SEG back to a uint8 (k, j, i) label array on the source series grid.
 
     ``source_files`` are the source series' files in k order. Frames the SEG left out
@@ -303,7 +419,8 @@ def read_dicom_seg(path, source_files, card=None):
     thresholded at 0.5.
     """
     hd, pydicom = _import_dicom()
-    datasets = _read_sources(source_files, pydicom)
+    sources = check_seg_sources(source_files, source_frames)
+    datasets = sources.datasets
     seg = hd.seg.segread(os.fspath(path))
     if str(seg.get("Modality", "")) != "SEG":
         raise ValueError("%s is not a DICOM Segmentation (Modality %r)" % (path, seg.get("Modality")))
@@ -314,15 +431,21 @@ def read_dicom_seg(path, source_files, card=None):
     values = _segment_values(seg, card)
     numbers = sorted(values)
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
-    try:
-        masks = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids, segment_numbers=numbers,
-            assert_missing_frames_are_empty=True, dtype=np.float32)
+    if sources.multiframe:
+        masks = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=uids[0], source_frame_numbers=[f + 1 for f in sources.frames],
+            segment_numbers=numbers, assert_missing_frames_are_empty=True, dtype=np.float32)
         masks = (masks >= 0.5).astype(np.uint8)
-    except (KeyError, ValueError, AttributeError, RuntimeError):
-        # e.g. a SEG that references its source by plane position only
-        masks = _masks_by_position(seg, datasets, numbers)
-    expected = (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
+    else:
+        try:
+            masks = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=uids, segment_numbers=numbers,
+                assert_missing_frames_are_empty=True, dtype=np.float32)
+            masks = (masks >= 0.5).astype(np.uint8)
+        except (KeyError, ValueError, AttributeError, RuntimeError):
+            # e.g. a SEG that references its source by plane position only
+            masks = _masks_by_position(seg, datasets, numbers)
+    expected = sources.shape
     if masks.shape[:3] != expected:
         raise ValueError("SEG pixels %s do not match the source series %s" % (masks.shape[:3], expected))
     out = np.zeros(expected, np.uint8)

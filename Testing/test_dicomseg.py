@@ -243,3 +243,79 @@ def test_missing_dciodvfy_is_a_clear_error(monkeypatch, seg_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="dicom3tools"):
         run_dciodvfy(seg_path)
+
+
+# --------------------------------------------------------------------------- real-world sources
+
+
+def _rewrite(files, **changes):
+    import pydicom
+
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for key, value in changes.items():
+            value = value(ds) if callable(value) else value
+            setattr(ds, key, value)
+        ds.save_as(f)
+
+
+def test_invalid_patient_sex_is_left_empty_and_said(series, tmp_path):
+    """Anonymised data often says PatientSex '0000': the SEG leaves it empty instead of failing."""
+    import shutil
+
+    import pydicom
+
+    from LowResSegLib.dicomseg import check_seg_sources
+
+    files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
+    _rewrite(files, PatientSex="0000")
+    sources = check_seg_sources(files)
+    assert sources.notes == ["PatientSex '0000' of the source is not valid DICOM; left empty in the SEG"]
+    out = str(tmp_path / "seg.dcm")
+    write_dicom_seg(series["labels"], files, CARD, out, sources=sources)
+    assert pydicom.dcmread(out).PatientSex == ""
+    errors, _, text = _dciodvfy(out)
+    assert errors == [], text
+    np.testing.assert_array_equal(read_dicom_seg(out, files), series["labels"])
+
+
+def test_orientation_jitter_within_tolerance_is_one_orientation(series, tmp_path):
+    """A GE 3-D series' cosines differ by ~6e-8: highdicom alone refuses ('shared orientation')."""
+    import shutil
+
+    from LowResSegLib.dicomseg import check_seg_sources
+
+    files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
+    for n, f in enumerate(files[1::2]):
+        _rewrite([f], ImageOrientationPatient=lambda ds: [float(v) + 6e-8 for v in ds.ImageOrientationPatient])
+    sources = check_seg_sources(files)
+    assert len(sources.notes) == 1 and "orientations differing by up to 6e-08 were taken as one" in sources.notes[0]
+    out = str(tmp_path / "seg.dcm")
+    write_dicom_seg(series["labels"], files, CARD, out, sources=sources)
+    errors, _, text = _dciodvfy(out)
+    assert errors == [], text
+    np.testing.assert_array_equal(read_dicom_seg(out, files), series["labels"])
+    _rewrite(files[:1], ImageOrientationPatient=[0.0, -0.9, 0.43589, 0.0, 0.0, -1.0])
+    with pytest.raises(ValueError, match="differ in orientation by up to .* a SEG needs one orientation"):
+        check_seg_sources(files)
+
+
+def test_seg_on_an_enhanced_multiframe_source_references_its_frames(tmp_path):
+    """The real Canon enhanced file (Testing/data/dicom): volume 1 = frames 41..80."""
+    import pydicom
+
+    from LowResSegLib.io import read_volume
+
+    vol = read_volume(os.path.join(os.path.dirname(__file__), "data", "dicom", "canon_enhanced_dti"), channel=1)
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[10:20, 4:9, 5:12] = 1
+    out = str(tmp_path / "seg.dcm")
+    write_dicom_seg(labels, vol.meta["files"], CARD, out, source_frames=vol.meta["frames"])
+    ds = pydicom.dcmread(out)
+    referenced = sorted(int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                        for f in ds.PerFrameFunctionalGroupsSequence)
+    assert referenced == list(range(51, 61))  # slices 10..19 of volume 1 = frames 41 + 10 ..
+    errors, _, text = _dciodvfy(out)
+    assert errors == [], text
+    back = read_dicom_seg(out, vol.meta["files"], source_frames=vol.meta["frames"])
+    np.testing.assert_array_equal(back, labels)
