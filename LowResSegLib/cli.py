@@ -63,40 +63,22 @@ def _print_warnings(volume):
 
 
 def cmd_segment(args):
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.io import read_volume
-    from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path, write_segmentation
-    from LowResSegLib.pipeline import segment
+    from LowResSegLib.run import SegmentationRun
 
-    outputs = []
-    if args.output:
-        outputs.append(check_output_path(args.output, args.overwrite, LABEL_SUFFIXES))
-    if args.dicom_seg:
-        if not os.path.isdir(args.input):
-            raise ValueError("--dicom-seg needs DICOM input (a folder with the source series); %s is a file"
-                             % args.input)
-        dicom_out = check_output_path(args.dicom_seg, args.overwrite, (".dcm",))
-    engine = LocalEngine(args.model, args.repository, threads=args.threads)
-    volume = read_volume(args.input, channel=args.channel)
-    _print_warnings(volume)
-    if args.dicom_seg and volume.meta.get("format") != "dicom":
-        raise ValueError("--dicom-seg needs DICOM input; %s was read as %s" % (args.input, volume.meta.get("format")))
-    seg = segment(volume, engine, progress=_tqdm_progress(args.model))
-    for path in outputs:
-        write_segmentation(seg, path, overwrite=args.overwrite)
+    run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
+                          overwrite=args.overwrite, channel=args.channel, series=args.series,
+                          repository=args.repository, threads=args.threads)
+    run.plan()  # every check that needs no inference: a bad path or series fails here, in a second
+    seg = run.execute(progress=_tqdm_progress(args.model))
+    for path in run.commit():
         print("wrote %s" % path)
-    if args.dicom_seg:
-        from LowResSegLib.dicomseg import write_dicom_seg
-
-        write_dicom_seg(seg.labels, volume.meta["files"], engine.card, dicom_out, overwrite=args.overwrite)
-        print("wrote %s" % dicom_out)
     t = seg.timings
     print("%s: tumour %.1f mL; %d slices in %.2f s (%.1f ms/slice: preprocess %.0f ms, inference %.0f ms, "
           "postprocess %.0f ms)" % (args.model, seg.volume_ml(), t["slices"], t["total_s"], t["ms_per_slice"],
                                     t["preprocess_ms"], t["infer_ms"], t["postprocess_ms"]))
-    if not seg.labels.any():
-        print("warning: no tumour found (an empty mask)", file=sys.stderr)
-    if not outputs and not args.dicom_seg:
+    for w in run.warnings:
+        print("warning: %s" % w, file=sys.stderr)
+    if not run.written:
         print("(nothing written: pass --output OUT.nii.gz|OUT.seg.nrrd and/or --dicom-seg OUT.dcm)")
     return 0
 
@@ -207,7 +189,9 @@ def build_parser():
     sg.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
     sg.add_argument("--output", help="labels: OUT.nii.gz, OUT.nrrd, OUT.mha or a Slicer OUT.seg.nrrd")
     sg.add_argument("--dicom-seg", help="DICOM-SEG output (DICOM input only)")
-    sg.add_argument("--channel", type=int, default=None, help="channel of a 4-D / multi-component image")
+    sg.add_argument("--channel", type=int, default=None,
+                    help="channel of a 4-D / multi-component image, or volume of a DICOM series that holds several")
+    sg.add_argument("--series", default=None, help="SeriesInstanceUID to read from a DICOM folder holding several")
     sg.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     sg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sg.add_argument("--repository", default=default_repository())

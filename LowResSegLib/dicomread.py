@@ -280,7 +280,10 @@ def scan_files(paths):
         except (InvalidDicomError, EOFError, ValueError, OSError, struct.error, IndexError, TypeError, KeyError,
                 AttributeError, NotImplementedError) as exc:
             if preamble or name.lower().endswith(_DICOM_EXTENSIONS):
-                raise _unreadable(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+                reason = ("not a DICOM file: no DICOM header" if isinstance(exc, InvalidDicomError) else
+                          "its header is damaged: %s" % (str(exc).splitlines()[0][:120] if str(exc) else
+                                                         type(exc).__name__))
+                raise _unreadable(path, reason)
             ignored.append(name)
             continue
         sop_class = _text(ds.get("SOPClassUID")) or _sop_class_of(path, head)

@@ -141,7 +141,8 @@ def _read_file(path, fmt, meta):
     reader.SetFileName(path)
     reader.SetImageIO(_IMAGE_IO[fmt])
     try:
-        return reader.Execute()
+        with quiet_itk():
+            return reader.Execute()
     except RuntimeError as exc:
         raise _corrupt(path, fmt, _itk_reason(exc))
 

@@ -24,7 +24,8 @@ TUMOUR = {
 def _card(name, r, big_r, sha, backbone, head, params_head=0):
     card = {
         "format_version": CARD_FORMAT_VERSION, "name": name, "version": "0.0.1", "task": "test",
-        "modality": "MR", "orientation": "axial", "input_size": r, "output_size": big_r,
+        "modality": "MR", "sequence": "FLAIR (test fixture)", "orientation": "axial", "input_size": r,
+        "output_size": big_r,
         "classes": [dict(TUMOUR)], "normalization": normalization_card(),
         "backbone": {"name": backbone, "width": 0}, "head": head,
         "params": {"backbone": 0, "head": params_head}, "macs": {"backbone": 0, "head": 0},

@@ -32,7 +32,7 @@ BRAIN = (slice(1, 7), slice(4, 52), slice(6, 58))
 CUBE = (slice(3, 7), slice(8, 24), slice(32, 44))  # off-centre on every axis
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 PREFIX = "lowresseg segment: error: "
-TEMP_MARKERS = (".tmp", ".part")
+TEMP_MARKERS = (".tmp", ".part", ".lowresseg-")
 
 
 def phantom():
@@ -387,7 +387,30 @@ def _dicom_seg_missing_folder(tmp, inputs, out):
     return [inputs["dicom"], "--dicom-seg", out / "nowhere" / "x.dcm", "--output", out / "x.nii.gz"], ["does not exist"]
 
 
+def _dicom_seg_source_without_frame_of_reference(tmp, inputs, out):
+    """Found from the headers before inference: the old CLI wrote --output first, then failed."""
+    pydicom = pytest.importorskip("pydicom")
+    folder = tmp / "no-for"
+    shutil.copytree(inputs["dicom"], str(folder))
+    for name in os.listdir(str(folder)):
+        ds = pydicom.dcmread(str(folder / name))
+        del ds.FrameOfReferenceUID
+        ds.save_as(str(folder / name))
+    return [folder, "--output", out / "x.nii.gz", "--dicom-seg", out / "x.dcm"], ["lacks FrameOfReferenceUID"]
+
+
+def _same_output_twice(tmp, inputs, out):
+    return [inputs["dicom"], "--output", out / "x.dcm", "--dicom-seg", out / "x.dcm"], ["use one of"]
+
+
+def _series_not_in_folder(tmp, inputs, out):
+    return [inputs["dicom"], "--series", "1.2.3.4", "--output", out / "x.nii.gz"], ["series 1.2.3.4 is not in"]
+
+
 REFUSALS = {
+    "dicom-seg-source-without-frame-of-reference": _dicom_seg_source_without_frame_of_reference,
+    "same-output-twice": _same_output_twice,
+    "series-not-in-folder": _series_not_in_folder,
     "missing-input": _missing_input,
     "corrupt-nifti": _corrupt_nifti,
     "dicom-folder-one-corrupt-file": _corrupt_dicom,
@@ -455,3 +478,78 @@ def test_unwritable_label_extension_refused_before_any_work(capsys, inputs, out,
     no_temp_files(out)
     assert_refused(rc, stdout, err)
     assert "%s: tumour" % MODEL not in stdout  # refused up front, not after a whole inference
+
+
+def test_failure_at_the_last_step_leaves_the_folder_as_it_was(capsys, monkeypatch, inputs, out, common):
+    """All or nothing: the labels are written, then the SEG fails (a full disk): no file appears,
+    and the existing result that --overwrite would replace is still there, byte for byte."""
+    import LowResSegLib.dicomseg as dicomseg
+
+    (out / "x.nii.gz").write_bytes(b"yesterday's result")
+    before = snapshot(out)
+
+    def full_disk(*args, **kwargs):
+        raise OSError("could not write the DICOM-SEG: No space left on device")
+
+    monkeypatch.setattr(dicomseg, "write_dicom_seg", full_disk)
+    rc, stdout, err = run(capsys, inputs["dicom"], "--output", out / "x.nii.gz", "--dicom-seg", out / "x.dcm",
+                          "--overwrite", *common)
+    last = err.replace("\r", "\n").strip().splitlines()[-1]  # after the progress bar of the inference
+    assert rc == 2 and last == PREFIX + "could not write the DICOM-SEG: No space left on device", err
+    assert "wrote" not in stdout and "Traceback" not in err
+    assert snapshot(out) == before
+    no_temp_files(out)
+
+
+def test_commit_puts_back_what_it_replaced_when_a_rename_fails(tmp_path, monkeypatch):
+    from LowResSegLib import run as run_module
+
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.dcm"
+    a.write_bytes(b"old a")
+    staged_a, staged_b = tmp_path / ".s-a.nii.gz", tmp_path / ".s-b.dcm"
+    staged_a.write_bytes(b"new a")
+    staged_b.write_bytes(b"new b")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst) == str(b):
+            raise OSError("the disk went away")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(run_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk went away"):
+        run_module.commit_files([(str(staged_a), str(a)), (str(staged_b), str(b))], overwrite=True)
+    assert sorted(os.listdir(str(tmp_path))) == ["a.nii.gz"] and a.read_bytes() == b"old a"
+
+
+def test_a_series_that_is_not_flair_is_warned_about_not_blocked(capsys, tmp_path, inputs, out, common):
+    """A T1 given to a FLAIR model: said in the summary (DICOM headers, or a BraTS-style file name)."""
+    pydicom = pytest.importorskip("pydicom")
+    folder = tmp_path / "t1"
+    shutil.copytree(inputs["dicom"], str(folder))
+    for name in os.listdir(str(folder)):
+        ds = pydicom.dcmread(str(folder / name))
+        ds.SeriesDescription = "sag T1 MPRAGE"
+        ds.save_as(str(folder / name))
+    rc, stdout, err = run(capsys, folder, "--output", out / "x.nii.gz", *common)
+    assert rc == 0 and (out / "x.nii.gz").exists(), err
+    assert "warning: the input looks like T1 (by its DICOM headers), but %s is a FLAIR model" % MODEL in err
+
+    named = tmp_path / "case_t2.nii.gz"
+    shutil.copy(inputs["nifti"], str(named))
+    rc, stdout, err = run(capsys, named, *common)
+    assert rc == 0 and "looks like T2 (by its file name)" in err
+
+    rc, stdout, err = run(capsys, inputs["nifti"], *common)  # flair.nii.gz: nothing to say
+    assert rc == 0 and "looks like" not in err
+
+
+def test_an_implausibly_large_mask_is_warned_about(capsys, tmp_path, inputs):
+    """A model that marks the whole head (as the old models did on a T1): > 400 mL is flagged."""
+    repo = str(tmp_path / "models")
+    add_threshold_model(repo, "everything-16to64", r=16, big_r=64, threshold=0.1)
+    path = write_nifti(tmp_path / "big.nii.gz", phantom()[0], np.diag([-5.0, 5.0, 5.0, 1.0]))  # 5 mm voxels
+    rc, stdout, err = run(capsys, path, "--model", "everything-16to64", "--repository", repo)
+    assert rc == 0, err
+    ml = float(stdout.split("tumour ")[1].split(" mL")[0])
+    assert ml > 400 and "more than any real tumour we know of (400 mL)" in err

@@ -1,0 +1,232 @@
+"""One segmentation run: planned, checked, executed, then committed as a whole.
+
+A run that fails after a minute of inference must not leave half its outputs behind,
+and must never touch a file the user already has. So :class:`SegmentationRun`
+
+1. **plans and checks** everything that can be checked before inference: the model, the
+   output paths (writable, distinct, not there unless ``overwrite``), the input volume (read
+   by the rules of :mod:`LowResSegLib.io`), and whether a DICOM-SEG can be built on its
+   source headers;
+2. **executes** the pipeline (progress and cancel between chunks; a cancelled run ends here);
+3. **commits**: every output is written to a hidden temporary file beside its target, and
+   only when all of them exist are they renamed into place. A failure on the way removes the
+   temporaries and puts back anything already replaced.
+
+The CLI (``segment``, ``batch``) and the Slicer module use this class; nothing else writes
+segmentation outputs. Python 3.9+.
+"""
+
+import os
+import re
+import secrets
+import time
+
+from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path
+
+__all__ = ["RunError", "SegmentationRun", "card_contrast", "commit_files", "IMPLAUSIBLE_ML"]
+
+IMPLAUSIBLE_ML = 400.0  # larger "tumours" than this (the largest of our real cases: ~350 mL) are flagged
+_CONTRAST_WORDS = (("FLAIR", re.compile(r"flair", re.I)), ("T1", re.compile(r"(^|[^a-z0-9])t1(ce|c|gd|w)?([^a-z0-9]|$)", re.I)),
+                   ("T2", re.compile(r"(^|[^a-z0-9])t2w?([^a-z0-9]|$)", re.I)),
+                   ("DWI", re.compile(r"(^|[^a-z])(dwi|adc|dti)([^a-z]|$)", re.I)))
+
+
+class RunError(ValueError):
+    """The run cannot go ahead; the message says why and what to do."""
+
+
+def card_contrast(card):
+    """The MR contrast a model expects ("FLAIR"), from its card's ``sequence``."""
+    words = str(card.get("sequence") or "").split()
+    return words[0].strip(",;").upper() if words else None
+
+
+def contrast_from_name(path):
+    """What a file name says about its contrast (BraTS-style ``*_flair.nii.gz``, ``*_t1ce.nii.gz``), or None."""
+    name = os.path.basename(os.path.normpath(path))
+    found = [c for c, rx in _CONTRAST_WORDS if rx.search(name)]
+    return found[0] if len(found) == 1 else None
+
+
+def _stage_name(final):
+    head, tail = os.path.split(final)
+    return os.path.join(head, ".lowresseg-%s-%s" % (secrets.token_hex(4), tail))  # same suffix: writers dispatch on it
+
+
+def commit_files(pairs, overwrite=False):
+    """Rename every (staged, final) pair into place, all or none.
+
+    An existing final is refused unless ``overwrite``; a replaced one is kept aside until
+    every rename succeeded, and put back if one fails.
+    """
+    done = []
+    try:
+        for staged, final in pairs:
+            if os.path.lexists(final) and not overwrite:
+                raise FileExistsError("%s already exists; pass --overwrite to replace it" % final)
+            backup = None
+            if os.path.lexists(final):
+                backup = _stage_name(final) + ".old"
+                os.replace(final, backup)
+            done.append((final, backup))
+            os.replace(staged, final)
+    except BaseException:
+        for final, backup in reversed(done):
+            try:
+                if os.path.lexists(final):  # ours: the staged file was renamed there
+                    os.remove(final)
+                if backup is not None:
+                    os.replace(backup, final)
+            except OSError:
+                pass
+        for staged, _ in pairs:
+            try:
+                os.remove(staged)
+            except OSError:
+                pass
+        raise
+    for _, backup in done:
+        if backup is not None:
+            try:
+                os.remove(backup)
+            except OSError:
+                pass
+
+
+class SegmentationRun(object):
+    """Segment ``input_path`` with ``model`` and write ``labels_out`` and/or ``dicom_seg_out``.
+
+    ``engine`` may be given (e.g. a remote engine); else the model is loaded from
+    ``repository``. ``channel`` and ``series`` pick a volume / a DICOM series (see
+    :func:`LowResSegLib.io.read_volume`). After :meth:`run`, ``segmentation`` holds the
+    result, ``warnings`` what the user should know, ``written`` the output paths.
+    """
+
+    def __init__(self, input_path, model=None, labels_out=None, dicom_seg_out=None, overwrite=False, channel=None,
+                 series=None, repository=None, threads=0, engine=None):
+        self.input_path = os.fspath(input_path)
+        self.model, self.engine = model, engine
+        self.labels_out = os.path.abspath(labels_out) if labels_out else None
+        self.dicom_seg_out = os.path.abspath(dicom_seg_out) if dicom_seg_out else None
+        self.overwrite, self.channel, self.series = overwrite, channel, series
+        self.repository, self.threads = repository, threads
+        self.volume = self.segmentation = self.seg_sources = None
+        self.warnings, self.written, self.seconds = [], [], 0.0
+        self.planned = False
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self):
+        """Every check that needs no inference; raises before anything is written."""
+        from LowResSegLib.io import read_volume
+
+        outs = [p for p in (self.labels_out, self.dicom_seg_out) if p]
+        if self.labels_out:
+            check_output_path(self.labels_out, self.overwrite, LABEL_SUFFIXES + (".seg.nrrd",))
+        if self.dicom_seg_out:
+            check_output_path(self.dicom_seg_out, self.overwrite, (".dcm",))
+        if len(set(os.path.normcase(p) for p in outs)) < len(outs):
+            raise RunError("--output and --dicom-seg name the same file %s; give them different names" % outs[0])
+        if self.engine is None:
+            from LowResSegLib.engines import LocalEngine
+
+            if not self.model:
+                raise RunError("no model given; pick one of `lowresseg models`")
+            self.engine = LocalEngine(self.model, self.repository, threads=self.threads)
+        card = self.engine.card
+        expected = card_contrast(card)
+        self.volume = read_volume(self.input_path, channel=self.channel, series=self.series, contrast=expected)
+        meta = self.volume.meta
+        self.warnings = list(meta.get("warnings", []))
+        if self.dicom_seg_out:
+            if meta.get("format") != "dicom":
+                raise RunError("--dicom-seg needs DICOM input (a folder with the source series); %s was read as %s"
+                               % (self.input_path, meta.get("format")))
+            from LowResSegLib.dicomseg import check_seg_sources
+
+            self.seg_sources = check_seg_sources(meta["files"], meta.get("frames"))
+            self.warnings.extend("DICOM-SEG: %s" % n for n in self.seg_sources.notes)
+        seen = meta.get("contrast") if meta.get("format") == "dicom" else contrast_from_name(self.input_path)
+        if expected and seen and seen != expected:
+            where = "its DICOM headers" if meta.get("format") == "dicom" else "its file name"
+            self.warnings.append("the input looks like %s (by %s), but %s is a %s model: the result may be "
+                                 "meaningless; check that this is the %s series" % (seen, where, card["name"],
+                                                                                    expected, expected))
+        self.planned = True
+        return self
+
+    # ------------------------------------------------------------------ execute
+
+    def execute(self, progress=None, cancel=None):
+        """Run the pipeline; None if cancelled (nothing is written then)."""
+        from LowResSegLib.pipeline import segment
+
+        if not self.planned:
+            self.plan()
+        t0 = time.perf_counter()
+        self.segmentation = segment(self.volume, self.engine, progress=progress, cancel=cancel)
+        self.seconds = time.perf_counter() - t0
+        if self.segmentation is not None:
+            ml = self.segmentation.volume_ml()
+            if ml > IMPLAUSIBLE_ML:
+                self.warnings.append("the mask holds %.0f mL, more than any real tumour we know of (%.0f mL): the "
+                                     "input may not be a %s, or the model failed on it; review before use"
+                                     % (ml, IMPLAUSIBLE_ML, card_contrast(self.engine.card) or "matching series"))
+            elif not self.segmentation.labels.any():
+                self.warnings.append("no tumour found (an empty mask)")
+        return self.segmentation
+
+    # ------------------------------------------------------------------ commit
+
+    def commit(self):
+        """Write every output, all or none; returns the written paths."""
+        from LowResSegLib.outputs import write_segmentation
+
+        if self.segmentation is None:
+            raise RunError("nothing to commit: the run was not executed or was cancelled")
+        pairs = []
+        try:
+            if self.labels_out:
+                staged = _stage_name(self.labels_out)
+                pairs.append((staged, self.labels_out))
+                write_segmentation(self.segmentation, staged)
+            if self.dicom_seg_out:
+                from LowResSegLib.dicomseg import write_dicom_seg
+
+                staged = _stage_name(self.dicom_seg_out)
+                pairs.append((staged, self.dicom_seg_out))
+                meta = self.volume.meta
+                write_dicom_seg(self.segmentation.labels, meta["files"], self.engine.card, staged,
+                                source_frames=meta.get("frames"), sources=self.seg_sources)
+        except BaseException:
+            for staged, _ in pairs:
+                try:
+                    os.remove(staged)
+                except OSError:
+                    pass
+            raise
+        commit_files(pairs, self.overwrite)
+        self.written = [final for _, final in pairs]
+        return self.written
+
+    def run(self, progress=None, cancel=None):
+        """plan -> execute -> commit; the Segmentation, or None if cancelled."""
+        self.plan()
+        if self.execute(progress, cancel) is None:
+            return None
+        self.commit()
+        return self.segmentation
+
+    def summary(self):
+        """One row for a table or CSV: what ran on what, and what came out."""
+        seg, meta = self.segmentation, (self.volume.meta if self.volume is not None else {})
+        return {
+            "input": self.input_path,
+            "model": self.engine.card["name"] if self.engine is not None else self.model,
+            "series": meta.get("series_instance_uid") or "",
+            "series_description": meta.get("series_description") or "",
+            "volume_ml": round(seg.volume_ml(), 2) if seg is not None else None,
+            "seconds": round(self.seconds, 2),
+            "warnings": " | ".join(self.warnings),
+            "outputs": " ".join(self.written),
+        }
