@@ -83,6 +83,19 @@ def cmd_segment(args):
     return 0
 
 
+def cmd_batch(args):
+    from LowResSegLib.batch import CSV_NAME, run_batch
+
+    rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+                     repository=args.repository, threads=args.threads)
+    done = [r for r in rows if r.get("status") == "done"]
+    failed = [r for r in rows if r.get("status") == "failed"]
+    for r in failed:
+        print("failed: %s: %s" % (r["case"], r.get("message", "")), file=sys.stderr)
+    print("%d case(s) done, %d failed; summary in %s" % (len(done), len(failed), os.path.join(args.out, CSV_NAME)))
+    return 1 if failed else 0
+
+
 def cmd_compare(args):
     from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
     from LowResSegLib.engines import LocalEngine
@@ -196,6 +209,16 @@ def build_parser():
     sg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sg.add_argument("--repository", default=default_repository())
     sg.set_defaults(func=cmd_segment)
+
+    bt = sub.add_parser("batch", help="segment every case under a folder tree (image files and DICOM studies)")
+    bt.add_argument("root", help="folder tree: NIfTI/NRRD/MHA files and DICOM folders (the FLAIR of each study)")
+    bt.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
+    bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz per case and batch.csv")
+    bt.add_argument("--dicom-seg", action="store_true", help="also write <case>.seg.dcm for DICOM cases")
+    bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    bt.add_argument("--overwrite", action="store_true", help="redo cases already done and replace their outputs")
+    bt.add_argument("--repository", default=default_repository())
+    bt.set_defaults(func=cmd_batch)
 
     cp = sub.add_parser("compare", help="run several models (input resolutions) on one volume, side by side")
     cp.add_argument("input")
