@@ -312,10 +312,11 @@ _FLAIR_WORDS = re.compile(r"flair|dark[\s_-]*fluid|\btirm|fluid[\s_-]*att", re.I
 _T1_WORDS = re.compile(r"\bt1|mprage|mp[\s_-]*rage|spgr|bravo|tfe3d|\bt1w|vibe|flash", re.I)
 _T2_WORDS = re.compile(r"\bt2|tse|fse|\bt2w", re.I)
 _DWI_WORDS = re.compile(r"dwi|dti|diff|\badc\b|trace|\bb0\b", re.I)
+_EPI_WORDS = re.compile(r"\bepi|fmri|bold|resting|\brs[\s_-]", re.I)
 
 
 def guess_contrast(series):
-    """'FLAIR', 'T1', 'T2', 'DWI' or None, from the headers a scanner writes (docs/dicom.md).
+    """'FLAIR', 'T1', 'T2', 'DWI', 'EPI' (fMRI) or None, from the headers a scanner writes (docs/dicom.md).
 
     FLAIR: the name says so (FLAIR, dark fluid, TIRM), or an inversion-recovery series with
     an inversion time of at least 1200 ms (T1-weighted IR uses well under 1200 ms). Names win
@@ -327,6 +328,8 @@ def guess_contrast(series):
         return "FLAIR"
     if _DWI_WORDS.search(text) or len(b_values) > 1 or any(b > 0 for b in b_values):
         return "DWI"
+    if _EPI_WORDS.search(text):
+        return "EPI"
     ti = series.inversion_time
     if ti is not None and ti >= FLAIR_MIN_TI_MS and not _T1_WORDS.search(text):
         return "FLAIR"

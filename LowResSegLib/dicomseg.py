@@ -25,6 +25,7 @@ are empty.
 highdicom and pydicom are an optional extra: they are imported inside the functions.
 """
 
+import logging
 import os
 import re
 import shutil
@@ -320,9 +321,13 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
     except (TypeError, ValueError):
         series_number = 1000
     name, version = str(card["name"]), str(card["version"])
+    quiet = logging.getLogger("highdicom")
+    level = quiet.level
     with warnings.catch_warnings():
-        # highdicom's UserWarnings speak to a Python caller; what matters is checked above
+        # highdicom's warnings and log lines speak to a Python caller ("Reverting to encoding all
+        # frames ..."); what matters to a user is checked above and said in our words
         warnings.simplefilter("ignore")
+        quiet.setLevel(logging.ERROR)
         try:
             seg = hd.seg.Segmentation(
                 source_images=source_images,
@@ -344,6 +349,8 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise ValueError("a DICOM-SEG cannot be built on this source series (%s); export the labels as NIfTI "
                              "or .seg.nrrd instead" % str(exc).splitlines()[0][:200])
+        finally:
+            quiet.setLevel(level)
     seg.SeriesDescription = (series_description or "%s segmentation (AI)" % name)[:64]
     if sources.multiframe:
         for item in seg.PerFrameFunctionalGroupsSequence:

@@ -125,7 +125,7 @@ def test_mosaic_is_refused(tmp_path):
 @pytest.mark.parametrize("text,ti,expected", [
     ("Ax T2 FLAIR", None, "FLAIR"), ("t2_tirm_tra_dark-fluid", None, "FLAIR"), ("sag 3D", 2500.0, "FLAIR"),
     ("MPRAGE", 900.0, "T1"), ("T1 IR", 2500.0, "T1"), ("AX T2 FSE", None, "T2"), ("ep2d_diff", None, "DWI"),
-    ("localizer", None, None),
+    ("Product EPI Sag Ascending", None, "EPI"), ("localizer", None, None),
 ])
 def test_contrast_guess_from_headers(text, ti, expected):
     from LowResSegLib.dicomread import Series, guess_contrast

@@ -163,10 +163,15 @@ def test_seg_attributes(series, seg_path):
     assert "SRT" not in str(seg)
 
 
-def test_all_empty_labels_give_valid_empty_seg(series):
+def test_all_empty_labels_give_valid_empty_seg(series, caplog):
+    import logging
+
     out = str(series["root"] / "empty.dcm")
     empty = np.zeros((NK, NJ, NI), np.uint8)
-    write_dicom_seg(empty, series["files"], CARD, out)
+    with caplog.at_level(logging.DEBUG):
+        write_dicom_seg(empty, series["files"], CARD, out)
+    # highdicom's "Reverting to encoding all frames ..." is for a Python caller, not a radiologist
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     errors, _, output = _dciodvfy(out)
     assert errors == [], output
     np.testing.assert_array_equal(read_dicom_seg(out, series["files"]), empty)
