@@ -7,7 +7,9 @@ Heavy imports (torch, SimpleITK) happen inside the subcommand that needs them, s
 import argparse
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 
 
 def cmd_models(args):
@@ -101,6 +103,7 @@ def cmd_compare(args):
     from LowResSegLib.engines import LocalEngine
     from LowResSegLib.io import read_volume
     from LowResSegLib.outputs import labels_on_grid
+    from LowResSegLib.run import commit_files
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
@@ -123,8 +126,13 @@ def cmd_compare(args):
                                 progress=lambda m, d, t: print("\r%s %d/%d" % (m, d, t), end="", flush=True))
     print()
     os.makedirs(out, exist_ok=True)
-    write_table(rows, out, reference_ml=reference_volume_ml(volume, ref) if ref is not None else None)
-    comparison_figure(volume, segs, os.path.join(out, "comparison.png"), reference=ref)
+    staging = tempfile.mkdtemp(prefix=".lowresseg-compare-", dir=out)  # all three files appear together, or none
+    try:
+        write_table(rows, staging, reference_ml=reference_volume_ml(volume, ref) if ref is not None else None)
+        comparison_figure(volume, segs, os.path.join(staging, "comparison.png"), reference=ref)
+        commit_files([(os.path.join(staging, os.path.basename(t)), t) for t in targets], args.overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print("%-26s %6s %9s %9s %8s %9s  vs" % ("model", "input", "time s", "mL", "Dice", "HD95 mm"))
     for r in rows:
         print("%-26s %6s %9.2f %9.1f %8.3f %9.1f  %s" % (r["model"], "%d²" % r["input_size"], r["time_s"],

@@ -36,7 +36,8 @@ import numpy as np
 from LowResSegLib.io import atomic_write
 from LowResSegLib.outputs import check_output_path
 
-__all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "read_dicom_seg", "run_dciodvfy"]
+__all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "read_dicom_seg", "run_dciodvfy",
+           "seg_errors_by_origin"]
 
 _INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
 _CLASS_TAG = "LowResSeg class %d"
@@ -490,3 +491,22 @@ def run_dciodvfy(path, full_output=False):
     if full_output:
         return errors, warnings, output
     return errors, warnings
+
+
+def _error_key(message):
+    """A dciodvfy error without the parts that differ between two files (element paths, counts)."""
+    return re.sub(r"\s+", " ", re.sub(r"\[[0-9]+\]|Sequence|<[^>]*>", "", message)).strip()
+
+
+def seg_errors_by_origin(seg_path, source_path):
+    """dciodvfy errors of a SEG split into (ours, inherited from the source file).
+
+    An error is inherited when the source file has the same error: the SEG copies the patient and
+    study attributes of its source, so a source with e.g. an over-long PatientID passes it on.
+    """
+    seg_errors, _ = run_dciodvfy(seg_path)
+    source_keys = set(_error_key(e) for e in run_dciodvfy(source_path)[0])
+    ours = [e for e in seg_errors if _error_key(e) not in source_keys]
+    inherited = [e for e in seg_errors if _error_key(e) in source_keys]
+    return ours, inherited
+

@@ -170,6 +170,24 @@ def test_compare_unknown_model_writes_nothing(compare_setup):
     assert not os.path.exists(str(out))
 
 
+def test_compare_failing_at_the_figure_writes_no_table_either(compare_setup, monkeypatch):
+    """The three files appear together or not at all (the old command left the tables behind)."""
+    import LowResSegLib.compare as compare
+
+    def broken_figure(*args, **kwargs):
+        raise OSError("could not write the figure: No space left on device")
+
+    s = compare_setup
+    out = s["root"] / "all-or-nothing"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    monkeypatch.setattr(compare, "comparison_figure", broken_figure)
+    rc, stdout, err = cli(*compare_args(s, out))
+    assert rc == 2 and "No space left on device" in err
+    assert snapshot(out) == before and sorted(os.listdir(str(out))) == ["notes.txt"]
+
+
 def test_compare_out_is_a_file(compare_setup):
     s = compare_setup
     out = s["root"] / "a-file"

@@ -134,3 +134,37 @@ def test_contrast_guess_from_headers(text, ti, expected):
     if ti:
         header["InversionTime"] = ti
     assert guess_contrast(Series("1.2.3", header)) == expected
+
+
+def test_itk_warnings_stay_off_the_terminal(tmp_path, capfd):
+    """Uneven slices make GDCM print 'WARNING: In /tmp/SimpleITK-build/...' from C++; we say it our way."""
+    folder = tmp_path / "uneven"
+    normal = np.cross(ROW, COL)
+
+    def shift(ds, s):
+        if s == 3:
+            ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient) + 0.1 * normal]
+
+    write_dicom_series(folder, phantom(), tweak=shift)
+    capfd.readouterr()
+    vol = read_volume(folder)
+    captured = capfd.readouterr()
+    assert "WARNING" not in captured.err and "SimpleITK" not in captured.err, captured.err
+    assert len(vol.meta["warnings"]) == 1
+
+
+def test_compressed_copy_reads_the_same(tmp_path):
+    """An RLE Lossless copy of a series (PACS often stores compressed) gives the same volume."""
+    from pydicom.uid import RLELossless
+
+    plain, packed = tmp_path / "plain", tmp_path / "rle"
+    write_dicom_series(plain, phantom())
+    packed.mkdir()
+    for name in os.listdir(str(plain)):
+        ds = pydicom.dcmread(str(plain / name))
+        ds.compress(RLELossless)
+        ds.save_as(str(packed / name))
+    a, b = read_volume(plain), read_volume(packed)
+    assert pydicom.dcmread(b.meta["files"][0]).file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.affine, b.affine)

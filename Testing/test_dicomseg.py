@@ -324,3 +324,22 @@ def test_seg_on_an_enhanced_multiframe_source_references_its_frames(tmp_path):
     assert errors == [], text
     back = read_dicom_seg(out, vol.meta["files"], source_frames=vol.meta["frames"])
     np.testing.assert_array_equal(back, labels)
+
+
+def test_dciodvfy_errors_of_a_source_are_listed_as_inherited_not_ours(series, tmp_path):
+    """A source with a 70-character PatientID (LO allows 64): the SEG copies it, and says whose error it is."""
+    import shutil
+    import warnings
+
+    from LowResSegLib.dicomseg import seg_errors_by_origin
+
+    files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the over-long value we write on purpose
+        _rewrite(files, PatientID="X" * 70)
+    out = str(tmp_path / "seg.dcm")
+    write_dicom_seg(series["labels"], files, CARD, out)
+    ours, inherited = seg_errors_by_origin(out, files[0])
+    assert ours == [] and any("Patient ID" in e and "Length invalid" in e for e in inherited)
+    errors, _ = run_dciodvfy(out)
+    assert sorted(errors) == sorted(ours + inherited) and errors  # the split neither hides nor invents errors

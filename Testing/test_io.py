@@ -270,6 +270,7 @@ def test_dicom_folder_with_one_corrupt_slice_is_refused(tmp_path, damage):
     with pytest.raises(VolumeReadError, match="could not be read") as err:
         read_volume(folder)
     assert str(bad) in str(err.value) and "drop a slice" in str(err.value)
+    assert "force=True" not in str(err.value)  # pydicom's advice to Python callers, not to a CLI user
     assert "\n" not in str(err.value)
     assert listing(folder) == before
 
