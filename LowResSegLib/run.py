@@ -53,6 +53,14 @@ def _stage_name(final):
     return os.path.join(head, ".lowresseg-%s-%s" % (secrets.token_hex(4), tail))  # same suffix: writers dispatch on it
 
 
+def _remove_quietly(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
 def commit_files(pairs, overwrite=False):
     """Rename every (staged, final) pair into place, all or none.
 
@@ -79,18 +87,9 @@ def commit_files(pairs, overwrite=False):
                     os.replace(backup, final)
             except OSError:
                 pass
-        for staged, _ in pairs:
-            try:
-                os.remove(staged)
-            except OSError:
-                pass
+        _remove_quietly(staged for staged, _ in pairs)
         raise
-    for _, backup in done:
-        if backup is not None:
-            try:
-                os.remove(backup)
-            except OSError:
-                pass
+    _remove_quietly(backup for _, backup in done if backup is not None)
 
 
 class SegmentationRun(object):
@@ -199,11 +198,7 @@ class SegmentationRun(object):
                 write_dicom_seg(self.segmentation.labels, meta["files"], self.engine.card, staged,
                                 source_frames=meta.get("frames"), sources=self.seg_sources)
         except BaseException:
-            for staged, _ in pairs:
-                try:
-                    os.remove(staged)
-                except OSError:
-                    pass
+            _remove_quietly(staged for staged, _ in pairs)
             raise
         commit_files(pairs, self.overwrite)
         self.written = [final for _, final in pairs]

@@ -101,18 +101,24 @@ def test_mixed_orientations_are_refused_tiny_jitter_is_not(tmp_path):
     assert vol.shape == phantom().shape and vol.meta["warnings"] == []
 
 
-def test_slightly_uneven_spacing_is_warned_and_a_gap_refused(tmp_path):
-    uneven = tmp_path / "uneven"
+def _uneven_series(folder, shift_mm):
+    """Slice 3 moved along the normal by ``shift_mm`` (slices are 3 mm apart)."""
     normal = np.cross(ROW, COL)
 
     def shift(ds, s):
         if s == 3:
-            ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient) + 0.1 * normal]
+            ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient) + shift_mm * normal]
 
-    write_dicom_series(uneven, phantom(), tweak=shift)
-    vol = read_volume(uneven)
+    write_dicom_series(folder, phantom(), tweak=shift)
+    return folder
+
+
+def test_slightly_uneven_spacing_is_warned_and_a_gap_refused(tmp_path):
+    vol = read_volume(_uneven_series(tmp_path / "uneven", 0.1))
     (warning,) = vol.meta["warnings"]
     assert "slice steps" in warning and "vary from 2.9 to 3.1 mm" in warning
+    with pytest.raises(VolumeReadError, match=r"uneven slice positions \(steps from 2 to 4 mm"):
+        read_volume(_uneven_series(tmp_path / "gap", 1.0))
 
 
 def test_mosaic_is_refused(tmp_path):
@@ -138,14 +144,7 @@ def test_contrast_guess_from_headers(text, ti, expected):
 
 def test_itk_warnings_stay_off_the_terminal(tmp_path, capfd):
     """Uneven slices make GDCM print 'WARNING: In /tmp/SimpleITK-build/...' from C++; we say it our way."""
-    folder = tmp_path / "uneven"
-    normal = np.cross(ROW, COL)
-
-    def shift(ds, s):
-        if s == 3:
-            ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient) + 0.1 * normal]
-
-    write_dicom_series(folder, phantom(), tweak=shift)
+    folder = _uneven_series(tmp_path / "uneven", 0.1)
     capfd.readouterr()
     vol = read_volume(folder)
     captured = capfd.readouterr()
