@@ -40,10 +40,22 @@ def run_comparison(volume, engines, reference=None, progress=None, cancel=None):
         if seg is None:
             raise Cancelled("comparison cancelled")
         segs[name] = seg
+    return comparison_rows(segs, volume, reference), segs
+
+
+def comparison_rows(segs, volume, reference=None, reference_model=None):
+    """One table row per run: cost (time) and result (mL, Dice and HD95 against the reference).
+
+    The reference is the ground truth ``reference`` when given, else the run ``reference_model``
+    (the one the user trusts), else the run of the highest input resolution.
+    """
+    if not segs:
+        return []
     if reference is not None:
         ref, ref_name = reference > 0, "ground truth"
     else:
-        ref_name = max(segs, key=lambda n: (segs[n].card["input_size"], n))
+        ref_name = reference_model if reference_model in segs else max(
+            segs, key=lambda n: (segs[n].card["input_size"], n))
         ref = segs[ref_name].labels > 0
     sp = volume.spacing_kji
     rows = []
@@ -54,7 +66,7 @@ def run_comparison(volume, engines, reference=None, progress=None, cancel=None):
             "volume_ml": round(seg.volume_ml(), 2), "reference": ref_name,
             "dice": round(dice(seg.labels, ref), 4), "hd95_mm": round(hd95(seg.labels, ref, sp), 2),
         })
-    return rows, segs
+    return rows
 
 
 def write_table(rows, out_dir, reference_ml=None):

@@ -65,6 +65,19 @@ class Volume(object):
         m.update(meta)
         return Volume(array, self.affine, m)
 
+    @classmethod
+    def from_ras(cls, array, ijk_to_ras, meta=None):
+        """A volume given as Slicer holds it: (k, j, i) voxels and an IJK->RAS matrix."""
+        return cls(array, _LPS_FROM_RAS @ np.asarray(ijk_to_ras, dtype=np.float64), meta)
+
+    @property
+    def ijk_to_ras(self):
+        """The IJK->RAS matrix Slicer wants (Slicer's world is RAS, ours is LPS)."""
+        return _LPS_FROM_RAS @ self.affine
+
+
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse: RAS <-> LPS
+
 
 @lru_cache(maxsize=64)
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
