@@ -37,7 +37,7 @@ from LowResSegLib.io import atomic_write
 from LowResSegLib.outputs import check_output_path
 
 __all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "read_dicom_seg", "run_dciodvfy",
-           "seg_errors_by_origin"]
+           "seg_errors_by_origin", "labels_for_source_files"]
 
 _INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
 _CLASS_TAG = "LowResSeg class %d"
@@ -509,4 +509,31 @@ def seg_errors_by_origin(seg_path, source_path):
     ours = [e for e in seg_errors if _error_key(e) not in source_keys]
     inherited = [e for e in seg_errors if _error_key(e) in source_keys]
     return ours, inherited
+
+
+def labels_for_source_files(labels, affine, files):
+    """``labels`` (k, j, i) of a volume with IJK->LPS ``affine``, put in the order of ``files``.
+
+    A viewer (Slicer) holds the slices sorted its own way; a SEG needs one mask per source
+    file. Each file's ImagePositionPatient must fall on a slice's first voxel (within 0.01 of
+    a voxel), else the volume was resampled and no SEG can reference the files: refused.
+    """
+    hd, pydicom = _import_dicom()
+    labels = np.asarray(labels)
+    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    out = np.zeros((len(files),) + labels.shape[1:], labels.dtype)
+    for n, path in enumerate(files):
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise ValueError("%s is a multi-frame file; export its SEG with `lowresseg segment --dicom-seg`" % path)
+        if (int(ds.Rows), int(ds.Columns)) != labels.shape[1:]:
+            raise ValueError("%s has %dx%d pixels but the volume's slices are %dx%d: the volume was resampled, so no "
+                             "DICOM-SEG can reference these files" % (path, ds.Rows, ds.Columns) + labels.shape[1:])
+        ijk = inv @ np.append([float(v) for v in ds.ImagePositionPatient], 1.0)
+        k = int(round(ijk[2]))
+        if np.abs(ijk[:2]).max() > 0.01 or abs(ijk[2] - k) > 0.01 or not 0 <= k < labels.shape[0]:
+            raise ValueError("%s does not lie on a slice of the volume (voxel %s): the volume was resampled or "
+                             "cropped, so no DICOM-SEG can reference these files" % (path, np.round(ijk[:3], 2)))
+        out[n] = labels[k]
+    return out
 

@@ -1,0 +1,441 @@
+"""LowResSeg: brain-tumour segmentation from low-resolution slices, as a 3D Slicer module.
+
+A thin shell over LowResSegLib: node <-> Volume adapters, a new segmentation node per run,
+and the UI. Every decision and all computation live in LowResSegLib (pipeline, background
+runs, comparison table, DICOM-SEG). Targets Slicer 5.8 (Python 3.9) to 5.12; names that
+exist only in newer Slicer are used behind a ``hasattr`` check.
+"""
+
+import os
+import sys
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+
+def _bundle_root():
+    """Where LowResSegLib and Resources are: beside this file (a build) or one level up (the repository)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for root in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(root, "LowResSegLib")):
+            return root
+    return here
+
+
+if _bundle_root() not in sys.path:
+    sys.path.insert(0, _bundle_root())
+
+from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
+
+_RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
+_DICOM_PACKAGES = (("highdicom", "highdicom"),)
+_POLL_MS = 100
+
+
+class LowResSeg(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("LowResSeg")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.contributors = ["LowResSeg team"]
+        self.parent.helpText = _(
+            "Segments a brain tumour on an MRI (FLAIR) volume from low-resolution slices with a learned upsampling "
+            "head (J-Net), locally or on an edge server. Compare input resolutions side by side and export "
+            "DICOM-SEG. Research use only, not for diagnosis.")
+        self.parent.acknowledgementText = _(
+            "Method: Ostrowski and Shafique, Embedded Deployment of Semantic Segmentation in Medicine through "
+            "Low-Resolution Inputs (arXiv 2403.05340).")
+
+
+@parameterNodeWrapper
+class LowResSegParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    model: str = ""
+
+
+def ensure_packages(packages, purpose):
+    """Install missing pip packages after the user agrees; main thread only. False if declined."""
+    import importlib
+
+    missing = []
+    for module, requirement in packages:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(requirement)
+    if not missing:
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+            _("{purpose} needs the Python package(s) {names}. Install them now? (This needs the internet once.)")
+            .format(purpose=purpose, names=", ".join(missing))):
+        return False
+    if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer >= 5.12
+        slicer.packaging.pip_ensure(missing)
+    else:
+        slicer.util.pip_install(" ".join(missing))
+    return True
+
+
+class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._runs = None
+        self._timer = None
+        self._pending = {}
+        self._segmentations = {}
+        self._nodes = {}
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(os.path.join(_bundle_root(), "Resources", "UI", "LowResSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LowResSegLogic()
+
+        for name in self.logic.modelNames():
+            self.ui.modelSelector.addItem(name)
+            item = qt.QListWidgetItem(name)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Unchecked)
+            self.ui.compareList.addItem(item)
+        recommended = self.ui.modelSelector.findText(self.logic.recommendedModel())
+        if recommended >= 0:
+            self.ui.modelSelector.setCurrentIndex(recommended)
+        self.ui.resultsTable.setColumnCount(6)
+        self.ui.resultsTable.setHorizontalHeaderLabels(
+            [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
+        self.ui.remoteStatusLabel.text = _("Remote processing: available after the edge-server release.")
+        self.ui.remoteRadioButton.enabled = False
+
+        self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentOrCancel)
+        self.ui.referenceSelector.connect("currentIndexChanged(int)", self.updateTable)
+        self.ui.sideBySideButton.connect("clicked(bool)", self.onSideBySide)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.initializeParameterNode()
+        self.onModelChanged()
+
+    def cleanup(self):
+        self.cancelRuns()
+        self.removeObservers()
+
+    def onSceneStartClose(self, caller, event):
+        self.cancelRuns()
+
+    def initializeParameterNode(self):
+        self._parameterNode = LowResSegParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.inputVolume = first
+        self._parameterNode.connectGui(self.ui)
+
+    def onModelChanged(self, index=None):
+        name = self.ui.modelSelector.currentText
+        if name:
+            summary = self.logic.cardSummary(name)
+            self.ui.modelCardLabel.text = summary
+            self.ui.modelSelector.toolTip = summary
+
+    # ------------------------------------------------------------------ run
+
+    def selectedModels(self):
+        names = [self.ui.modelSelector.currentText]
+        for row in range(self.ui.compareList.count):
+            item = self.ui.compareList.item(row)
+            if item.checkState() == qt.Qt.Checked and item.text() not in names:
+                names.append(item.text())
+        return [n for n in names if n]
+
+    def onSegmentOrCancel(self):
+        if self._runs is not None:
+            self.cancelRuns()
+            self.ui.statusLabel.text = _("Cancelling after the current chunk of slices...")
+            return
+        volumeNode = self.ui.inputSelector.currentNode()
+        if volumeNode is None:
+            slicer.util.errorDisplay(_("Pick an MRI volume first."))
+            return
+        if not ensure_packages(_RUNTIME_PACKAGES, _("Segmentation")):
+            return
+        try:
+            self._runs = self.logic.startRuns(volumeNode, self.selectedModels())
+        except ValueError as exc:
+            self._runs = None
+            slicer.util.errorDisplay(str(exc))
+            return
+        self._volumeNode = volumeNode
+        self._pending, self._segmentations = {}, {}
+        self.ui.resultsTable.setRowCount(0)
+        self.ui.segmentButton.text = _("Cancel")
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Segmenting...")
+        self._timer = qt.QTimer()
+        self._timer.setInterval(_POLL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+        self._timer.start()
+
+    def cancelRuns(self):
+        if self._runs is not None:
+            self._runs.cancel()
+
+    def onPoll(self):
+        """Main thread: drain the worker's events; nodes are made only when every run succeeded."""
+        for event in self._runs.poll():
+            if event.kind == "progress":
+                self.ui.progressBar.value = int(round(100 * event.fraction))
+            elif event.kind == "result":
+                self._pending[event.model] = event.segmentation
+                self._segmentations = dict(self._pending)
+                self.updateTable()
+            elif event.kind == "error":
+                self._pending = None
+                self.ui.statusLabel.text = _("Failed, nothing was added to the scene: {message}").format(
+                    message=event.message)
+            elif event.kind == "cancelled":
+                self._pending = None
+                self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+            elif event.kind == "finished":
+                self._timer.stop()
+                self._runs = None
+                self.ui.segmentButton.text = _("Segment")
+                if self._pending:
+                    self._nodes.update(self.logic.addSegmentationNodes(self._volumeNode, self._pending))
+                    self.ui.progressBar.value = 100
+                    self.ui.statusLabel.text = _("Done: {n} segmentation(s) added; review and edit them in "
+                                                 "Segment Editor.").format(n=len(self._pending))
+                    self.updateReferenceSelector()
+                else:
+                    self._segmentations = {}
+                    self.updateTable()
+                return
+
+    def updateReferenceSelector(self):
+        self.ui.referenceSelector.clear()
+        for name in self._segmentations:
+            self.ui.referenceSelector.addItem(name)
+
+    def updateTable(self, *args):
+        rows = self.logic.tableRows(self._segmentations, self.ui.referenceSelector.currentText)
+        self.ui.resultsTable.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            values = [row["model"], "%d\u00b2" % row["input_size"], "%.2f" % row["time_s"], "%.1f" % row["volume_ml"],
+                      "%.3f" % row["dice"], row.get("warning", "")]
+            for c, value in enumerate(values):
+                self.ui.resultsTable.setItem(r, c, qt.QTableWidgetItem(value))
+
+    # ------------------------------------------------------------------ results
+
+    def onSideBySide(self):
+        if not self._nodes:
+            slicer.util.errorDisplay(_("Segment first; then the runs can be shown side by side."))
+            return
+        self.logic.showSideBySide(self._volumeNode, list(self._nodes.values()))
+
+    def onExportDicomSeg(self):
+        row = self.ui.resultsTable.currentRow()
+        models = list(self._nodes)
+        if row < 0 or row >= len(models):
+            slicer.util.errorDisplay(_("Select the run to export in the results table."))
+            return
+        if not ensure_packages(_DICOM_PACKAGES, _("DICOM-SEG export")):
+            return
+        with slicer.util.tryWithErrorDisplay(_("DICOM-SEG export failed."), waitCursor=True):
+            path = self.logic.exportDicomSeg(self._volumeNode, self._segmentations[models[row]])
+            self.ui.statusLabel.text = _("DICOM-SEG written and added to the DICOM database: {path}").format(path=path)
+
+
+class LowResSegLogic(ScriptedLoadableModuleLogic):
+    """Node adapters and calls into LowResSegLib; usable without the widget."""
+
+    def getParameterNode(self):
+        return ScriptedLoadableModuleLogic.getParameterNode(self)
+
+    def repository(self):
+        from LowResSegLib.modelstore import ModelRepository
+
+        return ModelRepository()
+
+    def modelNames(self):
+        return self.repository().names()
+
+    def recommendedModel(self):
+        return "elunet-jhead-32to256"
+
+    def cardSummary(self, name):
+        return slicersupport.card_summary(self.repository().card(name))
+
+    def volumeFromNode(self, volumeNode):
+        """A LowResSegLib Volume with a copy of the voxels (the worker never touches the node)."""
+        from LowResSegLib.geometry import Volume
+
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        ijk_to_ras = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
+        array = slicer.util.arrayFromVolume(volumeNode)
+        if array.ndim != 3:
+            raise ValueError(_("{name} is not a 3-D scalar volume.").format(name=volumeNode.GetName()))
+        import numpy as np
+
+        return Volume.from_ras(np.array(array, dtype=np.float32), ijk_to_ras, {"source": volumeNode.GetName()})
+
+    def startRuns(self, volumeNode, models):
+        """Start the background runs of ``models`` on ``volumeNode``; returns BackgroundRuns."""
+        from LowResSegLib.background import BackgroundRuns
+        from LowResSegLib.engines import LocalEngine
+
+        if not models:
+            raise ValueError(_("Pick a model."))
+        repo = self.repository()
+        for name in models:
+            repo.card(name)  # an unknown or damaged model fails here, before any work
+        volume = self.volumeFromNode(volumeNode)
+        self._volume = volume
+        return BackgroundRuns(volume, [(n, lambda n=n: LocalEngine(n, repo.root)) for n in models]).start()
+
+    def tableRows(self, segmentations, reference):
+        from LowResSegLib.compare import comparison_rows
+
+        if not segmentations:
+            return []
+        rows = comparison_rows(segmentations, self._volume, reference_model=reference or None)
+        for row in rows:
+            if segmentations[row["model"]].volume_ml() == 0:
+                row["warning"] = _("empty mask")
+        return rows
+
+    def addSegmentationNodes(self, volumeNode, segmentations):
+        """One new segmentation node per run; nothing existing is changed."""
+        return {model: self.addSegmentationNode(volumeNode, seg) for model, seg in segmentations.items()}
+
+    def addSegmentationNode(self, volumeNode, segmentation):
+        scene = slicer.mrmlScene
+        name = scene.GenerateUniqueName(slicersupport.node_name(volumeNode.GetName(), segmentation.card["name"]))
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        try:
+            node.CreateDefaultDisplayNodes()
+            node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            for spec in slicersupport.segment_specs(segmentation.card):
+                segmentId = node.GetSegmentation().AddEmptySegment("", spec["name"], spec["color"])
+                if spec["terminology"]:
+                    segment = node.GetSegmentation().GetSegment(segmentId)
+                    segment.SetTag(segment.GetTerminologyEntryTagName(), spec["terminology"])
+                mask = (segmentation.labels == spec["index"]).astype("uint8")
+                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segmentId, volumeNode)
+            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+            study = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
+            if study:
+                shNode.SetItemParent(shNode.GetItemByDataNode(node), study)
+        except Exception:
+            scene.RemoveNode(node)  # a half-made node never stays in the scene
+            raise
+        return node
+
+    def showSideBySide(self, volumeNode, segmentationNodes):
+        """One linked axial view per run, the same background, each run shown only in its view."""
+        layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
+        layoutNode.AddLayoutDescription(slicersupport.SIDE_BY_SIDE_LAYOUT_ID,
+                                        slicersupport.side_by_side_layout(len(segmentationNodes)))
+        layoutNode.SetViewArrangement(slicersupport.SIDE_BY_SIDE_LAYOUT_ID)
+        for n, segNode in enumerate(segmentationNodes):
+            sliceWidget = slicer.app.layoutManager().sliceWidget(slicersupport.view_name(n))
+            composite = sliceWidget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(volumeNode.GetID())
+            composite.SetLinkedControl(True)
+            segNode.GetDisplayNode().SetDisplayableOnlyInView(sliceWidget.mrmlSliceNode().GetID())
+
+    def exportDicomSeg(self, volumeNode, segmentation, outputFolder=None):
+        """Write the run as DICOM-SEG on the volume's source files and import it into the database."""
+        import tempfile
+
+        from LowResSegLib.dicomseg import labels_for_source_files, write_dicom_seg
+
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids:
+            raise ValueError(_("{name} was not loaded from DICOM, so a DICOM-SEG cannot reference it; save the "
+                               "segmentation as .seg.nrrd or NIfTI instead.").format(name=volumeNode.GetName()))
+        files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
+        if not all(files):
+            raise ValueError(_("Some source files of {name} are no longer in the DICOM database.").format(
+                name=volumeNode.GetName()))
+        labels = labels_for_source_files(segmentation.labels, segmentation.reference.affine, files)
+        folder = outputFolder or tempfile.mkdtemp(prefix="LowResSeg-SEG-")
+        path = os.path.join(folder, "%s.seg.dcm" % segmentation.card["name"])
+        write_dicom_seg(labels, files, segmentation.card, path)
+        from DICOMLib import DICOMUtils
+
+        DICOMUtils.importDicom(folder)
+        return path
+
+
+class LowResSegTest(ScriptedLoadableModuleTest):
+    """Run in Slicer: Slicer --no-main-window --testing --python-code "slicer.selfTests['LowResSeg']()"."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+
+    def runTest(self):
+        self.setUp()
+        self.test_segment_blob()
+        self.setUp()
+        self.test_compare_two_models()
+
+    def _blob_volume(self):
+        import numpy as np
+
+        k, j, i = np.mgrid[:24, :96, :96]
+        array = 100.0 + 0.0 * i
+        array[(k < 4) | (k > 20) | (j < 10) | (j > 86) | (i < 10) | (i > 86)] = 0.0  # a head-like box
+        blob = ((k - 12) ** 2 / 16.0 + (j - 40) ** 2 / 100.0 + (i - 60) ** 2 / 100.0) < 1.0
+        array[blob] = 260.0
+        node = slicer.util.addVolumeFromArray(array.astype(np.float32), name="blob")
+        node.SetSpacing(1.5, 1.5, 3.0)
+        return node, blob
+
+    def test_segment_blob(self):
+        import numpy as np
+
+        self.delayDisplay("Segment a blob")
+        volumeNode, blob = self._blob_volume()
+        logic = LowResSegLogic()
+        runs = logic.startRuns(volumeNode, [logic.recommendedModel()])
+        events = runs.wait(300)
+        results = {e.model: e.segmentation for e in events if e.kind == "result"}
+        self.assertEqual(list(results), [logic.recommendedModel()])
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        nodes = logic.addSegmentationNodes(volumeNode, results)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before + 1)
+        segNode = nodes[logic.recommendedModel()]
+        segmentId = segNode.GetSegmentation().GetNthSegmentID(0)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segNode, segmentId, volumeNode)
+        self.assertTrue(mask.any())
+        inside = float(mask[blob].mean())
+        outside = float(mask[~blob].mean())
+        self.assertGreater(inside, 0.5)
+        self.assertLess(outside, 0.05)
+        self.delayDisplay("Segment passed (inside %.2f, outside %.3f)" % (inside, outside))
+
+    def test_compare_two_models(self):
+        self.delayDisplay("Compare two resolutions")
+        volumeNode, _blob = self._blob_volume()
+        logic = LowResSegLogic()
+        models = ["elunet-jhead-16to256", "elunet-jhead-32to256"]
+        events = logic.startRuns(volumeNode, models).wait(300)
+        results = {e.model: e.segmentation for e in events if e.kind == "result"}
+        self.assertEqual(sorted(results), models)
+        rows = logic.tableRows(results, "elunet-jhead-32to256")
+        self.assertEqual(len(rows), 2)
+        nodes = logic.addSegmentationNodes(volumeNode, results)
+        logic.showSideBySide(volumeNode, list(nodes.values()))
+        self.delayDisplay("Compare passed")

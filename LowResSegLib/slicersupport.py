@@ -1,0 +1,73 @@
+"""What the Slicer module shows and names, decided here so the module stays a thin shell.
+
+Nothing here imports Slicer: segment names, colours and terminology strings from a model
+card, node names, the model summary for the UI, and the layout XML for N linked views.
+Python 3.9+ (Slicer 5.8).
+"""
+
+__all__ = ["terminology_tag", "segment_specs", "node_name", "card_summary", "side_by_side_layout",
+           "SIDE_BY_SIDE_LAYOUT_ID", "view_name"]
+
+_CONTEXT = "Segmentation category and type - DICOM master list"
+_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+SIDE_BY_SIDE_LAYOUT_ID = 58410  # a custom layout number, clear of Slicer's own (< 1000)
+_COLOURS = ("#E17012", "#3A9BDC", "#6DB33F", "#B05FC1", "#D9B21C", "#D94F6B")
+
+
+def _code(entry):
+    return "%s^%s^%s" % (entry["scheme"], entry["value"], entry["meaning"])
+
+
+def terminology_tag(cls):
+    """Slicer's terminology entry string for a card class: category and type, no anatomy."""
+    return "%s~%s~%s~^^~%s~^^~^^" % (_CONTEXT, _code(cls["category"]), _code(cls["type"]), _ANATOMIC_CONTEXT)
+
+
+def segment_specs(card):
+    """Per card class: label value, name, colour (0..1) and terminology string."""
+    out = []
+    for cls in card["classes"]:
+        out.append({
+            "index": int(cls["index"]), "name": str(cls["name"]),
+            "color": tuple(float(c) / 255.0 for c in cls.get("color", (128, 128, 128))),
+            "terminology": terminology_tag(cls) if cls.get("category") and cls.get("type") else None,
+        })
+    return out
+
+
+def node_name(volume_name, model):
+    """Base name of a run's segmentation node; the scene makes it unique."""
+    return "%s \u00b7 %s" % (volume_name, model)
+
+
+def card_summary(card):
+    """Two lines a radiologist reads before choosing a model."""
+    metrics = card.get("metrics") or {}
+    val = metrics.get("val_dice_at_output_size")
+    return ("%s: %d\u00b2 input \u2192 %d\u00b2 mask, %s head (%d parameters). %s%s" % (
+        card["name"], card["input_size"], card["output_size"], card.get("head", "?"),
+        (card.get("params") or {}).get("head", 0), card.get("intended_use", ""),
+        "; validation Dice %.2f" % val if isinstance(val, (int, float)) else ""))
+
+
+def view_name(n):
+    """Slice view tag of the n-th run (0-based) in the side-by-side layout."""
+    return "LowResSeg%d" % (n + 1)
+
+
+def side_by_side_layout(n):
+    """Layout XML with ``n`` axial slice views, at most 3 per row."""
+    if n < 1:
+        raise ValueError("a side-by-side layout needs at least one run")
+    rows, items = [], []
+    for i in range(n):
+        items.append(
+            '<item><view class="vtkMRMLSliceNode" singletontag="%s">'
+            '<property name="orientation" action="default">Axial</property>'
+            '<property name="viewlabel" action="default">%d</property>'
+            '<property name="viewcolor" action="default">%s</property></view></item>'
+            % (view_name(i), i + 1, _COLOURS[i % len(_COLOURS)]))
+        if len(items) == 3 or i == n - 1:
+            rows.append('<item><layout type="horizontal">%s</layout></item>' % "".join(items))
+            items = []
+    return '<layout type="vertical">%s</layout>' % "".join(rows)
