@@ -1,0 +1,42 @@
+"""The Slicer extension's packaging: CMake lists every runtime file (unlisted files are not packaged)."""
+
+import glob
+import json
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cmake_list(text, name):
+    m = re.search(r"set\(%s\s+(.*?)\)" % name, text, re.S)
+    assert m, "%s not set" % name
+    return [t for t in m.group(1).split() if not t.startswith("#")]
+
+
+def test_every_runtime_file_and_resource_is_listed():
+    with open(os.path.join(ROOT, "LowResSeg", "CMakeLists.txt")) as f:
+        text = f.read()
+    scripts = cmake_list(text, "LOWRESSEG_LIBRARY_SCRIPTS")
+    resources = cmake_list(text, "LOWRESSEG_RESOURCES")
+    runtime = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "LowResSegLib", "*.py")))
+    assert sorted(scripts) == runtime  # LowResSegLib/training (torch) stays out of Slicer
+    shipped = sorted(os.path.relpath(p, ROOT) for folder in ("Models", "UI", "Icons")
+                     for p in glob.glob(os.path.join(ROOT, "Resources", folder, "**", "*"), recursive=True)
+                     if os.path.isfile(p))
+    assert sorted(resources) == shipped
+    assert "slicerMacroBuildScriptedModule" in text and "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/.." in text
+
+
+def test_extension_metadata_and_catalog_entry():
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        text = f.read()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                "EXTENSION_ICONURL", "EXTENSION_DEPENDS"):
+        assert re.search(r"set\(%s \"[^\"]+\"\)" % key, text), key
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in text and 'set(EXTENSION_DEPENDS "NA")' in text
+    assert "find_package(Slicer REQUIRED)" in text and "add_subdirectory(LowResSeg)" in text
+    with open(os.path.join(ROOT, "LowResSeg.json")) as f:
+        entry = json.load(f)
+    assert entry["category"] == "Segmentation" and entry["scm_url"].endswith(".git")
+    assert os.path.isfile(os.path.join(ROOT, "Resources", "Icons", "LowResSeg.png"))
