@@ -211,7 +211,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._runs = None
                 self.ui.segmentButton.text = _("Segment")
                 if self._pending:
-                    self._nodes.update(self.logic.addSegmentationNodes(self._volumeNode, self._pending))
+                    self._nodes = self.logic.addSegmentationNodes(self._volumeNode, self._pending)
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = _("Done: {n} segmentation(s) added; review and edit them in "
                                                  "Segment Editor.").format(n=len(self._pending))

@@ -1,0 +1,1 @@
+"""Stand-in for Slicer's DICOMLib (see Testing/Slicer/README.md)."""

@@ -1,0 +1,60 @@
+"""Stand-in for Slicer's PythonQt ``qt`` module: only what LowResSeg.py uses (see README.md)."""
+
+
+class Qt(object):
+    ItemIsUserCheckable = 16
+    Checked = 2
+    Unchecked = 0
+
+
+class QTimer(object):
+    """A timer the test fires by hand (``fire``); ``connect("timeout()", slot)`` as in PythonQt."""
+
+    def __init__(self):
+        self.active, self.interval, self._slots = False, 0, []
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        assert signal == "timeout()", signal
+        self._slots.append(slot)
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def fire(self):
+        if self.active:
+            for slot in list(self._slots):
+                slot()
+
+
+class QListWidgetItem(object):
+    def __init__(self, text):
+        self._text, self._flags, self._check = text, 0, Qt.Unchecked
+
+    def text(self):
+        return self._text
+
+    def flags(self):
+        return self._flags
+
+    def setFlags(self, flags):
+        self._flags = flags
+
+    def setCheckState(self, state):
+        self._check = state
+
+    def checkState(self):
+        return self._check
+
+
+class QTableWidgetItem(object):
+    def __init__(self, text):
+        self._text = text
+
+    def text(self):
+        return self._text
