@@ -93,6 +93,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pending = {}
         self._segmentations = {}
         self._nodes = {}
+        self._volumeNode = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -227,7 +228,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.referenceSelector.addItem(name)
 
     def updateTable(self, *args):
-        rows = self.logic.tableRows(self._segmentations, self.ui.referenceSelector.currentText)
+        rows = self.logic.tableRows(self._segmentations, self.ui.referenceSelector.currentText, self._volumeNode)
         self.ui.resultsTable.setRowCount(len(rows))
         for r, row in enumerate(rows):
             values = [row["model"], "%d\u00b2" % row["input_size"], "%.2f" % row["time_s"], "%.1f" % row["volume_ml"],
@@ -304,15 +305,36 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         self._volume = volume
         return BackgroundRuns(volume, [(n, lambda n=n: LocalEngine(n, repo.root)) for n in models]).start()
 
-    def tableRows(self, segmentations, reference):
+    def sourceFiles(self, volumeNode):
+        """The DICOM files a volume was loaded from (empty when it was not loaded from DICOM)."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
+
+    def inputWarnings(self, volumeNode, card):
+        """The library's check that the input looks like the model's contrast (DICOM headers or name)."""
+        from LowResSegLib.run import contrast_from_name, contrast_warning
+
+        files = [f for f in self.sourceFiles(volumeNode) if f]
+        if files:
+            from LowResSegLib.dicomread import contrast_of_files
+
+            warning = contrast_warning(card, contrast_of_files(files), "its DICOM headers")
+        else:
+            warning = contrast_warning(card, contrast_from_name(volumeNode.GetName()), "its name")
+        return [warning] if warning else []
+
+    def tableRows(self, segmentations, reference, volumeNode=None):
+        """Comparison rows (LowResSegLib.compare) with each run's warnings."""
         from LowResSegLib.compare import comparison_rows
+        from LowResSegLib.run import result_warnings
 
         if not segmentations:
             return []
         rows = comparison_rows(segmentations, self._volume, reference_model=reference or None)
         for row in rows:
-            if segmentations[row["model"]].volume_ml() == 0:
-                row["warning"] = _("empty mask")
+            seg = segmentations[row["model"]]
+            found = (self.inputWarnings(volumeNode, seg.card) if volumeNode is not None else []) + result_warnings(seg)
+            row["warning"] = "; ".join(found)
         return rows
 
     def addSegmentationNodes(self, volumeNode, segmentations):
@@ -361,11 +383,10 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
         from LowResSegLib.dicomseg import labels_for_source_files, write_dicom_seg
 
-        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if not uids:
+        files = self.sourceFiles(volumeNode)
+        if not files:
             raise ValueError(_("{name} was not loaded from DICOM, so a DICOM-SEG cannot reference it; save the "
                                "segmentation as .seg.nrrd or NIfTI instead.").format(name=volumeNode.GetName()))
-        files = [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
         if not all(files):
             raise ValueError(_("Some source files of {name} are no longer in the DICOM database.").format(
                 name=volumeNode.GetName()))
@@ -390,6 +411,8 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         self.test_segment_blob()
         self.setUp()
         self.test_compare_two_models()
+        self.setUp()
+        self.test_export_dicom_seg()
 
     def _blob_volume(self):
         import numpy as np
@@ -439,3 +462,38 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         nodes = logic.addSegmentationNodes(volumeNode, results)
         logic.showSideBySide(volumeNode, list(nodes.values()))
         self.delayDisplay("Compare passed")
+
+    def test_export_dicom_seg(self):
+        if not hasattr(slicer.modules, "dicom"):
+            self.delayDisplay("DICOM module not available: DICOM-SEG export not tested")
+            return
+        if not ensure_packages(_DICOM_PACKAGES, _("The DICOM-SEG self-test")):
+            return
+        import tempfile
+
+        import numpy as np
+        import pydicom
+        from DICOMLib import DICOMUtils
+
+        from LowResSegLib.dicomsynth import write_mr_series
+        from LowResSegLib.geometry import Volume
+
+        self.delayDisplay("Export DICOM-SEG from a DICOM-loaded copy")
+        blobNode, _blob = self._blob_volume()
+        volume = LowResSegLogic().volumeFromNode(blobNode)
+        folder = tempfile.mkdtemp(prefix="LowResSegTest-")
+        files = write_mr_series(Volume(volume.array.astype(np.float32), volume.affine), folder, seed=1)
+        seriesUID = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        with DICOMUtils.TemporaryDICOMDatabase():
+            DICOMUtils.importDicom(folder)
+            loaded = DICOMUtils.loadSeriesByUID([seriesUID])
+            self.assertTrue(loaded)
+            volumeNode = slicer.mrmlScene.GetNodeByID(loaded[0])
+            logic = LowResSegLogic()
+            events = logic.startRuns(volumeNode, [logic.recommendedModel()]).wait(300)
+            results = [e.segmentation for e in events if e.kind == "result"]
+            self.assertEqual(len(results), 1)
+            path = logic.exportDicomSeg(volumeNode, results[0], outputFolder=tempfile.mkdtemp(prefix="LowResSegSEG-"))
+            self.assertTrue(os.path.exists(path))
+        self.delayDisplay("DICOM-SEG export passed")
+

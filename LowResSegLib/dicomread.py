@@ -28,7 +28,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "describe_volume", "guess_contrast", "choose_series",
+__all__ = ["DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
            "split_volumes", "stack_geometry", "read_series_pixels", "ORIENTATION_TOL", "SPACING_TOL"]
 
 ORIENTATION_TOL = 1e-3  # max difference of direction cosines treated as one orientation (~0.06 degrees)
@@ -513,3 +513,11 @@ def read_series_pixels(frames):
             for k, index in items:
                 out[k] = data[index or 0]
     return out
+
+
+def contrast_of_files(files):
+    """The contrast the headers of ``files`` (one series) say, or None (for a viewer's loaded series)."""
+    series, _ = scan_files(list(files))
+    guesses = set(guess_contrast(s) for s in series.values())
+    return guesses.pop() if len(guesses) == 1 else None
+

@@ -23,7 +23,8 @@ import time
 
 from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path
 
-__all__ = ["RunError", "SegmentationRun", "card_contrast", "commit_files", "IMPLAUSIBLE_ML"]
+__all__ = ["RunError", "SegmentationRun", "card_contrast", "contrast_from_name", "contrast_warning", "result_warnings",
+           "commit_files", "IMPLAUSIBLE_ML"]
 
 IMPLAUSIBLE_ML = 400.0  # larger "tumours" than this (the largest of our real cases: ~350 mL) are flagged
 _CONTRAST_WORDS = (("FLAIR", re.compile(r"flair", re.I)), ("T1", re.compile(r"(^|[^a-z0-9])t1(ce|c|gd|w)?([^a-z0-9]|$)", re.I)),
@@ -46,6 +47,27 @@ def contrast_from_name(path):
     name = os.path.basename(os.path.normpath(path))
     found = [c for c, rx in _CONTRAST_WORDS if rx.search(name)]
     return found[0] if len(found) == 1 else None
+
+
+def contrast_warning(card, seen, where):
+    """The line a user reads when the input looks like another contrast than the model's, else None."""
+    expected = card_contrast(card)
+    if expected and seen and seen != expected:
+        return ("the input looks like %s (by %s), but %s is a %s model: the result may be meaningless; check "
+                "that this is the %s series" % (seen, where, card["name"], expected, expected))
+    return None
+
+
+def result_warnings(segmentation):
+    """What a user should know about a finished mask: empty, or larger than any real tumour."""
+    ml = segmentation.volume_ml()
+    if ml > IMPLAUSIBLE_ML:
+        return ["the mask holds %.0f mL, more than any real tumour we know of (%.0f mL): the input may not be a "
+                "%s, or the model failed on it; review before use"
+                % (ml, IMPLAUSIBLE_ML, card_contrast(segmentation.card) or "matching series")]
+    if not segmentation.labels.any():
+        return ["no tumour found (an empty mask)"]
+    return []
 
 
 def _stage_name(final):
@@ -133,8 +155,8 @@ class SegmentationRun(object):
                 raise RunError("no model given; pick one of `lowresseg models`")
             self.engine = LocalEngine(self.model, self.repository, threads=self.threads)
         card = self.engine.card
-        expected = card_contrast(card)
-        self.volume = read_volume(self.input_path, channel=self.channel, series=self.series, contrast=expected)
+        self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
+                                  contrast=card_contrast(card))
         meta = self.volume.meta
         self.warnings = list(meta.get("warnings", []))
         if self.dicom_seg_out:
@@ -145,12 +167,11 @@ class SegmentationRun(object):
 
             self.seg_sources = check_seg_sources(meta["files"], meta.get("frames"))
             self.warnings.extend("DICOM-SEG: %s" % n for n in self.seg_sources.notes)
-        seen = meta.get("contrast") if meta.get("format") == "dicom" else contrast_from_name(self.input_path)
-        if expected and seen and seen != expected:
-            where = "its DICOM headers" if meta.get("format") == "dicom" else "its file name"
-            self.warnings.append("the input looks like %s (by %s), but %s is a %s model: the result may be "
-                                 "meaningless; check that this is the %s series" % (seen, where, card["name"],
-                                                                                    expected, expected))
+        dicom = meta.get("format") == "dicom"
+        seen = meta.get("contrast") if dicom else contrast_from_name(self.input_path)
+        warning = contrast_warning(card, seen, "its DICOM headers" if dicom else "its file name")
+        if warning:
+            self.warnings.append(warning)
         self.planned = True
         return self
 
@@ -166,13 +187,7 @@ class SegmentationRun(object):
         self.segmentation = segment(self.volume, self.engine, progress=progress, cancel=cancel)
         self.seconds = time.perf_counter() - t0
         if self.segmentation is not None:
-            ml = self.segmentation.volume_ml()
-            if ml > IMPLAUSIBLE_ML:
-                self.warnings.append("the mask holds %.0f mL, more than any real tumour we know of (%.0f mL): the "
-                                     "input may not be a %s, or the model failed on it; review before use"
-                                     % (ml, IMPLAUSIBLE_ML, card_contrast(self.engine.card) or "matching series"))
-            elif not self.segmentation.labels.any():
-                self.warnings.append("no tumour found (an empty mask)")
+            self.warnings.extend(result_warnings(self.segmentation))
         return self.segmentation
 
     # ------------------------------------------------------------------ commit

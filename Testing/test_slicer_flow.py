@@ -108,6 +108,7 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     assert sh.GetItemParent(sh.GetItemByDataNode(new[0])) == 7
     np.testing.assert_array_equal(mine.GetSegmentation().GetSegment(mine_id).labelmap, truth)  # untouched
     assert widget.ui.resultsTable.rows == 1 and widget.ui.resultsTable.cells[(0, 0)] == "low-16to64"
+    assert widget.ui.resultsTable.cells[(0, 5)] == ""  # "FLAIR", a tumour of a plausible size: nothing to say
 
     widget.ui.segmentButton.click()  # the same model again: a second node, a distinct name
     pump(widget)
@@ -199,10 +200,11 @@ def test_export_writes_a_dicom_seg_on_the_volume_source_files(module, tmp_path):
     assert set(source) == set(files)
     shutil.rmtree(folder)
 
-    other = slicer.util.addVolumeFromArray(img.astype(np.float32), IJK_TO_RAS, name="from NIfTI")
+    other = slicer.util.addVolumeFromArray(img.astype(np.float32), IJK_TO_RAS, name="case7_t1ce")
     widget.ui.inputSelector.setCurrentNode(other)
     widget.ui.segmentButton.click()
     pump(widget)
+    assert "looks like T1 (by its name)" in widget.ui.resultsTable.cells[(0, 5)]  # the library's warning, per run
     widget.ui.exportDicomSegButton.click()
     assert slicer.util.messages[-1][0] == "error" and "was not loaded from DICOM" in slicer.util.messages[-1][1]
     assert len(DICOMUtils.imported) == 1
