@@ -61,10 +61,16 @@ def volume_node():
     return node, truth
 
 
-def make_widget(module, node):
+def make_widget(module, node, model=None, *compare):
+    """The module's widget on ``node``; ``model`` chosen and ``compare`` ticked as a user would."""
     widget = module.LowResSegWidget()
     widget.setup()
     widget.ui.inputSelector.setCurrentNode(node)
+    if model:
+        widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText(model))
+    for item in widget.ui.compareList.items:
+        if item.text() in compare:
+            item.setCheckState(2)  # qt.Qt.Checked
     return widget
 
 
@@ -139,11 +145,7 @@ def test_cancel_leaves_the_scene_unchanged(module, volume_node, monkeypatch):
 
 def test_a_failure_mid_run_leaves_the_scene_unchanged(module, volume_node):
     node, _ = volume_node
-    widget = make_widget(module, node)
-    widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText("low-16to64"))
-    for item in widget.ui.compareList.items:
-        if item.text() == "zbroken-16to64":
-            item.setCheckState(2)
+    widget = make_widget(module, node, "low-16to64", "zbroken-16to64")
     before = list(slicer.mrmlScene.nodes)
     widget.ui.segmentButton.click()
     pump(widget)
@@ -153,11 +155,7 @@ def test_a_failure_mid_run_leaves_the_scene_unchanged(module, volume_node):
 
 def test_compare_makes_a_node_per_model_and_a_linked_side_by_side_layout(module, volume_node):
     node, _ = volume_node
-    widget = make_widget(module, node)
-    widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText("low-16to64"))
-    for item in widget.ui.compareList.items:
-        if item.text() == "high-32to64":
-            item.setCheckState(2)
+    widget = make_widget(module, node, "low-16to64", "high-32to64")
     widget.ui.segmentButton.click()
     pump(widget)
     nodes = seg_nodes()
