@@ -343,3 +343,15 @@ def test_dciodvfy_errors_of_a_source_are_listed_as_inherited_not_ours(series, tm
     assert ours == [] and any("Patient ID" in e and "Length invalid" in e for e in inherited)
     errors, _ = run_dciodvfy(out)
     assert sorted(errors) == sorted(ours + inherited) and errors  # the split neither hides nor invents errors
+
+
+def test_labels_for_source_files_follow_the_files_and_refuse_a_resampled_volume(series):
+    from LowResSegLib.dicomseg import labels_for_source_files
+
+    vol, labels = series["vol"], series["labels"]
+    files = list(reversed(series["files"]))  # a viewer's own order
+    np.testing.assert_array_equal(labels_for_source_files(labels, vol.affine, files), labels[::-1])
+    shifted = vol.affine.copy()
+    shifted[:3, 3] += 0.5 * vol.affine[:3, 2]  # half a slice off: resampled, not the source grid
+    with pytest.raises(ValueError, match="does not lie on a slice of the volume"):
+        labels_for_source_files(labels, shifted, files)
