@@ -88,6 +88,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
+        self._parameterNodeGuiTag = None
         self._runs = None
         self._timer = None
         self._pending = {}
@@ -116,7 +117,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
         self.ui.remoteStatusLabel.text = _("Remote processing: available after the edge-server release.")
-        self.ui.remoteRadioButton.enabled = False
+        for name in ("remoteRadioButton", "serverUrlLineEdit", "tokenLineEdit", "testConnectionButton"):
+            getattr(self.ui, name).enabled = False
 
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentOrCancel)
@@ -130,6 +132,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.cancelRuns()
         self.removeObservers()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
     def onSceneStartClose(self, caller, event):
         self.cancelRuns()
@@ -140,7 +144,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
                 self._parameterNode.inputVolume = first
-        self._parameterNode.connectGui(self.ui)
+        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
 
     def onModelChanged(self, index=None):
         name = self.ui.modelSelector.currentText

@@ -114,12 +114,14 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     assert sh.GetItemParent(sh.GetItemByDataNode(new[0])) == 7
     np.testing.assert_array_equal(mine.GetSegmentation().GetSegment(mine_id).labelmap, truth)  # untouched
     assert widget.ui.resultsTable.rows == 1 and widget.ui.resultsTable.cells[(0, 0)] == "low-16to64"
+    assert not widget.ui.testConnectionButton.enabled  # remote: wired by the edge-server release
     assert widget.ui.resultsTable.cells[(0, 5)] == ""  # "FLAIR", a tumour of a plausible size: nothing to say
 
     widget.ui.segmentButton.click()  # the same model again: a second node, a distinct name
     pump(widget)
     assert sorted(n.GetName() for n in seg_nodes()) == ["FLAIR \u00b7 low-16to64", "FLAIR \u00b7 low-16to64_1",
                                                          "my edits"]
+    widget.cleanup()
 
 
 def test_cancel_leaves_the_scene_unchanged(module, volume_node, monkeypatch):

@@ -23,6 +23,11 @@ def parameterNodeWrapper(cls):
 
         def connectGui(self, ui):
             object.__setattr__(self, "gui", ui)
+            return "gui-tag"
+
+        def disconnectGui(self, tag):
+            assert tag == "gui-tag"
+            object.__setattr__(self, "gui", None)
 
     Wrapped.__name__ = cls.__name__
     return Wrapped
