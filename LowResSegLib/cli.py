@@ -103,7 +103,7 @@ def cmd_compare(args):
     from LowResSegLib.engines import LocalEngine
     from LowResSegLib.io import read_volume
     from LowResSegLib.outputs import labels_on_grid
-    from LowResSegLib.run import commit_files
+    from LowResSegLib.run import card_contrast, commit_files
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
@@ -116,7 +116,7 @@ def cmd_compare(args):
         if os.path.exists(t) and not args.overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % t)
     engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
-    volume = read_volume(args.input, channel=args.channel)
+    volume = read_volume(args.input, channel=args.channel, series=args.series, contrast=card_contrast(engines[0].card))
     _print_warnings(volume)
     ref = None
     if args.reference_label:
@@ -233,7 +233,8 @@ def build_parser():
     cp.add_argument("--models", required=True, help="comma-separated model names")
     cp.add_argument("--reference-label", help="ground-truth label volume (else: agreement with the highest resolution)")
     cp.add_argument("--out", required=True, help="folder for comparison.csv/.json/.png")
-    cp.add_argument("--channel", type=int, default=None)
+    cp.add_argument("--channel", type=int, default=None, help="channel of a 4-D image / volume of a DICOM series")
+    cp.add_argument("--series", default=None, help="SeriesInstanceUID to read from a DICOM folder holding several")
     cp.add_argument("--threads", type=int, default=0)
     cp.add_argument("--overwrite", action="store_true")
     cp.add_argument("--repository", default=default_repository())
