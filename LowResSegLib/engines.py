@@ -4,6 +4,7 @@ Pre- and post-processing live in :mod:`LowResSegLib.pipeline`, one implementatio
 for every engine, so a local and a remote run of the same model agree exactly.
 """
 
+import json
 import os
 
 import numpy as np
@@ -49,3 +50,132 @@ class LocalEngine(Engine):
             raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
         labels, probs = self.session.run(["labels", "probabilities"], {"image": batch})
         return labels, probs
+
+
+class RemoteError(RuntimeError):
+    """The edge server could not run the request; the message says why and what to do."""
+
+
+class RemoteEngine(Engine):
+    """The same model on an edge server (ours or NVIDIA Triton), over KServe v2 with binary tensors.
+
+    ``url``: ``http(s)://host:port``. ``token`` is sent as ``Authorization: Bearer``; TLS
+    certificates are always verified, against ``ca_file`` when given (a pinned self-signed CA).
+    One keep-alive connection; GETs are retried once on a dropped connection, inference
+    requests never (they are not idempotent for a busy server). The card comes from /config.
+    """
+
+    def __init__(self, url, model, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("server URL %r must look like http://host:port or https://host:port" % url)
+        self.url, self.model, self.token = url, model, token
+        self._scheme, self._host = parts.scheme, parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ca_file, self._timeouts = ca_file, (float(connect_timeout), float(read_timeout))
+        self._conn = None
+        self.card = self._card()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _connection(self):
+        import http.client
+        import ssl
+
+        if self._conn is None:
+            if self._scheme == "https":
+                context = ssl.create_default_context(cafile=self._ca_file)
+                conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeouts[0], context=context)
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeouts[0])
+            conn.connect()
+            conn.sock.settimeout(self._timeouts[1])
+            self._conn = conn
+        return self._conn
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _request(self, method, path, body=None, headers=None):
+        import http.client
+        import socket
+        import ssl
+
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = "Bearer %s" % self.token
+        attempts = 2 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                conn = self._connection()
+                conn.request(method, path, body=body, headers=headers)
+                reply = conn.getresponse()
+                data = reply.read()
+                if reply.getheader("Connection", "").lower() == "close":
+                    self.close()
+                return reply.status, reply, data
+            except ssl.SSLError as exc:
+                self.close()
+                raise RemoteError("TLS with %s failed (%s); check the server certificate or pass its CA file"
+                                  % (self.url, exc.reason or exc))
+            except socket.timeout:
+                self.close()
+                raise RemoteError("%s did not answer within %.0f s; the server may be overloaded or unreachable"
+                                  % (self.url, self._timeouts[1]))
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                self.close()
+                if attempt + 1 == attempts:
+                    raise RemoteError("cannot reach %s (%s); check the URL, the network and that the server runs"
+                                      % (self.url, exc))
+
+    def _check(self, status, reply, data):
+        if status == 200:
+            return
+        try:
+            message = json.loads(data.decode("utf-8")).get("error", "")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            message = ""
+        hint = {401: "the server refused the token: check the token you gave (or give one)",
+                404: "the server does not serve this model",
+                413: "the request is larger than the server accepts: use a smaller chunk",
+                503: "the server is busy; try again in a moment"}.get(status, "server error")
+        raise RemoteError("%s (HTTP %d%s)" % (hint, status, ": " + message if message else ""))
+
+    def _card(self):
+        from LowResSegLib.modelstore import validate_card
+
+        status, reply, data = self._request("GET", "/v2/models/%s/config" % self.model)
+        self._check(status, reply, data)
+        try:
+            config = json.loads(data.decode("utf-8"))
+            card = json.loads(config["parameters"]["lowresseg"]["string_value"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise RemoteError("model %s on %s has no LowResSeg model card in its config" % (self.model, self.url))
+        return validate_card(card, "model card of %r from %s" % (self.model, self.url))
+
+    def server_metadata(self):
+        status, reply, data = self._request("GET", "/v2")
+        self._check(status, reply, data)
+        return json.loads(data.decode("utf-8"))
+
+    # ------------------------------------------------------------------ inference
+
+    def infer(self, batch):
+        from LowResSegLib import protocol
+
+        r = self.card["input_size"]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (1, r, r):
+            raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
+        body, headers = protocol.encode_request([("image", batch)], outputs=["labels", "probabilities"])
+        status, reply, data = self._request("POST", "/v2/models/%s/infer" % self.model, body, headers)
+        self._check(status, reply, data)
+        try:
+            outputs, _ = protocol.decode_response(data, reply.getheader(protocol.HEADER_LENGTH))
+            return outputs["labels"], outputs["probabilities"]
+        except (protocol.ProtocolError, KeyError) as exc:
+            raise RemoteError("the server's answer could not be read (%s)" % exc)

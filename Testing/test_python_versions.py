@@ -10,7 +10,7 @@ from helpers import installed_tool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "LowResSegLib")
 # Grows with the edge server: protocol.py and server.py join this list when they exist.
-PY36 = ["__init__.py", "modelstore.py", "protocol.py"]
+PY36 = ["__init__.py", "modelstore.py", "protocol.py", "server.py"]
 TRAINING = os.path.join(LIB, "training")
 
 

@@ -1,0 +1,203 @@
+"""The edge server as a real process on 127.0.0.1, and RemoteEngine against it (no mocks).
+
+Models are tiny real ONNX graphs (model_factory); the server is `python -m LowResSegLib.server`.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from LowResSegLib.engines import LocalEngine, RemoteEngine, RemoteError
+from LowResSegLib.geometry import Volume
+from LowResSegLib.pipeline import segment
+
+from helpers import cube_phantom
+from model_factory import add_threshold_model
+
+MODEL = "threshold-16to64"
+TOKEN = "0123456789abcdef0123456789abcdef"
+SHAPE, BRAIN, CUBE = (8, 40, 48), (slice(1, 7), slice(4, 36), slice(4, 44)), (slice(3, 6), slice(10, 22), slice(26, 38))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("server-models"))
+    add_threshold_model(root, MODEL, r=16, big_r=64, threshold=2.5)
+    return root
+
+
+class Running(object):
+    def __init__(self, proc, port, log_lines):
+        self.proc, self.port, self.log = proc, port, log_lines
+        self.url = "http://127.0.0.1:%d" % port
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        rest = self.proc.stderr.read()
+        self.log.extend(rest.splitlines())
+        return self.proc.returncode
+
+
+def start_server(repo, *extra):
+    cmd = [sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--port", "0"] + list(extra)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if '"event": "start"' in line:
+            return Running(proc, json.loads(line)["port"], lines)
+    proc.kill()
+    raise AssertionError("server did not start: %s" % "\n".join(lines + [proc.stderr.read()]))
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+    s = start_server(repo, "--max-body-mb", "1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def secured(repo, tmp_path_factory):
+    token_file = tmp_path_factory.mktemp("token") / "token"
+    token_file.write_text(TOKEN + "\n")
+    os.chmod(str(token_file), 0o600)
+    s = start_server(repo, "--token-file", str(token_file))
+    yield s
+    s.stop()
+
+
+def get(url, token=None):
+    req = urllib.request.Request(url, headers={"Authorization": "Bearer " + token} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read().decode())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def volume():
+    img, _ = cube_phantom(SHAPE, BRAIN, CUBE)
+    return Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]))
+
+
+def test_endpoints_answer_as_kserve_v2(server):
+    assert get(server.url + "/v2/health/live")[0] == 200 and get(server.url + "/v2/health/ready")[0] == 200
+    status, meta = get(server.url + "/v2")
+    assert status == 200 and "binary_tensor_data" in meta["extensions"]
+    status, model = get(server.url + "/v2/models/%s" % MODEL)
+    assert model["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 16, 16]}]
+    status, config = get(server.url + "/v2/models/%s/versions/1/config" % MODEL)
+    assert json.loads(config["parameters"]["lowresseg"]["string_value"])["name"] == MODEL
+    assert get(server.url + "/v2/models/%s/ready" % MODEL)[0] == 200
+    status, err = get(server.url + "/v2/models/nope/ready")
+    assert status == 404 and "unknown model 'nope'" in err["error"] and set(err) == {"error"}
+
+
+def test_remote_segmentation_equals_local(server, repo):
+    engine = RemoteEngine(server.url, MODEL)
+    assert engine.card == LocalEngine(MODEL, repo).card
+    remote = segment(volume(), engine, chunk=3)  # several requests over one keep-alive connection
+    local = segment(volume(), LocalEngine(MODEL, repo))
+    np.testing.assert_array_equal(remote.labels, local.labels)
+    np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-6)
+    assert remote.labels.any()
+
+
+def test_token_is_required_and_checked(secured):
+    assert get(secured.url + "/v2/health/live")[0] == 401
+    status, err = get(secured.url + "/v2", token="wrong" * 8)
+    assert status == 401 and set(err) == {"error"}
+    with pytest.raises(RemoteError, match="refused the token.*HTTP 401"):
+        RemoteEngine(secured.url, MODEL, token="not-the-token-at-all")
+    engine = RemoteEngine(secured.url, MODEL, token=TOKEN)
+    assert segment(volume(), engine).labels.any()
+    assert not any(TOKEN in line for line in secured.log)
+
+
+def _post(url, body, headers):
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(server):
+    from LowResSegLib.protocol import encode_request
+
+    infer = server.url + "/v2/models/%s/infer" % MODEL
+    body, headers = encode_request([("image", np.zeros((2, 1, 16, 16), np.float32))])
+    lying = body.replace(b'"binary_data_size":2048', b'"binary_data_size":4096')
+    status, reply = _post(infer, lying, headers)
+    assert status == 400 and "does not match" in json.loads(reply.decode())["error"]
+    big, big_headers = encode_request([("image", np.zeros((1200, 1, 16, 16), np.float32))])  # 1.2 MB > 1 MB
+    status, reply = _post(infer, big, big_headers)
+    assert status == 413 and "larger than this server accepts" in json.loads(reply.decode())["error"]
+    wrong, wrong_headers = encode_request([("image", np.zeros((2, 1, 32, 32), np.float32))])
+    status, reply = _post(infer, wrong, wrong_headers)
+    assert status == 400 and "FP32 [N,1,16,16]" in json.loads(reply.decode())["error"]
+    for status_reply in (_post(infer, b"{garbage", {}),):
+        assert status_reply[0] == 400 and b"Traceback" not in status_reply[1]
+    assert get(server.url + "/v2/health/ready")[0] == 200  # still serving
+    assert segment(volume(), RemoteEngine(server.url, MODEL)).labels.any()
+
+
+def test_busy_queue_answers_503_with_retry_after(repo):
+    from LowResSegLib.protocol import decode_request, encode_request
+    from LowResSegLib.server import HttpError, ModelHost
+
+    host = ModelHost(repo, max_queue=1)
+    body, headers = encode_request([("image", np.zeros((1, 1, 16, 16), np.float32))])
+    request = decode_request(body, headers["Inference-Header-Content-Length"])
+    assert host.slots.acquire(blocking=False)  # one inference in flight fills the queue
+    with pytest.raises(HttpError) as err:
+        host.infer(MODEL, request)
+    assert err.value.status == 503 and err.value.headers == {"Retry-After": "1"}
+    host.slots.release()
+    outputs, _ = host.infer(MODEL, request)
+    assert [n for n, _ in outputs] == ["labels", "probabilities"]
+
+
+def test_refuses_a_network_address_without_a_token_and_a_loose_token_file(repo, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--host", "0.0.0.0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert out.returncode == 2 and "refusing to listen on 0.0.0.0 without a token" in out.stderr
+    loose = tmp_path / "token"
+    loose.write_text(TOKEN)
+    os.chmod(str(loose), 0o644)
+    out = subprocess.run([sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--token-file",
+                          str(loose)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                         timeout=60)
+    assert out.returncode == 2 and "chmod 600" in out.stderr
+
+
+def test_sigterm_stops_gracefully_and_a_dead_server_is_a_clear_client_error(repo):
+    s = start_server(repo)
+    engine = RemoteEngine(s.url, MODEL)
+    assert s.stop() == 0
+    records = [json.loads(l) for l in s.log if l.startswith("{")]
+    assert records[-1] == {"event": "stop"}
+    assert any(r.get("path") == "/v2/models/%s/config" % MODEL and r["status"] == 200 and "ms" in r
+               for r in records)
+    with pytest.raises(RemoteError, match="cannot reach http://127.0.0.1"):
+        engine.infer(np.zeros((1, 1, 16, 16), np.float32))
