@@ -170,7 +170,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             raise HttpError(413, "request body of %d bytes is larger than this server accepts (%d bytes)"
                             % (length, self.server.max_body))
         body = self.rfile.read(length)
+        self._body_read = True
         if len(body) != length:
+            self.close_connection = True
             raise HttpError(400, "the request body ended after %d of %d bytes" % (len(body), length))
         encoding = self.headers.get("Content-Encoding", "identity").lower()
         if encoding in ("gzip", "deflate"):
@@ -232,13 +234,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self):
         t0 = time.time()
-        self._sent = (0, 0)
+        self._sent, self._body_read = (0, 0), False
         try:
             self._route()
         except HttpError as exc:
-            if exc.status in (411, 413, 400) and self.command == "POST":
-                self.close_connection = True  # the rest of an unread body must not be taken for a request
-            self._json(exc.status, {"error": exc.message}, exc.headers)
+            headers = dict(exc.headers)
+            if self.command in ("POST", "PUT", "PATCH") and not self._body_read:
+                self.close_connection = True  # an unread body must not be taken for the next request
+                headers["Connection"] = "close"
+            self._json(exc.status, {"error": exc.message}, headers)
         except (ConnectionError, socket.timeout):
             self.close_connection = True
         except Exception as exc:  # never a traceback to the client; the type only in the log

@@ -201,3 +201,25 @@ def test_sigterm_stops_gracefully_and_a_dead_server_is_a_clear_client_error(repo
                for r in records)
     with pytest.raises(RemoteError, match="cannot reach http://127.0.0.1"):
         engine.infer(np.zeros((1, 1, 16, 16), np.float32))
+
+
+def test_nvidia_tritonclient_works_unchanged(server, repo):
+    """NVIDIA's own client (binary tensors, keep-alive, its own framing) against our server."""
+    import tritonclient.http as httpclient  # the [dev] extra installs it: a missing client fails, not skips
+    client = httpclient.InferenceServerClient(url="127.0.0.1:%d" % server.port)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert client.get_model_metadata(MODEL)["inputs"][0]["shape"] == [-1, 1, 16, 16]
+    config = client.get_model_config(MODEL)
+    assert json.loads(config["parameters"]["lowresseg"]["string_value"])["input_size"] == 16
+    x = np.random.default_rng(0).uniform(0, 4, (3, 1, 16, 16)).astype(np.float32)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput("labels", binary_data=True),
+               httpclient.InferRequestedOutput("probabilities", binary_data=False)]
+    result = client.infer(MODEL, [inp], outputs=outputs, request_id="42")
+    labels, probs = LocalEngine(MODEL, repo).infer(x)
+    np.testing.assert_array_equal(result.as_numpy("labels"), labels)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
+    assert result.get_response()["id"] == "42"
+    with pytest.raises(Exception, match="unknown model"):
+        client.infer("no-such-model", [inp])
