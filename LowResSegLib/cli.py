@@ -228,6 +228,9 @@ def build_parser():
     bt.add_argument("--repository", default=default_repository())
     bt.set_defaults(func=cmd_batch)
 
+    sub.add_parser("serve", help="the edge inference server (KServe v2 / Triton-compatible): the options of "
+                                 "`python3 -m LowResSegLib.server`, see `lowresseg serve --help`")
+
     cp = sub.add_parser("compare", help="run several models (input resolutions) on one volume, side by side")
     cp.add_argument("input")
     cp.add_argument("--models", required=True, help="comma-separated model names")
@@ -299,6 +302,11 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # one server CLI, shared with `python3 -m LowResSegLib.server` (Python 3.6)
+        from LowResSegLib import server
+
+        return server.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -311,7 +311,7 @@ def make_server(repository, host="127.0.0.1", port=8000, token=None, tls_cert=No
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(prog="python3 -m LowResSegLib.server",
+    ap = argparse.ArgumentParser(prog="lowresseg serve",
                                  description="KServe v2 / Triton-compatible inference server for LowResSeg models")
     ap.add_argument("--repository", required=True, help="model repository folder (Triton layout)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")

@@ -223,3 +223,12 @@ def test_nvidia_tritonclient_works_unchanged(server, repo):
     assert result.get_response()["id"] == "42"
     with pytest.raises(Exception, match="unknown model"):
         client.infer("no-such-model", [inp])
+
+
+def test_lowresseg_serve_is_the_same_server(repo):
+    from helpers import installed_tool
+
+    exe = installed_tool("lowresseg")
+    out = subprocess.run([exe, "serve", "--repository", repo, "--host", "192.0.2.1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert out.returncode == 2 and "refusing to listen on 192.0.2.1 without a token" in out.stderr
