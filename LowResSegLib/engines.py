@@ -56,29 +56,26 @@ class RemoteError(RuntimeError):
     """The edge server could not run the request; the message says why and what to do."""
 
 
-class RemoteEngine(Engine):
-    """The same model on an edge server (ours or NVIDIA Triton), over KServe v2 with binary tensors.
+class RemoteServer(object):
+    """One edge server (ours or NVIDIA Triton) over KServe v2: connection, auth, errors.
 
     ``url``: ``http(s)://host:port``. ``token`` is sent as ``Authorization: Bearer``; TLS
     certificates are always verified, against ``ca_file`` when given (a pinned self-signed CA).
     One keep-alive connection; GETs are retried once on a dropped connection, inference
-    requests never (they are not idempotent for a busy server). The card comes from /config.
+    requests never (they are not idempotent for a busy server).
     """
 
-    def __init__(self, url, model, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0):
+    def __init__(self, url, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0):
         from urllib.parse import urlsplit
 
         parts = urlsplit(url if "://" in url else "http://" + url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("server URL %r must look like http://host:port or https://host:port" % url)
-        self.url, self.model, self.token = url, model, token
+        self.url, self.token = url, token
         self._scheme, self._host = parts.scheme, parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ca_file, self._timeouts = ca_file, (float(connect_timeout), float(read_timeout))
         self._conn = None
-        self.card = self._card()
-
-    # ------------------------------------------------------------------ HTTP
 
     def _connection(self):
         import http.client
@@ -100,7 +97,8 @@ class RemoteEngine(Engine):
             self._conn.close()
             self._conn = None
 
-    def _request(self, method, path, body=None, headers=None):
+    def request(self, method, path, body=None, headers=None):
+        """(status, response, body bytes); transport failures raise RemoteError."""
         import http.client
         import socket
         import ssl
@@ -132,7 +130,8 @@ class RemoteEngine(Engine):
                     raise RemoteError("cannot reach %s (%s); check the URL, the network and that the server runs"
                                       % (self.url, exc))
 
-    def _check(self, status, reply, data):
+    def check(self, status, data):
+        """Raise RemoteError with a message for the user unless ``status`` is 200."""
         if status == 200:
             return
         try:
@@ -145,22 +144,44 @@ class RemoteEngine(Engine):
                 503: "the server is busy; try again in a moment"}.get(status, "server error")
         raise RemoteError("%s (HTTP %d%s)" % (hint, status, ": " + message if message else ""))
 
+    def get_json(self, path):
+        status, _, data = self.request("GET", path)
+        self.check(status, data)
+        return json.loads(data.decode("utf-8"))
+
+    def probe(self):
+        """What a "Test connection" button shows: server name and version, its models, round-trip ms."""
+        import time
+
+        t0 = time.perf_counter()
+        meta = self.get_json("/v2")
+        ms = 1000.0 * (time.perf_counter() - t0)
+        status, _, data = self.request("POST", "/v2/repository/index", b"{}", {"Content-Type": "application/json"})
+        self.check(status, data)
+        models = sorted(m["name"] for m in json.loads(data.decode("utf-8")) if m.get("state", "READY") == "READY")
+        return {"name": meta.get("name"), "version": meta.get("version"), "models": models, "ms": ms}
+
+
+class RemoteEngine(Engine):
+    """A model on an edge server; ``segment()`` works with it unchanged. The card comes from /config."""
+
+    def __init__(self, url, model, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0, server=None):
+        self.server = server or RemoteServer(url, token, ca_file, connect_timeout, read_timeout)
+        self.url, self.model = self.server.url, model
+        self.card = self._card()
+
+    def close(self):
+        self.server.close()
+
     def _card(self):
         from LowResSegLib.modelstore import validate_card
 
-        status, reply, data = self._request("GET", "/v2/models/%s/config" % self.model)
-        self._check(status, reply, data)
+        config = self.server.get_json("/v2/models/%s/config" % self.model)
         try:
-            config = json.loads(data.decode("utf-8"))
             card = json.loads(config["parameters"]["lowresseg"]["string_value"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError):
             raise RemoteError("model %s on %s has no LowResSeg model card in its config" % (self.model, self.url))
         return validate_card(card, "model card of %r from %s" % (self.model, self.url))
-
-    def server_metadata(self):
-        status, reply, data = self._request("GET", "/v2")
-        self._check(status, reply, data)
-        return json.loads(data.decode("utf-8"))
 
     # ------------------------------------------------------------------ inference
 
@@ -172,8 +193,8 @@ class RemoteEngine(Engine):
         if batch.ndim != 4 or batch.shape[1:] != (1, r, r):
             raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
         body, headers = protocol.encode_request([("image", batch)], outputs=["labels", "probabilities"])
-        status, reply, data = self._request("POST", "/v2/models/%s/infer" % self.model, body, headers)
-        self._check(status, reply, data)
+        status, reply, data = self.server.request("POST", "/v2/models/%s/infer" % self.model, body, headers)
+        self.server.check(status, data)
         try:
             outputs, _ = protocol.decode_response(data, reply.getheader(protocol.HEADER_LENGTH))
             return outputs["labels"], outputs["probabilities"]

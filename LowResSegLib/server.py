@@ -167,6 +167,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if length < 0:
             raise HttpError(400, "Content-Length must not be negative")
         if length > self.server.max_body:
+            if length <= 4 * self.server.max_body:  # read and drop it, so the client hears the 413, not a reset
+                left = length
+                while left > 0:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                self._body_read = left == 0
             raise HttpError(413, "request body of %d bytes is larger than this server accepts (%d bytes)"
                             % (length, self.server.max_body))
         body = self.rfile.read(length)
@@ -199,7 +207,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self._json(200, {"ready": True})
             if path == "/v2":
                 return self._json(200, {"name": SERVER_NAME, "version": SERVER_VERSION,
-                                        "extensions": ["binary_tensor_data", "model_configuration"]})
+                                        "extensions": ["binary_tensor_data", "model_configuration",
+                                                       "model_repository"]})
             m = _MODEL_PATH.match(path)
             if m and m.group(3) != "/infer":
                 name, version, what = m.groups()
@@ -212,6 +221,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     return self._json(200, host.config(name))
                 return self._json(200, host.metadata(name))
             raise HttpError(404, "no such endpoint: GET %s" % path)
+        if self.command == "POST" and path == "/v2/repository/index":  # Triton's model repository extension
+            self._body()
+            return self._json(200, [{"name": n, "version": "1", "state": "READY"} for n in sorted(host.cards)])
         if self.command == "POST":
             m = _MODEL_PATH.match(path)
             if not (m and m.group(3) == "/infer"):

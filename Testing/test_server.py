@@ -232,3 +232,15 @@ def test_lowresseg_serve_is_the_same_server(repo):
     out = subprocess.run([exe, "serve", "--repository", repo, "--host", "192.0.2.1"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert out.returncode == 2 and "refusing to listen on 192.0.2.1 without a token" in out.stderr
+
+
+def test_probe_shows_server_models_and_round_trip(server, secured):
+    from LowResSegLib.engines import RemoteServer
+
+    info = RemoteServer(server.url).probe()
+    assert info["name"] == "lowresseg" and info["models"] == [MODEL] and info["ms"] > 0
+    with pytest.raises(RemoteError, match="HTTP 401"):
+        RemoteServer(secured.url, token="x" * 32).probe()
+    assert RemoteServer(secured.url, token=TOKEN).probe()["models"] == [MODEL]
+    with pytest.raises(RemoteError, match="cannot reach"):
+        RemoteServer("http://127.0.0.1:9").probe()
