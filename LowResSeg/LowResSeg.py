@@ -36,6 +36,7 @@ from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
 _RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
 _DICOM_PACKAGES = (("highdicom", "highdicom"),)
 _POLL_MS = 100
+_SETTINGS_URL, _SETTINGS_TOKEN = "LowResSeg/ServerURL", "LowResSeg/Token"
 
 
 class LowResSeg(ScriptedLoadableModule):
@@ -116,9 +117,12 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setColumnCount(6)
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
-        self.ui.remoteStatusLabel.text = _("Remote processing: available after the edge-server release.")
-        for name in ("remoteRadioButton", "serverUrlLineEdit", "tokenLineEdit", "testConnectionButton"):
-            getattr(self.ui, name).enabled = False
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = settings.value(_SETTINGS_URL, "") or ""
+        self.ui.tokenLineEdit.text = settings.value(_SETTINGS_TOKEN, "") or ""  # shown as dots, never logged
+        self.ui.remoteRadioButton.connect("toggled(bool)", self.onProcessingChanged)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.onProcessingChanged()
 
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentOrCancel)
@@ -145,6 +149,28 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first:
                 self._parameterNode.inputVolume = first
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    def remote(self):
+        """(url, token) when Remote is chosen, else None; the URL and token are remembered in QSettings."""
+        if not self.ui.remoteRadioButton.checked:
+            return None
+        url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.tokenLineEdit.text.strip()
+        settings = qt.QSettings()
+        settings.setValue(_SETTINGS_URL, url)
+        settings.setValue(_SETTINGS_TOKEN, token)
+        return url, token or None
+
+    def onProcessingChanged(self, checked=None):
+        remote = bool(self.ui.remoteRadioButton.checked)
+        for name in ("serverUrlLineEdit", "tokenLineEdit", "testConnectionButton"):
+            getattr(self.ui, name).enabled = remote
+
+    def onTestConnection(self):
+        remote = self.remote()
+        if not remote or not remote[0]:
+            self.ui.remoteStatusLabel.text = _("Enter the server URL, e.g. https://jetson.local:8000")
+            return
+        self.ui.remoteStatusLabel.text = self.logic.testConnection(*remote)
 
     def onModelChanged(self, index=None):
         name = self.ui.modelSelector.currentText
@@ -175,7 +201,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ensure_packages(_RUNTIME_PACKAGES, _("Segmentation")):
             return
         try:
-            self._runs = self.logic.startRuns(volumeNode, self.selectedModels())
+            self._runs = self.logic.startRuns(volumeNode, self.selectedModels(), remote=self.remote())
         except ValueError as exc:
             self._runs = None
             slicer.util.errorDisplay(str(exc))
@@ -295,19 +321,36 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
         return Volume.from_ras(np.array(array, dtype=np.float32), ijk_to_ras, {"source": volumeNode.GetName()})
 
-    def startRuns(self, volumeNode, models):
-        """Start the background runs of ``models`` on ``volumeNode``; returns BackgroundRuns."""
+    def startRuns(self, volumeNode, models, remote=None):
+        """Start the background runs of ``models`` on ``volumeNode``, locally or on ``remote`` (url, token)."""
         from LowResSegLib.background import BackgroundRuns
-        from LowResSegLib.engines import LocalEngine
+        from LowResSegLib.engines import LocalEngine, RemoteEngine
 
         if not models:
             raise ValueError(_("Pick a model."))
-        repo = self.repository()
-        for name in models:
-            repo.card(name)  # an unknown or damaged model fails here, before any work
+        if remote:
+            url, token = remote
+            factories = [(n, lambda n=n: RemoteEngine(url, n, token=token)) for n in models]
+        else:
+            repo = self.repository()
+            for name in models:
+                repo.card(name)  # an unknown or damaged model fails here, before any work
+            factories = [(n, lambda n=n: LocalEngine(n, repo.root)) for n in models]
         volume = self.volumeFromNode(volumeNode)
         self._volume = volume
-        return BackgroundRuns(volume, [(n, lambda n=n: LocalEngine(n, repo.root)) for n in models]).start()
+        return BackgroundRuns(volume, factories).start()
+
+    def testConnection(self, url, token=None):
+        """One line for the UI: the server, its models and the round trip, or what went wrong."""
+        from LowResSegLib.engines import RemoteError, RemoteServer
+
+        try:
+            info = RemoteServer(url, token, read_timeout=10.0).probe()
+        except (RemoteError, ValueError) as exc:
+            return _("Connection failed: {reason}").format(reason=str(exc))
+        return _("Connected to {name} {version}: {n} model(s) ({models}); round trip {ms:.0f} ms").format(
+            name=info["name"], version=info["version"], n=len(info["models"]), models=", ".join(info["models"]),
+            ms=info["ms"])
 
     def sourceFiles(self, volumeNode):
         """The DICOM files a volume was loaded from (empty when it was not loaded from DICOM)."""

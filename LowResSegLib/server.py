@@ -68,14 +68,22 @@ class ModelHost(object):
             raise ValueError("execution provider(s) %s not available here (available: %s)"
                              % (", ".join(missing), ", ".join(available)))
         self.providers = wanted
-        self.sessions, self.cards = {}, {}
+        self.sessions, self.cards, self.skipped = {}, {}, {}
         for name in self.repo.names():
-            card = self.repo.card(name)
+            try:
+                card = self.repo.card(name)
+                path = self.repo.onnx_path(name)  # sha256 checked against the card
+            except ModelStoreError as exc:  # one damaged model must not take the others down
+                self.skipped[name] = str(exc)
+                LOG.warning(json.dumps({"event": "model-skipped", "model": name, "reason": str(exc)}))
+                continue
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
-            self.sessions[name] = ort.InferenceSession(self.repo.onnx_path(name), sess_options=opts,
-                                                       providers=self.providers)
+            self.sessions[name] = ort.InferenceSession(path, sess_options=opts, providers=self.providers)
             self.cards[name] = card
+        if not self.cards:
+            raise ValueError("no usable model in %s%s" % (self.repo.root, (": " + "; ".join(self.skipped.values()))
+                                                           if self.skipped else ""))
         self.slots = threading.BoundedSemaphore(max(1, int(max_queue)))
         self.device = threading.Lock()  # one inference at a time on the (one) GPU
 

@@ -208,3 +208,38 @@ def test_export_writes_a_dicom_seg_on_the_volume_source_files(module, tmp_path):
     widget.ui.exportDicomSegButton.click()
     assert slicer.util.messages[-1][0] == "error" and "was not loaded from DICOM" in slicer.util.messages[-1][1]
     assert len(DICOMUtils.imported) == 1
+
+
+def test_remote_processing_and_test_connection(module, volume_node, repo, tmp_path):
+    """Remote: the same masks from a real server process; Test connection says what it found or why not."""
+    import qt
+    from test_server import TOKEN, start_server
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    os.chmod(str(token_file), 0o600)
+    server = start_server(repo, "--token-file", str(token_file))
+    try:
+        node, _ = volume_node
+        widget = make_widget(module, node, "low-16to64")
+        widget.ui.remoteRadioButton.checked = True
+        widget.ui.remoteRadioButton.emit("toggled", True)
+        assert widget.ui.testConnectionButton.enabled
+        widget.ui.serverUrlLineEdit.text = server.url
+        widget.ui.tokenLineEdit.text = "wrong-token-wrong-token"
+        widget.ui.testConnectionButton.click()
+        assert widget.ui.remoteStatusLabel.text.startswith("Connection failed: the server refused the token")
+        widget.ui.tokenLineEdit.text = TOKEN
+        widget.ui.testConnectionButton.click()
+        # the tampered model is skipped by the server (and said in its log); the other two are served
+        assert widget.ui.remoteStatusLabel.text.startswith("Connected to lowresseg 0.1.0: 2 model(s) (high-32to64, low")
+        assert qt.QSettings().value("LowResSeg/ServerURL") == server.url  # remembered for next time
+        widget.ui.segmentButton.click()
+        pump(widget)
+        (new,) = seg_nodes()
+        labelmap = new.GetSegmentation().GetSegment(new.GetSegmentation().GetNthSegmentID(0)).labelmap
+        local = segment(Volume.from_ras(node.array.astype(np.float32), IJK_TO_RAS), LocalEngine("low-16to64", repo))
+        np.testing.assert_array_equal(labelmap, local.labels)
+    finally:
+        server.stop()
+    assert not any(TOKEN in line for line in server.log)

@@ -58,3 +58,15 @@ class QTableWidgetItem(object):
 
     def text(self):
         return self._text
+
+
+class QSettings(object):
+    """Application settings, kept for the test session (Slicer keeps them in its .ini file)."""
+
+    store = {}
+
+    def value(self, key, default=None):
+        return self.store.get(key, default)
+
+    def setValue(self, key, value):
+        self.store[key] = value

@@ -73,7 +73,7 @@ class _Widget(object):
 
     def __init__(self, name, cls):
         self.objectName, self.className = name, cls
-        self.text, self.toolTip, self.enabled, self.value = "", "", True, 0
+        self.text, self.toolTip, self.enabled, self.value, self.checked = "", "", True, 0, False
         self._slots = {}
 
     def connect(self, signal, slot):
