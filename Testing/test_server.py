@@ -244,3 +244,24 @@ def test_probe_shows_server_models_and_round_trip(server, secured):
     assert RemoteServer(secured.url, token=TOKEN).probe()["models"] == [MODEL]
     with pytest.raises(RemoteError, match="cannot reach"):
         RemoteServer("http://127.0.0.1:9").probe()
+
+
+def test_tls_is_verified_and_a_pinned_ca_is_accepted(repo, tmp_path):
+    import shutil as _shutil
+
+    openssl = _shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate (Debian package openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    s = start_server(repo, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        url = "https://127.0.0.1:%d" % s.port
+        with pytest.raises(RemoteError, match="TLS with https://127.0.0.1:.* failed .*CA file"):
+            RemoteEngine(url, MODEL)  # a self-signed certificate is not trusted by default, never skipped
+        engine = RemoteEngine(url, MODEL, ca_file=str(cert))
+        assert segment(volume(), engine).labels.any()
+    finally:
+        s.stop()

@@ -53,6 +53,8 @@ if ! apt_install dicom3tools; then
   [ "$MODE" = runtime ] || die "the tests need dciodvfy (Debian package dicom3tools)"
   say "continuing without dciodvfy: the demo's DICOM-SEG will not be validated"
 fi
+# the tests make a throw-away TLS certificate for the edge server with the openssl command
+if [ "$MODE" != runtime ]; then apt_install openssl || die "the tests need the openssl command (Debian package openssl)"; fi
 
 # --- the virtual environment ---------------------------------------------------------------------
 venv_ok() { [ -x "$VPY" ] && "$VPY" -c 'import pip' >/dev/null 2>&1; }
