@@ -309,13 +309,14 @@ def read_token(path):
 
 
 def make_server(repository, host="127.0.0.1", port=8000, token=None, tls_cert=None, tls_key=None,
-                max_body_mb=64, max_queue=4, providers=None):
+                max_body_mb=64, max_queue=4, providers=None, socket_timeout=SOCKET_TIMEOUT_S):
     """A ready (not yet serving) server; refuses a non-loopback address without a token."""
     if not _is_loopback(host) and not token:
         raise ValueError("refusing to listen on %s without a token: anyone on the network could use it; pass "
                          "--token-file (see docs/jetson.md) or bind 127.0.0.1" % host)
     model_host = ModelHost(repository, providers, max_queue)
-    server = Server((host, port), Handler)
+    handler = type("TimedHandler", (Handler,), {"timeout": float(socket_timeout)})
+    server = Server((host, port), handler)
     server.host = model_host
     server.token = token.encode("utf-8") if token else None
     server.max_body = int(max_body_mb * 1024 * 1024)
@@ -342,6 +343,8 @@ def build_parser():
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64 MB)")
     ap.add_argument("--max-queue", type=int, default=4, help="inferences waiting or running before 503 (default 4)")
     ap.add_argument("--providers", nargs="+", help="onnxruntime providers (default: TensorRT, CUDA, CPU as available)")
+    ap.add_argument("--socket-timeout", type=float, default=SOCKET_TIMEOUT_S,
+                    help="seconds a connection may stay silent mid-request or idle (default %d)" % SOCKET_TIMEOUT_S)
     return ap
 
 
@@ -351,7 +354,7 @@ def main(argv=None):
     try:
         token = read_token(args.token_file) if args.token_file else None
         server = make_server(args.repository, args.host, args.port, token, args.tls_cert, args.tls_key,
-                             args.max_body_mb, args.max_queue, args.providers)
+                             args.max_body_mb, args.max_queue, args.providers, args.socket_timeout)
     except (ValueError, OSError, ModelStoreError) as exc:
         print("lowresseg serve: error: %s" % exc, file=sys.stderr)
         return 2

@@ -265,3 +265,21 @@ def test_tls_is_verified_and_a_pinned_ca_is_accepted(repo, tmp_path):
         assert segment(volume(), engine).labels.any()
     finally:
         s.stop()
+
+
+def test_a_slow_client_is_dropped_and_others_are_served_meanwhile(repo):
+    """Slowloris: half a request, then silence. The server drops it after --socket-timeout."""
+    import socket
+
+    s = start_server(repo, "--socket-timeout", "1")
+    try:
+        slow = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        slow.sendall(b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{" % MODEL.encode())
+        assert get(s.url + "/v2/health/ready")[0] == 200  # served while the slow one hangs
+        t0 = time.time()
+        while slow.recv(4096):  # whatever the server says, it must then close the connection
+            pass
+        assert time.time() - t0 < 8  # closed by the server after ~1 s, not by our own 10 s timeout
+        slow.close()
+    finally:
+        s.stop()
