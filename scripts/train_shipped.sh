@@ -2,7 +2,7 @@
 # Trains and exports the shipped models (Resources/Models) exactly as their model cards record.
 # Data: 100 raw/stripped phantoms (seed 1) + the real training cases of the manifest, 4x
 # (fetched first with `lowresseg fetch-real`, sha256-checked). CPU-only is fine: two queues run
-# side by side, one torch thread each (2 cores: about 90 minutes, plus ~8 minutes to slice the
+# side by side, one torch thread each (2 cores: about 65 minutes, plus ~8 minutes to slice the
 # phantoms once); a GPU is used when present. Resumable: re-run it and finished runs are skipped,
 # interrupted ones continue (--resume).
 set -euo pipefail
@@ -24,11 +24,11 @@ case "$DATA" in *real:*) lowresseg fetch-real ;; esac
 # slice the data once (cached in ~/.cache/lowresseg), before the queues start
 lowresseg train "${COMMON[@]}" --head interp --input-size 16 --epochs 0 --out runs/.slice-cache --resume >/dev/null
 queue_a() {
-  run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 30 --max-slices 2500
+  run elunet-jhead-32to256  --head jhead  --input-size 32  --epochs 18 --max-slices 2500
   run elunet-jhead-64to256  --head jhead  --input-size 64  --epochs 8  --max-slices 2500
 }
 queue_b() {
-  run elunet-interp-32to256 --head interp --input-size 32  --epochs 30 --max-slices 2500
+  run elunet-interp-32to256 --head interp --input-size 32  --epochs 18 --max-slices 2500
   run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 14 --max-slices 2500
   run elunet-full-256       --head full   --input-size 256 --epochs 5  --max-slices 1200 --crop 128
 }
