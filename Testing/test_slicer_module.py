@@ -22,7 +22,7 @@ from helpers import installed_tool
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(ROOT, "LowResSeg", "LowResSeg.py")
 UI = os.path.join(ROOT, "Resources", "UI", "LowResSeg.ui")
-API = os.path.join(ROOT, "..", "shared", "slicer-api")
+API = os.path.join(ROOT, "Testing", "data", "slicer-api")  # names from Slicer's sources (see its README)
 # the class a widget must have, by how the module uses it (name suffix)
 EXPECTED = {"Button": ("QPushButton", "QRadioButton"), "RadioButton": ("QRadioButton",),
             "Selector": ("QComboBox", "qMRMLNodeComboBox"), "Table": ("QTableWidget",), "List": ("QListWidget",),
@@ -145,14 +145,10 @@ def unknown_api_names(tree):
 
 
 def test_every_slicer_name_called_exists_in_the_real_api():
-    if not os.path.isdir(API):
-        pytest.skip("../shared/slicer-api is not beside this checkout")
     assert unknown_api_names(module_tree()) == []
 
 
 def test_the_api_check_catches_a_misspelt_method(tmp_path):
-    if not os.path.isdir(API):
-        pytest.skip("../shared/slicer-api is not beside this checkout")
     with open(MODULE) as f:
         text = f.read()
     bad = tmp_path / "LowResSeg.py"
