@@ -3,7 +3,7 @@ name it calls exists in the real API lists, (d) it compiles and keeps to Python 
 
 (a) loads Resources/UI/LowResSeg.ui with QUiLoader offscreen (Slicer and CTK classes fall back to their
 base class) and checks every ``self.ui.<name>`` the module uses. (b) parses LowResSeg.py with ``ast``:
-``slicer.util.X``, ``slicer.X`` and every CamelCase method called must be in ../shared/slicer-api
+``slicer.util.X``, ``slicer.X`` and every CamelCase method called must be in Testing/data/slicer-api
 (5.8.1, or 5.12.3 behind a ``hasattr`` check), in ctk-dicomdatabase.txt, or in the ``vtk`` wheel.
 """
 
