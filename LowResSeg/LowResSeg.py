@@ -422,7 +422,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
             composite = sliceWidget.mrmlSliceCompositeNode()
             composite.SetBackgroundVolumeID(volumeNode.GetID())
             composite.SetLinkedControl(True)
-            segNode.GetDisplayNode().SetDisplayableOnlyInView(sliceWidget.mrmlSliceNode().GetID())
+            segNode.GetDisplayNode().SetViewNodeIDs([sliceWidget.mrmlSliceNode().GetID()])  # only in its own view
 
     def exportDicomSeg(self, volumeNode, segmentation, outputFolder=None):
         """Write the run as DICOM-SEG on the volume's source files and import it into the database."""

@@ -79,8 +79,9 @@ class DisplayNode(object):
     def __init__(self):
         self.only_in_view = None
 
-    def SetDisplayableOnlyInView(self, viewNodeID):
-        self.only_in_view = viewNodeID
+    def SetViewNodeIDs(self, viewNodeIDs):
+        assert isinstance(viewNodeIDs, (list, tuple)) and all(isinstance(v, str) for v in viewNodeIDs)
+        self.only_in_view = viewNodeIDs[0] if len(viewNodeIDs) == 1 else list(viewNodeIDs)
 
 
 class vtkMRMLSegmentationNode(Node):
