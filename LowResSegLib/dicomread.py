@@ -28,7 +28,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
+__all__ = ["DICOM_EXTENSIONS", "DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
            "split_volumes", "stack_geometry", "read_series_pixels", "ORIENTATION_TOL", "SPACING_TOL"]
 
 ORIENTATION_TOL = 1e-3  # max difference of direction cosines treated as one orientation (~0.06 degrees)
@@ -43,7 +43,7 @@ _NON_IMAGE_CLASSES = {  # SOP classes that sit in study folders but are not imag
     "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR", "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
     "1.2.840.10008.5.1.4.1.1.66": "Raw Data", "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
 }
-_DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 _UNCOMPRESSED = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
 
 
@@ -210,28 +210,6 @@ def _frames_of(path, ds):
     return frames
 
 
-def _sop_class_of(path, head):
-    """MediaStorageSOPClassUID from a Part-10 file meta header (read without pydicom)."""
-    if head[128:132] != b"DICM":
-        return None
-    pos = 132
-    try:
-        while pos + 8 <= len(head):
-            group, element = struct.unpack_from("<HH", head, pos)
-            if group != 2:
-                return None
-            if head[pos + 4:pos + 6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-                length, pos = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
-            else:
-                length, pos = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
-            if element == 2:
-                return head[pos:pos + length].decode("ascii", "replace").strip(" \x00") or None
-            pos += length
-    except struct.error:
-        return None
-    return None
-
-
 def _truncated(path, ds):
     """True when an uncompressed file is shorter than its own pixel data."""
     ts = str(getattr(getattr(ds, "file_meta", None), "get", lambda k: None)("TransferSyntaxUID") or "")
@@ -270,23 +248,24 @@ def scan_files(paths):
     for path in paths:
         name = os.path.basename(path)
         with open(path, "rb") as f:
-            head = f.read(4096)
+            head = f.read(132)
         preamble = head[128:132] == b"DICM"
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=not preamble and name.lower().endswith(
-                _DICOM_EXTENSIONS))
+                DICOM_EXTENSIONS))
             if not preamble and "SOPClassUID" not in ds and "Rows" not in ds:
                 raise InvalidDicomError("no DICOM header")
         except (InvalidDicomError, EOFError, ValueError, OSError, struct.error, IndexError, TypeError, KeyError,
                 AttributeError, NotImplementedError) as exc:
-            if preamble or name.lower().endswith(_DICOM_EXTENSIONS):
+            if preamble or name.lower().endswith(DICOM_EXTENSIONS):
                 reason = ("not a DICOM file: no DICOM header" if isinstance(exc, InvalidDicomError) else
                           "its header is damaged: %s" % (str(exc).splitlines()[0][:120] if str(exc) else
                                                          type(exc).__name__))
                 raise _unreadable(path, reason)
             ignored.append(name)
             continue
-        sop_class = _text(ds.get("SOPClassUID")) or _sop_class_of(path, head)
+        meta = getattr(ds, "file_meta", None)
+        sop_class = _text(ds.get("SOPClassUID")) or (_text(meta.get("MediaStorageSOPClassUID")) if meta else None)
         if sop_class in _NON_IMAGE_CLASSES or "Rows" not in ds or not ds.get("SeriesInstanceUID"):
             what = _NON_IMAGE_CLASSES.get(sop_class) or ("SOP class %s" % sop_class if sop_class else "no image")
             ignored.append("%s (%s)" % (name, what))

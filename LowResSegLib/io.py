@@ -26,6 +26,7 @@ import zlib
 import numpy as np
 import SimpleITK as sitk
 
+from LowResSegLib.dicomread import DICOM_EXTENSIONS
 from LowResSegLib.geometry import Volume
 
 __all__ = [
@@ -47,7 +48,6 @@ _READ_EXTENSIONS = (
 _WRITE_EXTENSIONS = ((".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".mha", "mha"))
 _IMAGE_IO = {"nifti": "NiftiImageIO", "nrrd": "NrrdImageIO", "mha": "MetaImageIO"}
 _SUPPORTED = "a .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd file, or a folder holding one DICOM series"
-_DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 _INSTALL_HINT = 'pip install "LowResSegLib[dicom]"'
 _SLICER_CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -97,7 +97,7 @@ def read_volume(path, channel=None, series=None, contrast=None):
     if not os.path.exists(path):
         raise VolumeReadError("%s does not exist; check the path (expected %s)" % (path, _SUPPORTED))
     fmt = detect_format(path)
-    if fmt is None and (_has_dicom_preamble(path) or path.lower().endswith(_DICOM_EXTENSIONS)):
+    if fmt is None and (_has_dicom_preamble(path) or path.lower().endswith(DICOM_EXTENSIONS)):
         fmt = "dicom"  # one file: an enhanced multi-frame series, or a slice whose folder is wanted
     if fmt is None:
         raise VolumeReadError("%s is not a supported volume format; convert it or pass %s" % (path, _SUPPORTED))
