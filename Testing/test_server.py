@@ -221,6 +221,11 @@ def test_nvidia_tritonclient_works_unchanged(server, repo):
     np.testing.assert_array_equal(result.as_numpy("labels"), labels)
     np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
     assert result.get_response()["id"] == "42"
+    assert client.get_server_metadata()["name"] == "lowresseg"
+    json_in = httpclient.InferInput("image", list(x.shape), "FP32")
+    json_in.set_data_from_numpy(x, binary_data=False)  # JSON "data", not the binary extension
+    result = client.infer(MODEL, [json_in], outputs=[httpclient.InferRequestedOutput("labels", binary_data=False)])
+    np.testing.assert_array_equal(result.as_numpy("labels"), labels)
     with pytest.raises(Exception, match="unknown model"):
         client.infer("no-such-model", [inp])
 
@@ -283,3 +288,18 @@ def test_a_slow_client_is_dropped_and_others_are_served_meanwhile(repo):
         slow.close()
     finally:
         s.stop()
+
+
+
+@pytest.mark.parametrize("path", ["/v2/models/../config", "/v2/models/%2e%2e/config", "/v2/models/-bad",
+                                  "/v2/models/x/versions/2", "/v2/models/%s/versions/abc/ready" % MODEL,
+                                  "/v2/models/%s/infer" % MODEL, "/etc/passwd"])
+def test_odd_paths_and_names_get_404_and_nothing_else(server, path):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", path)
+    reply = conn.getresponse()
+    body = json.loads(reply.read().decode())
+    assert reply.status == 404 and set(body) == {"error"}, (path, reply.status, body)
+    conn.close()
