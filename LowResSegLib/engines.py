@@ -106,8 +106,9 @@ class RemoteServer(object):
         headers = dict(headers or {})
         if self.token:
             headers["Authorization"] = "Bearer %s" % self.token
-        attempts = 2 if method == "GET" else 1
+        attempts = 2  # a GET may always be retried; a POST only when a reused keep-alive connection was stale
         for attempt in range(attempts):
+            reused = self._conn is not None
             try:
                 conn = self._connection()
                 conn.request(method, path, body=body, headers=headers)
@@ -126,7 +127,11 @@ class RemoteServer(object):
                                   % (self.url, self._timeouts[1]))
             except (ConnectionError, http.client.HTTPException, OSError) as exc:
                 self.close()
-                if attempt + 1 == attempts:
+                # a server restart leaves our idle connection dead: the request never reached it, so one
+                # retry on a fresh connection is safe even for an inference
+                stale = reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
+                                                    BrokenPipeError))
+                if attempt + 1 == attempts or not (method == "GET" or stale):
                     raise RemoteError("cannot reach %s (%s); check the URL, the network and that the server runs"
                                       % (self.url, exc))
 

@@ -115,7 +115,7 @@ def _read_tensors(items, tail, max_elements, what):
         elif "data" in item:
             try:
                 array = np.asarray(item["data"], dtype=dtype)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ProtocolError("%s %s: data does not fit datatype %s" % (what, name, item.get("datatype")))
             if array.size != n:
                 raise ProtocolError("%s %s: %d values for shape %r" % (what, name, array.size, list(shape)))

@@ -303,3 +303,104 @@ def test_odd_paths_and_names_get_404_and_nothing_else(server, path):
     body = json.loads(reply.read().decode())
     assert reply.status == 404 and set(body) == {"error"}, (path, reply.status, body)
     conn.close()
+
+
+def _raw(server, method, path, headers, body=b""):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.putrequest(method, path, skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    if body:
+        conn.send(body)
+    reply = conn.getresponse()
+    data = reply.read()
+    conn.close()
+    return reply.status, json.loads(data.decode())
+
+
+def test_missing_length_and_chunked_bodies_get_411(server):
+    infer = "/v2/models/%s/infer" % MODEL
+    status, body = _raw(server, "POST", infer, {})
+    assert status == 411 and "Content-Length" in body["error"]
+    status, body = _raw(server, "POST", infer, {"Transfer-Encoding": "chunked"}, b"5\r\nhello\r\n0\r\n\r\n")
+    assert status == 411 and "chunked" in body["error"]
+    assert get(server.url + "/v2/health/ready")[0] == 200
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_restarted_server_serves_the_next_call(repo):
+    port = str(_free_port())
+    s = start_server(repo, "--port", port)
+    engine = RemoteEngine(s.url, MODEL)
+    x = np.zeros((2, 1, 16, 16), np.float32)
+    engine.infer(x)
+    s.stop()
+    s = start_server(repo, "--port", port)
+    try:
+        labels, _ = engine.infer(x)  # the idle keep-alive connection died with the old process
+        assert labels.shape == (2, 64, 64)
+    finally:
+        s.stop()
+
+
+def test_a_server_that_never_answers_times_out(repo):
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    t0 = time.time()
+    with pytest.raises(RemoteError, match="did not answer within 1 s"):
+        RemoteEngine("http://127.0.0.1:%d" % listener.getsockname()[1], MODEL, read_timeout=1.0)
+    assert time.time() - t0 < 10
+    listener.close()
+
+
+def test_cancel_during_a_remote_run_leaves_no_result_and_the_server_fine(server):
+    from LowResSegLib.background import BackgroundRuns
+
+    def cancelling_segment(vol, engine, chunk, progress, cancel):
+        def progress_then_cancel(done, total):
+            progress(done, total)
+            runs.cancel()
+        return segment(vol, engine, chunk=chunk, progress=progress_then_cancel, cancel=cancel)
+
+    runs = BackgroundRuns(volume(), [(MODEL, lambda: RemoteEngine(server.url, MODEL))], chunk=2,
+                          segment=cancelling_segment)
+    events = runs.start().wait(60)
+    assert [e.kind for e in events] == ["progress", "cancelled", "finished"]
+    assert segment(volume(), RemoteEngine(server.url, MODEL)).labels.any()  # the server is fine
+
+
+def test_fuzzed_bodies_never_get_a_5xx_and_the_server_survives(server):
+    """Random and mutated bodies against the real server: 4xx every time, never 5xx, never a crash."""
+    from LowResSegLib.protocol import encode_request
+
+    rng = np.random.default_rng(0)
+    good, headers = encode_request([("image", np.zeros((1, 1, 16, 16), np.float32))])
+    statuses = []
+    for n in range(150):
+        body = bytearray(good)
+        for _ in range(int(rng.integers(1, 6))):
+            body[int(rng.integers(0, len(body)))] = int(rng.integers(0, 256))
+        if n % 5 == 0:
+            body = bytes(rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8))
+        length = headers["Inference-Header-Content-Length"] if n % 3 else str(int(rng.integers(-5, 400)))
+        status, reply = _post(server.url + "/v2/models/%s/infer" % MODEL, bytes(body),
+                              {"Inference-Header-Content-Length": length})
+        statuses.append(status)
+        assert status < 500, (n, status, reply[:200])
+    assert get(server.url + "/v2/health/ready")[0] == 200 and 400 in statuses
