@@ -290,9 +290,6 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class LowResSegLogic(ScriptedLoadableModuleLogic):
     """Node adapters and calls into LowResSegLib; usable without the widget."""
 
-    def getParameterNode(self):
-        return ScriptedLoadableModuleLogic.getParameterNode(self)
-
     def repository(self):
         from LowResSegLib.modelstore import ModelRepository
 

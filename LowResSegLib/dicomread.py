@@ -81,16 +81,14 @@ class Series(object):
     """The frames of one SeriesInstanceUID, with the header facts that choose and describe it."""
 
     def __init__(self, uid, header):
-        self.uid, self.frames, self.files = uid, [], []
+        self.uid, self.frames = uid, []
         get = lambda key: _text(header.get(key))
         self.description = get("SeriesDescription") or ""
         self.protocol = get("ProtocolName") or ""
         self.sequence_name = get("SequenceName") or get("PulseSequenceName") or ""
-        self.scanning_sequence = "\\".join(_list(header.get("ScanningSequence")))
         self.image_type = [v.upper() for v in _list(header.get("ImageType"))]
         self.inversion_time = _float(header.get("InversionTime"))
         self.modality = get("Modality")
-        self.sop_class = get("SOPClassUID")
         self.study_uid = get("StudyInstanceUID")
         self.frame_of_reference_uid = get("FrameOfReferenceUID")
         self.patient_id = get("PatientID")
@@ -99,10 +97,6 @@ class Series(object):
         if self.inversion_time is None:  # enhanced MR: in the shared MR timing functional group
             timing = _shared(header, "MRTimingAndRelatedParametersSequence")
             self.inversion_time = _float(timing.get("InversionTimes")) if timing is not None else None
-        if not self.scanning_sequence and header.get("EchoPulseSequence"):
-            self.scanning_sequence = _text(header.get("EchoPulseSequence"))
-        if header.get("InversionRecovery") == "YES" and "IR" not in self.scanning_sequence:
-            self.scanning_sequence = (self.scanning_sequence + "\\IR").strip("\\")
 
     @property
     def label(self):
@@ -276,7 +270,6 @@ def scan_files(paths):
         if uid not in series:
             series[uid] = Series(uid, ds)
         s = series[uid]
-        s.files.append(path)
         frames = _frames_of(path, ds)
         s.multiframe = s.multiframe or len(frames) > 1 or "PerFrameFunctionalGroupsSequence" in ds
         s.frames.extend(frames)
@@ -324,8 +317,9 @@ def choose_series(series, modality=None, series_uid=None, where="the folder"):
     if not series:
         raise DicomReadError("no DICOM image series found in %s; point to the folder that directly holds the "
                              "series' files, or pass a NIfTI, NRRD or MetaImage file" % where)
-    listing = "; ".join("%s%s" % (s.label, " [%s]" % guess_contrast(s) if guess_contrast(s) else "")
-                        for s in series.values())
+    guesses = {uid: guess_contrast(s) for uid, s in series.items()}
+    listing = "; ".join("%s%s" % (s.label, " [%s]" % guesses[uid] if guesses[uid] else "")
+                        for uid, s in series.items())
     if series_uid:
         if series_uid not in series:
             raise DicomReadError("series %s is not in %s; it holds: %s" % (series_uid, where, listing))
@@ -333,7 +327,7 @@ def choose_series(series, modality=None, series_uid=None, where="the folder"):
     if len(series) == 1:
         return next(iter(series.values()))
     wanted = (modality or "").upper()
-    matches = [s for s in series.values() if wanted and guess_contrast(s) == wanted]
+    matches = [s for uid, s in series.items() if wanted and guesses[uid] == wanted]
     if len(matches) == 1:
         return matches[0]
     why = ("%d of them look like %s" % (len(matches), wanted) if matches else

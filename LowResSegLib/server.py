@@ -276,12 +276,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                              "bytes": self._sent[1], "ms": round(1000 * (time.time() - t0), 1),
                              "client": self.client_address[0]}))
 
-    do_GET = do_POST = _handle
-
-    def do_PUT(self):
-        self._handle()
-
-    do_DELETE = do_PATCH = do_PUT
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle  # the others get 405 from _route
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
