@@ -9,22 +9,50 @@ import os
 
 import numpy as np
 
-from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.modelstore import PROBABILITY_OUTPUTS, ModelRepository
+
+#: Largest decompressed reply accepted from a server (a gzip bomb must not exhaust memory).
+MAX_REPLY_BYTES = 1 << 30
 
 
 class Engine(object):
-    """``card`` (the model card) and ``infer(batch[N,1,r,r] float32) -> (labels, probabilities)``."""
+    """``card`` (the model card) and ``infer(batch[N,1,r,r] float32) -> probabilities [N,K,R,R] float32``.
+
+    ``output`` is the graph output read: ``probabilities_8bit`` when the graph has it, so a local
+    and a remote run read the same tensor and give identical labels.
+    """
 
     card = None
+    output = None
 
     def infer(self, batch):
         raise NotImplementedError
+
+    def check_batch(self, batch):
+        r = self.card["input_size"]
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (1, r, r):
+            raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
+        return batch
+
+
+def choose_output(available, wanted, where):
+    """``wanted`` if the graph has it, else the preferred probability output it has."""
+    if wanted is not None:
+        if wanted not in available:
+            raise ValueError("%s has no output %r (outputs: %s)" % (where, wanted, ", ".join(available)))
+        return wanted
+    for name in PROBABILITY_OUTPUTS:
+        if name in available:
+            return name
+    raise ValueError("%s returns none of %s; re-export it with `lowresseg export`"
+                     % (where, ", ".join(PROBABILITY_OUTPUTS)))
 
 
 class LocalEngine(Engine):
     """onnxruntime in this process; CUDA when the installed onnxruntime offers it."""
 
-    def __init__(self, name, repository=None, threads=0, providers=None):
+    def __init__(self, name, repository=None, threads=0, providers=None, output=None):
         import onnxruntime as ort
 
         repo = ModelRepository(repository)
@@ -42,14 +70,11 @@ class LocalEngine(Engine):
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         self.path = os.path.abspath(path)
+        self.output = choose_output([o.name for o in self.session.get_outputs()], output, "model %s" % name)
 
     def infer(self, batch):
-        r = self.card["input_size"]
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (1, r, r):
-            raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
-        labels, probs = self.session.run(["labels", "probabilities"], {"image": batch})
-        return labels, probs
+        probs, = self.session.run([self.output], {"image": self.check_batch(batch)})
+        return probs.astype(np.float32, copy=False)
 
 
 class RemoteError(RuntimeError):
@@ -104,6 +129,7 @@ class RemoteServer(object):
         import ssl
 
         headers = dict(headers or {})
+        headers["Accept-Encoding"] = "gzip"  # the 8-bit probabilities compress ~100x (docs/jetson.md)
         if self.token:
             headers["Authorization"] = "Bearer %s" % self.token
         attempts = 2  # a GET may always be retried; a POST only when a reused keep-alive connection was stale
@@ -116,7 +142,7 @@ class RemoteServer(object):
                 data = reply.read()
                 if reply.getheader("Connection", "").lower() == "close":
                     self.close()
-                return reply.status, reply, data
+                return reply.status, reply, self._decoded(reply, data)
             except ssl.SSLError as exc:
                 self.close()
                 raise RemoteError("TLS with %s failed (%s); check the server certificate or pass its CA file"
@@ -134,6 +160,24 @@ class RemoteServer(object):
                 if attempt + 1 == attempts or not (method == "GET" or stale):
                     raise RemoteError("cannot reach %s (%s); check the URL, the network and that the server runs"
                                       % (self.url, exc))
+
+    def _decoded(self, reply, data):
+        """The body after its Content-Encoding, bounded by MAX_REPLY_BYTES."""
+        import zlib
+
+        encoding = (reply.getheader("Content-Encoding") or "identity").lower()
+        if encoding == "identity":
+            return data
+        if encoding not in ("gzip", "deflate"):
+            raise RemoteError("%s answered with Content-Encoding %r, which LowResSeg cannot read" % (self.url, encoding))
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            out = d.decompress(data, MAX_REPLY_BYTES)
+        except zlib.error:
+            raise RemoteError("the %s answer from %s is corrupt" % (encoding, self.url))
+        if d.unconsumed_tail:
+            raise RemoteError("the answer from %s inflates beyond %d MB; refusing it" % (self.url, MAX_REPLY_BYTES >> 20))
+        return out
 
     def check(self, status, data):
         """Raise RemoteError with a message for the user unless ``status`` is 200."""
@@ -170,10 +214,12 @@ class RemoteServer(object):
 class RemoteEngine(Engine):
     """A model on an edge server; ``segment()`` works with it unchanged. The card comes from /config."""
 
-    def __init__(self, url, model, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0, server=None):
+    def __init__(self, url, model, token=None, ca_file=None, connect_timeout=5.0, read_timeout=120.0, server=None,
+                 output=None):
         self.server = server or RemoteServer(url, token, ca_file, connect_timeout, read_timeout)
         self.url, self.model = self.server.url, model
-        self.card = self._card()
+        self.card, outputs = self._card()
+        self.output = choose_output(outputs, output, "model %s on %s" % (model, self.url))
 
     def close(self):
         self.server.close()
@@ -184,24 +230,21 @@ class RemoteEngine(Engine):
         config = self.server.get_json("/v2/models/%s/config" % self.model)
         try:
             card = json.loads(config["parameters"]["lowresseg"]["string_value"])
+            outputs = [o["name"] for o in config.get("output", [])]
         except (ValueError, KeyError, TypeError):
             raise RemoteError("model %s on %s has no LowResSeg model card in its config" % (self.model, self.url))
-        return validate_card(card, "model card of %r from %s" % (self.model, self.url))
+        return validate_card(card, "model card of %r from %s" % (self.model, self.url)), outputs
 
     # ------------------------------------------------------------------ inference
 
     def infer(self, batch):
         from LowResSegLib import protocol
 
-        r = self.card["input_size"]
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1:] != (1, r, r):
-            raise ValueError("model %s expects slices [N,1,%d,%d], got %s" % (self.card["name"], r, r, batch.shape))
-        body, headers = protocol.encode_request([("image", batch)], outputs=["labels", "probabilities"])
+        body, headers = protocol.encode_request([("image", self.check_batch(batch))], outputs=[self.output])
         status, reply, data = self.server.request("POST", "/v2/models/%s/infer" % self.model, body, headers)
         self.server.check(status, data)
         try:
             outputs, _ = protocol.decode_response(data, reply.getheader(protocol.HEADER_LENGTH))
-            return outputs["labels"], outputs["probabilities"]
+            return outputs[self.output].astype(np.float32, copy=False)
         except (protocol.ProtocolError, KeyError) as exc:
             raise RemoteError("the server's answer could not be read (%s)" % exc)

@@ -103,17 +103,35 @@ def card_from_config(config_text):
     return json.loads(_pbtxt_unescape(m.group(1)))
 
 
+#: The tensors a LowResSeg graph returns, in this order. ``labels``: the thresholded mask (BOOL for one
+#: class, INT32 class indices otherwise; TensorRT 8.2 has no UINT8). ``probabilities``: FP32 sigmoid.
+#: ``probabilities_8bit``: the same rounded to multiples of 1/255, as FP16: what every engine reads,
+#: because it compresses ~100x with gzip on the wire (docs/jetson.md) and agrees with FP32 on the
+#: final labels within the tolerance measured in docs/BENCHMARKS.md.
+LABELS, PROBABILITIES, PROBABILITIES_8BIT = "labels", "probabilities", "probabilities_8bit"
+#: The probability outputs an engine may read, preferred first (older exports lack the 8-bit one).
+PROBABILITY_OUTPUTS = (PROBABILITIES_8BIT, PROBABILITIES)
+
+
+def graph_outputs(card):
+    """[(name, KServe datatype, dims without the batch axis)] of a graph exported for ``card``."""
+    big_r, k = card["output_size"], len(card["classes"])
+    return [(LABELS, "BOOL" if k == 1 else "INT32", [big_r, big_r]),
+            (PROBABILITIES, "FP32", [k, big_r, big_r]),
+            (PROBABILITIES_8BIT, "FP16", [k, big_r, big_r])]
+
+
 def triton_config(card, max_batch_size=64):
     """config.pbtxt text for a card (Triton's onnxruntime backend reads it as is)."""
-    r, big_r, k = card["input_size"], card["output_size"], len(card["classes"])
+    r = card["input_size"]
+    outputs = ",\n".join('  { name: "%s" data_type: TYPE_%s dims: [ %s ] }' % (name, dtype, ", ".join(map(str, dims)))
+                         for name, dtype, dims in graph_outputs(card))
     return (
         'name: "%s"\nplatform: "onnxruntime_onnx"\nmax_batch_size: %d\n'
         'input [\n  { name: "image" data_type: TYPE_FP32 dims: [ 1, %d, %d ] }\n]\n'
-        'output [\n  { name: "labels" data_type: TYPE_UINT8 dims: [ %d, %d ] },\n'
-        '  { name: "probabilities" data_type: TYPE_FP32 dims: [ %d, %d, %d ] }\n]\n'
+        'output [\n%s\n]\n'
         'parameters {\n  key: "lowresseg"\n  value: { string_value: "%s" }\n}\n'
-    ) % (card["name"], max_batch_size, r, r, big_r, big_r, k, big_r, big_r,
-         pbtxt_escape(json.dumps(card, sort_keys=True)))
+    ) % (card["name"], max_batch_size, r, r, outputs, pbtxt_escape(json.dumps(card, sort_keys=True)))
 
 
 class ModelRepository(object):

@@ -126,7 +126,7 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         t = time.perf_counter()
         x = low_res_inputs(slices[start:start + chunk], card)
         t1 = time.perf_counter()
-        _, p = engine.infer(x)
+        p = engine.infer(x)
         t2 = time.perf_counter()
         prob[start:start + chunk] = prepared.to_slice_grid(p[:, 0])
         t3 = time.perf_counter()

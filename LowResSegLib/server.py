@@ -20,6 +20,7 @@ LowResSegLib.protocol.
 """
 
 import argparse
+import gzip
 import hmac
 import http.server
 import ipaddress
@@ -45,6 +46,9 @@ LOG = logging.getLogger("lowresseg.server")
 SERVER_NAME, SERVER_VERSION = "lowresseg", "0.1.0"
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 SOCKET_TIMEOUT_S = 30
+COMPRESS_MIN_BYTES = 1024
+_KSERVE_TYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64", "tensor(bool)": "BOOL",
+                 "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int32)": "INT32", "tensor(int64)": "INT64"}
 _MODEL_PATH = re.compile(r"^/v2/models/([A-Za-z0-9][A-Za-z0-9._-]*)(?:/versions/([0-9]+))?(/ready|/config|/infer)?$")
 
 
@@ -92,22 +96,26 @@ class ModelHost(object):
             raise HttpError(404, "unknown model %r (served: %s)" % (name, ", ".join(sorted(self.cards)) or "none"))
         return self.cards[name]
 
+    def tensors(self, name):
+        """(inputs, outputs) of the model's graph: [(name, KServe datatype, shape with -1 for the batch)]."""
+        self.card(name)  # 404 for an unknown name
+        session = self.sessions[name]
+        return [[(t.name, _KSERVE_TYPES.get(t.type, t.type), [d if isinstance(d, int) else -1 for d in t.shape])
+                 for t in group] for group in (session.get_inputs(), session.get_outputs())]
+
     def metadata(self, name):
-        card = self.card(name)
-        r, big_r, k = card["input_size"], card["output_size"], len(card["classes"])
+        inputs, outputs = self.tensors(name)
         return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, r, r]}],
-                "outputs": [{"name": "labels", "datatype": "UINT8", "shape": [-1, big_r, big_r]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, k, big_r, big_r]}]}
+                "inputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in inputs],
+                "outputs": [{"name": n, "datatype": t, "shape": s} for n, t, s in outputs]}
 
     def config(self, name):
         """Triton's ModelConfig as JSON, with the model card in ``parameters`` (what /config returns)."""
         card = self.card(name)
-        r, big_r, k = card["input_size"], card["output_size"], len(card["classes"])
+        inputs, outputs = self.tensors(name)
         return {"name": name, "platform": "onnxruntime_onnx", "max_batch_size": 64,
-                "input": [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, r, r]}],
-                "output": [{"name": "labels", "data_type": "TYPE_UINT8", "dims": [big_r, big_r]},
-                           {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [k, big_r, big_r]}],
+                "input": [{"name": n, "data_type": "TYPE_" + t, "dims": s[1:]} for n, t, s in inputs],
+                "output": [{"name": n, "data_type": "TYPE_" + t, "dims": s[1:]} for n, t, s in outputs],
                 "parameters": {"lowresseg": {"string_value": json.dumps(card, sort_keys=True)}}}
 
     def infer(self, name, request):
@@ -119,20 +127,46 @@ class ModelHost(object):
         if image.dtype != np.float32 or image.ndim != 4 or image.shape[1:] != (1, r, r) or image.shape[0] < 1:
             raise HttpError(400, "input 'image' must be FP32 [N,1,%d,%d], got %s %s"
                             % (r, r, image.dtype, list(image.shape)))
-        known = ("labels", "probabilities")
+        known = [n for n, _, _ in self.tensors(name)[1]]
         asked = request.outputs or [(n, bool(request.parameters.get("binary_data_output", False))) for n in known]
         for n, _ in asked:
             if n not in known:
-                raise HttpError(400, "model %s has no output %r (outputs: labels, probabilities)" % (name, n))
+                raise HttpError(400, "model %s has no output %r (outputs: %s)" % (name, n, ", ".join(known)))
+        names = [n for n, _ in asked]
         if not self.slots.acquire(blocking=False):
             raise HttpError(503, "the server is busy (inference queue full); retry shortly", {"Retry-After": "1"})
         try:
             with self.device:
-                labels, probs = self.sessions[name].run(list(known), {"image": np.ascontiguousarray(image)})
+                values = self.sessions[name].run(names, {"image": np.ascontiguousarray(image)})
         finally:
             self.slots.release()
-        values = {"labels": labels, "probabilities": probs}
-        return [(n, values[n]) for n, _ in asked], {n for n, binary in asked if binary}
+        return list(zip(names, values)), {n for n, binary in asked if binary}
+
+
+def accepted_encoding(header):
+    """'gzip' or 'deflate' when an Accept-Encoding header allows it (gzip preferred), else None."""
+    allowed = {}
+    for part in (header or "").split(","):
+        token, _, params = part.strip().partition(";")
+        q = 1.0
+        m = re.search(r"q\s*=\s*([0-9.]+)", params)
+        if m:
+            try:
+                q = float(m.group(1))
+            except ValueError:
+                q = 0.0
+        allowed[token.strip().lower()] = q
+    for name in ("gzip", "deflate"):
+        if allowed.get(name, 0.0) > 0:
+            return name
+    return None
+
+
+def compress(body, encoding):
+    """Level 1: on a Nano's CPU speed matters more than the last few per cent of size."""
+    if encoding == "gzip":
+        return gzip.compress(body, compresslevel=1)
+    return zlib.compress(body, 1)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -244,11 +278,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             try:
                 request = protocol.decode_request(body, self.headers.get(protocol.HEADER_LENGTH),
                                                   self.server.max_elements)
+                outputs, binary = host.infer(name, request)
             except protocol.ProtocolError as exc:
                 raise HttpError(exc.status, str(exc))
-            outputs, binary = host.infer(name, request)
             out_body, headers = protocol.encode_response(name, 1, outputs, binary, request.id)
             ctype = headers.pop("Content-Type", "application/json")
+            encoding = accepted_encoding(self.headers.get("Accept-Encoding"))
+            if encoding and len(out_body) >= COMPRESS_MIN_BYTES:
+                out_body, headers["Content-Encoding"] = compress(out_body, encoding), encoding
             return self._reply(200, out_body, headers, ctype)
         raise HttpError(405, "method %s is not supported" % self.command)
 

@@ -48,8 +48,12 @@ def _install(repo, name, onnx_writer, card_fn):
     return d
 
 
-def add_threshold_model(repo, name="threshold-16to64", r=16, big_r=64, threshold=1.5):
-    """labels = bilinear(image -> R) > threshold (normalised units); probabilities = a sigmoid of it."""
+def add_threshold_model(repo, name="threshold-16to64", r=16, big_r=64, threshold=1.5, legacy=False):
+    """labels = bilinear(image -> R) > threshold (normalised units); probabilities = a sigmoid of it.
+
+    The outputs are those of ``modelstore.graph_outputs``; ``legacy`` gives the layout exported
+    before them (UINT8 labels, FP32 probabilities only) that engines must still read.
+    """
     import onnx
     from onnx import TensorProto, helper
 
@@ -66,16 +70,28 @@ def add_threshold_model(repo, name="threshold-16to64", r=16, big_r=64, threshold
             helper.make_node("Mul", ["centred", "k"], ["logit"]),
             helper.make_node("Sigmoid", ["logit"], ["probabilities"]),
             helper.make_node("Greater", ["up", "t"], ["mask4"]),
-            helper.make_node("Squeeze", ["mask4", "axis1"], ["mask"]),
-            helper.make_node("Cast", ["mask"], ["labels"], to=TensorProto.UINT8),
+            helper.make_node("Squeeze", ["mask4", "axis1"], ["mask" if legacy else "labels"]),
         ]
+        outputs = [helper.make_tensor_value_info("labels", TensorProto.UINT8 if legacy else TensorProto.BOOL,
+                                                 ["N", big_r, big_r]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 1, big_r, big_r])]
+        if legacy:
+            nodes.append(helper.make_node("Cast", ["mask"], ["labels"], to=TensorProto.UINT8))
+        else:
+            nodes += [
+                helper.make_node("Constant", [], ["c255"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [255.0])),
+                helper.make_node("Mul", ["probabilities", "c255"], ["p255"]),
+                helper.make_node("Round", ["p255"], ["levels"]),
+                helper.make_node("Div", ["levels", "c255"], ["p8"]),
+                helper.make_node("Cast", ["p8"], ["probabilities_8bit"], to=TensorProto.FLOAT16),
+            ]
+            outputs.append(helper.make_tensor_value_info("probabilities_8bit", TensorProto.FLOAT16,
+                                                         ["N", 1, big_r, big_r]))
         axis1 = helper.make_tensor("axis1", TensorProto.INT64, [1], [1])
         graph = helper.make_graph(
             nodes, "threshold",
             [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, r, r])],
-            [helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", big_r, big_r]),
-             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 1, big_r, big_r])],
-            initializer=[axis1])
+            outputs, initializer=[axis1])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         model.ir_version = 7
         onnx.checker.check_model(model)

@@ -30,12 +30,17 @@ def test_torch_onnxruntime_parity(tmp_path, head, r):
     path = str(tmp_path / "m.onnx")
     export_onnx(model, path)
     with torch.no_grad():
-        labels_t, probs_t = ExportWrapper(model).eval()(x)
+        labels_t, probs_t, _ = ExportWrapper(model).eval()(x)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    labels_o, probs_o = sess.run(["labels", "probabilities"], {"image": x.numpy()})
-    assert labels_o.dtype == np.uint8 and labels_o.shape == (5, 64, 64)
+    labels_o, probs_o, p8_o = sess.run(["labels", "probabilities", "probabilities_8bit"], {"image": x.numpy()})
+    assert labels_o.dtype == np.bool_ and labels_o.shape == (5, 64, 64)
     assert probs_o.dtype == np.float32 and probs_o.shape == (5, 1, 64, 64)
     np.testing.assert_allclose(probs_o, probs_t.numpy(), atol=1e-4)
+    # the 8-bit output: multiples of 1/255 (to FP16 precision), within half a step of FP32
+    assert p8_o.dtype == np.float16 and p8_o.shape == probs_o.shape
+    levels = p8_o.astype(np.float64) * 255
+    assert np.abs(levels - np.round(levels)).max() < 0.13
+    assert np.abs(p8_o.astype(np.float32) - probs_o).max() <= 0.5 / 255 + 5e-4
     # identical labels except where torch itself sits on the threshold
     undecided = np.abs(probs_t.numpy()[:, 0] - 0.5) < 1e-5
     assert np.array_equal(labels_o[~undecided], labels_t.numpy()[~undecided])
@@ -50,7 +55,9 @@ def test_exported_graph_is_opset13_and_tensorrt82_clean(tmp_path):
     assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) <= 13
     assert check_tensorrt82(path) == []
     assert [i.name for i in m.graph.input] == ["image"]
-    assert [o.name for o in m.graph.output] == ["labels", "probabilities"]
+    assert [o.name for o in m.graph.output] == ["labels", "probabilities", "probabilities_8bit"]
+    types = [o.type.tensor_type.elem_type for o in m.graph.output]
+    assert types == [onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16]
     batch = m.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param and not batch.dim_value  # dynamic batch
 
@@ -67,11 +74,15 @@ def test_export_run_writes_triton_layout(tiny_repo, tiny_run):
     assert card["classes"][0]["type"]["value"] == "108369006"
     assert card["intended_use"] == "research use, not for diagnosis"
     cfg = open(os.path.join(tiny_repo, name, "config.pbtxt")).read()
-    assert 'platform: "onnxruntime_onnx"' in cfg and "TYPE_UINT8" in cfg and "dims: [ 1, 16, 16 ]" in cfg
+    assert 'platform: "onnxruntime_onnx"' in cfg and "TYPE_UINT8" not in cfg and "dims: [ 1, 16, 16 ]" in cfg
     path = repo.onnx_path(name)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    labels, probs = sess.run(None, {"image": np.zeros((3, 1, 16, 16), np.float32)})
-    assert labels.shape == (3, 64, 64) and probs.shape == (3, 1, 64, 64)
+    labels, probs, p8 = sess.run(None, {"image": np.zeros((3, 1, 16, 16), np.float32)})
+    assert labels.shape == (3, 64, 64) and probs.shape == p8.shape == (3, 1, 64, 64)
+    for line in ('{ name: "labels" data_type: TYPE_BOOL dims: [ 64, 64 ] }',
+                 '{ name: "probabilities" data_type: TYPE_FP32 dims: [ 1, 64, 64 ] }',
+                 '{ name: "probabilities_8bit" data_type: TYPE_FP16 dims: [ 1, 64, 64 ] }'):
+        assert line in cfg  # config.pbtxt says what the graph returns, as Triton checks
 
 
 def test_export_refuses_to_replace_without_overwrite(tiny_run, tiny_repo):

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -9,9 +10,52 @@ from helpers import installed_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "LowResSegLib")
-# Grows with the edge server: protocol.py and server.py join this list when they exist.
-PY36 = ["__init__.py", "modelstore.py", "protocol.py", "server.py"]
+SERVER = os.path.join(LIB, "server.py")
+# What the Jetson has besides the standard library (docs/jetson.md)
+JETSON_THIRD_PARTY = {"numpy", "onnxruntime"}
 TRAINING = os.path.join(LIB, "training")
+
+
+def import_closure(entry, package_dir):
+    """(files, third-party top-level modules) that ``entry`` imports, transitively, found with ast.
+
+    Every import counts, also those inside functions: they run on the Jetson as well. Modules of
+    the package (``package_dir``'s name) are followed to their files, and the package's
+    ``__init__.py`` with them; everything else is reported by its top-level name unless it is
+    in the standard library.
+    """
+    import ast
+
+    package = os.path.basename(package_dir)
+    files, others, todo = set(), set(), [entry]
+    while todo:
+        path = todo.pop()
+        if path in files:
+            continue
+        files.add(path)
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: inside the package
+                    base = package + ("." + base if base else "")
+                names = [base] + [base + "." + a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top != package:
+                    if top not in sys.stdlib_module_names:
+                        others.add(top)
+                    continue
+                todo.append(os.path.join(package_dir, "__init__.py"))
+                rel = name.split(".")[1:]
+                for candidate in (os.path.join(package_dir, *rel) + ".py",
+                                  os.path.join(package_dir, *(rel + ["__init__.py"]))):
+                    if rel and os.path.isfile(candidate):
+                        todo.append(candidate)
+    return sorted(files), others
 
 
 def runtime_files():
@@ -26,10 +70,29 @@ def vermin(target, files):
     return res.returncode, res.stdout
 
 
-@pytest.mark.parametrize("name", PY36)
-def test_edge_server_closure_is_python36(name):
-    code, out = vermin("3.6-", [os.path.join(LIB, name)])
+def test_edge_server_import_closure_is_python36_and_needs_only_numpy_and_onnxruntime():
+    files, third_party = import_closure(SERVER, LIB)
+    names = sorted(os.path.relpath(f, LIB) for f in files)
+    assert {"__init__.py", "modelstore.py", "protocol.py", "server.py"} <= set(names), names
+    assert not [n for n in names if n.startswith("training")], names
+    assert third_party <= JETSON_THIRD_PARTY, "the server imports %s, which JetPack 4.6 does not have" % (
+        third_party - JETSON_THIRD_PARTY)
+    code, out = vermin("3.6-", files)
     assert code == 0, out
+
+
+def test_import_closure_follows_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("import json\ndef f():\n    from pkg import b\n    return b\n")
+    (pkg / "b.py").write_text("from . import c\nimport numpy as np\n")
+    (pkg / "c.py").write_text("from pkg.d import thing\n")
+    (pkg / "d.py").write_text("import torch\nthing = 1\n")
+    (pkg / "unused.py").write_text("import requests\n")
+    files, others = import_closure(str(pkg / "a.py"), str(pkg))
+    assert [os.path.basename(f) for f in files] == ["__init__.py", "a.py", "b.py", "c.py", "d.py"]
+    assert others == {"numpy", "torch"}
 
 
 def test_runtime_is_python39():

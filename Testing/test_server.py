@@ -105,6 +105,9 @@ def test_endpoints_answer_as_kserve_v2(server):
     assert status == 200 and "binary_tensor_data" in meta["extensions"]
     status, model = get(server.url + "/v2/models/%s" % MODEL)
     assert model["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 16, 16]}]
+    assert model["outputs"] == [{"name": "labels", "datatype": "BOOL", "shape": [-1, 64, 64]},
+                                {"name": "probabilities", "datatype": "FP32", "shape": [-1, 1, 64, 64]},
+                                {"name": "probabilities_8bit", "datatype": "FP16", "shape": [-1, 1, 64, 64]}]
     status, config = get(server.url + "/v2/models/%s/versions/1/config" % MODEL)
     assert json.loads(config["parameters"]["lowresseg"]["string_value"])["name"] == MODEL
     assert get(server.url + "/v2/models/%s/ready" % MODEL)[0] == 200
@@ -117,8 +120,9 @@ def test_remote_segmentation_equals_local(server, repo):
     assert engine.card == LocalEngine(MODEL, repo).card
     remote = segment(volume(), engine, chunk=3)  # several requests over one keep-alive connection
     local = segment(volume(), LocalEngine(MODEL, repo))
+    assert engine.output == "probabilities_8bit" == LocalEngine(MODEL, repo).output
     np.testing.assert_array_equal(remote.labels, local.labels)
-    np.testing.assert_allclose(remote.probabilities, local.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
     assert remote.labels.any()
 
 
@@ -142,26 +146,6 @@ def _post(url, body, headers):
         return e.code, e.read()
 
 
-def test_bad_requests_get_one_clear_error_and_the_server_keeps_serving(server):
-    from LowResSegLib.protocol import encode_request
-
-    infer = server.url + "/v2/models/%s/infer" % MODEL
-    body, headers = encode_request([("image", np.zeros((2, 1, 16, 16), np.float32))])
-    lying = body.replace(b'"binary_data_size":2048', b'"binary_data_size":4096')
-    status, reply = _post(infer, lying, headers)
-    assert status == 400 and "does not match" in json.loads(reply.decode())["error"]
-    big, big_headers = encode_request([("image", np.zeros((1200, 1, 16, 16), np.float32))])  # 1.2 MB > 1 MB
-    status, reply = _post(infer, big, big_headers)
-    assert status == 413 and "larger than this server accepts" in json.loads(reply.decode())["error"]
-    wrong, wrong_headers = encode_request([("image", np.zeros((2, 1, 32, 32), np.float32))])
-    status, reply = _post(infer, wrong, wrong_headers)
-    assert status == 400 and "FP32 [N,1,16,16]" in json.loads(reply.decode())["error"]
-    for status_reply in (_post(infer, b"{garbage", {}),):
-        assert status_reply[0] == 400 and b"Traceback" not in status_reply[1]
-    assert get(server.url + "/v2/health/ready")[0] == 200  # still serving
-    assert segment(volume(), RemoteEngine(server.url, MODEL)).labels.any()
-
-
 def test_busy_queue_answers_503_with_retry_after(repo):
     from LowResSegLib.protocol import decode_request, encode_request
     from LowResSegLib.server import HttpError, ModelHost
@@ -175,7 +159,7 @@ def test_busy_queue_answers_503_with_retry_after(repo):
     assert err.value.status == 503 and err.value.headers == {"Retry-After": "1"}
     host.slots.release()
     outputs, _ = host.infer(MODEL, request)
-    assert [n for n, _ in outputs] == ["labels", "probabilities"]
+    assert [n for n, _ in outputs] == ["labels", "probabilities", "probabilities_8bit"]
 
 
 def test_refuses_a_network_address_without_a_token_and_a_loose_token_file(repo, tmp_path):
@@ -217,10 +201,15 @@ def test_nvidia_tritonclient_works_unchanged(server, repo):
     outputs = [httpclient.InferRequestedOutput("labels", binary_data=True),
                httpclient.InferRequestedOutput("probabilities", binary_data=False)]
     result = client.infer(MODEL, [inp], outputs=outputs, request_id="42")
-    labels, probs = LocalEngine(MODEL, repo).infer(x)
+    labels, probs, probs_8bit = LocalEngine(MODEL, repo).session.run(None, {"image": x})
     np.testing.assert_array_equal(result.as_numpy("labels"), labels)
     np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
     assert result.get_response()["id"] == "42"
+    # what RemoteEngine asks for, compressed both ways as tritonclient does it
+    result = client.infer(MODEL, [inp], outputs=[httpclient.InferRequestedOutput("probabilities_8bit")],
+                          request_compression_algorithm="gzip", response_compression_algorithm="gzip")
+    assert result.as_numpy("probabilities_8bit").dtype == np.float16
+    np.testing.assert_array_equal(result.as_numpy("probabilities_8bit"), probs_8bit)
     assert client.get_server_metadata()["name"] == "lowresseg"
     json_in = httpclient.InferInput("image", list(x.shape), "FP32")
     json_in.set_data_from_numpy(x, binary_data=False)  # JSON "data", not the binary extension
@@ -321,13 +310,102 @@ def _raw(server, method, path, headers, body=b""):
     return reply.status, json.loads(data.decode())
 
 
-def test_missing_length_and_chunked_bodies_get_411(server):
-    infer = "/v2/models/%s/infer" % MODEL
-    status, body = _raw(server, "POST", infer, {})
-    assert status == 411 and "Content-Length" in body["error"]
-    status, body = _raw(server, "POST", infer, {"Transfer-Encoding": "chunked"}, b"5\r\nhello\r\n0\r\n\r\n")
-    assert status == 411 and "chunked" in body["error"]
+def _image_request(x=None, outputs=None, edit=None, tail=None):
+    """A real binary infer request, optionally with its JSON header edited or its binary tail replaced."""
+    from LowResSegLib.protocol import encode_request
+
+    x = np.zeros((2, 1, 16, 16), np.float32) if x is None else x
+    body, headers = encode_request([("image", x)], outputs=outputs)
+    n = int(headers["Inference-Header-Content-Length"])
+    doc = json.loads(body[:n].decode())
+    if edit:
+        edit(doc)
+    head = json.dumps(doc).encode()
+    body = head + (body[n:] if tail is None else tail)
+    return body, {"Inference-Header-Content-Length": str(len(head)), "Content-Length": str(len(body))}
+
+
+def _with(body_headers, **extra):
+    body, headers = body_headers
+    headers = dict(headers, **{k.replace("_", "-"): v for k, v in extra.items()})
+    return body, headers
+
+
+def _bomb():
+    import zlib
+
+    body, headers = _image_request()
+    packed = zlib.compress(body + b" " * (3 << 20), 9)  # inflates to 3 MB > the 1 MB cap
+    return packed, dict(headers, **{"Content-Encoding": "deflate", "Content-Length": str(len(packed))})
+
+
+INFER = "/v2/models/%s/infer" % MODEL
+X2 = np.zeros((2, 1, 16, 16), np.float32)
+# (kind, method, path, (body, headers), status, words in the error)
+BAD_REQUESTS = [
+    ("malformed JSON", "POST", INFER, (b"{garbage", {"Content-Length": "8"}), 400, "not valid JSON"),
+    ("JSON not an object", "POST", INFER, (b"[1, 2]", {"Content-Length": "6"}), 400, "must be an object"),
+    ("header length beyond the body", "POST", INFER,
+     _with(_image_request(), Inference_Header_Content_Length="999999"), 400, "outside the"),
+    ("header length not a number", "POST", INFER,
+     _with(_image_request(), Inference_Header_Content_Length="abc"), 400, "must be an integer"),
+    ("binary size mismatch", "POST", INFER,
+     _image_request(edit=lambda d: d["inputs"][0]["parameters"].update(binary_data_size=4096)), 400, "does not match"),
+    ("binary data cut short", "POST", INFER, _image_request(tail=X2.tobytes()[:-4]), 400, "ends before"),
+    ("bytes after the last tensor", "POST", INFER, _image_request(tail=X2.tobytes() + b"\0" * 8), 400,
+     "after the last"),
+    ("unknown datatype", "POST", INFER, _image_request(edit=lambda d: d["inputs"][0].update(datatype="FP8")), 400,
+     "unknown or unsupported datatype"),
+    ("wrong dtype for the model", "POST", INFER, _image_request(x=X2.astype(np.float64)), 400, "must be FP32"),
+    ("wrong slice size for the model", "POST", INFER, _image_request(x=np.zeros((2, 1, 32, 32), np.float32)), 400,
+     "FP32 [N,1,16,16]"),
+    ("negative dimension", "POST", INFER, _image_request(edit=lambda d: d["inputs"][0].update(shape=[2, 1, -16, -16])),
+     400, "non-negative"),
+    ("huge declared shape", "POST", INFER,
+     _image_request(edit=lambda d: d["inputs"][0].update(shape=[1 << 20, 1 << 20])), 413, "larger than"),
+    ("wrong input name", "POST", INFER, _image_request(edit=lambda d: d["inputs"][0].update(name="img")), 400, "image"),
+    ("no inputs", "POST", INFER, (b'{"inputs": []}', {"Content-Length": "14"}), 400, "no inputs"),
+    ("unknown output", "POST", INFER, _image_request(outputs=["masks"]), 400, "has no output 'masks'"),
+    ("oversized body", "POST", INFER, _image_request(x=np.zeros((1200, 1, 16, 16), np.float32)), 413,
+     "larger than this server accepts"),
+    ("missing Content-Length", "POST", INFER, (b"", {}), 411, "Content-Length"),
+    ("chunked body", "POST", INFER, (b"5\r\nhello\r\n0\r\n\r\n", {"Transfer-Encoding": "chunked"}), 411, "chunked"),
+    ("negative Content-Length", "POST", INFER, (b"", {"Content-Length": "-5"}), 400, "negative"),
+    ("unsupported Content-Encoding", "POST", INFER, _with(_image_request(), Content_Encoding="br"), 400,
+     "unsupported Content-Encoding"),
+    ("corrupt gzip body", "POST", INFER, (b"\x1f\x8b not gzip", {"Content-Encoding": "gzip", "Content-Length": "11"}),
+     400, "could not be decompressed"),
+    ("gzip bomb", "POST", INFER, _bomb(), 413, "decompressed body is larger"),
+    ("unknown model", "POST", "/v2/models/nope/infer", _image_request(), 404, "unknown model 'nope'"),
+    ("unknown version", "POST", "/v2/models/%s/versions/7/infer" % MODEL, _image_request(), 404, "no version 7"),
+    ("GET on infer", "GET", INFER, (b"", {}), 404, "no such endpoint"),
+    ("unsupported method", "DELETE", "/v2/models/%s" % MODEL, (b"", {}), 405, "not supported"),
+]
+
+
+@pytest.mark.parametrize("kind,method,path,request_,status,words", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_each_kind_of_bad_request_gets_its_4xx_and_the_server_keeps_serving(server, kind, method, path, request_,
+                                                                           status, words):
+    body, headers = request_
+    got, reply = _raw(server, method, path, headers, body)
+    assert (got, set(reply)) == (status, {"error"}), (kind, got, reply)
+    assert words in reply["error"] and "Traceback" not in reply["error"], (kind, reply)
     assert get(server.url + "/v2/health/ready")[0] == 200
+
+
+def test_there_are_at_least_20_kinds_of_bad_request():
+    assert len({b[0] for b in BAD_REQUESTS}) >= 20
+
+
+def test_a_truncated_body_gets_400_and_the_server_keeps_serving(server):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\"" % INFER.encode())
+        sock.shutdown(socket.SHUT_WR)  # the client goes away after 9 of 100 bytes
+        reply = sock.makefile("rb").read()
+    assert reply.startswith(b"HTTP/1.1 400") and b"ended after 9 of 100 bytes" in reply
+    assert segment(volume(), RemoteEngine(server.url, MODEL)).labels.any()
 
 
 def _free_port():
@@ -347,8 +425,8 @@ def test_a_restarted_server_serves_the_next_call(repo):
     s.stop()
     s = start_server(repo, "--port", port)
     try:
-        labels, _ = engine.infer(x)  # the idle keep-alive connection died with the old process
-        assert labels.shape == (2, 64, 64)
+        probs = engine.infer(x)  # the idle keep-alive connection died with the old process
+        assert probs.shape == (2, 1, 64, 64)
     finally:
         s.stop()
 
@@ -404,3 +482,111 @@ def test_fuzzed_bodies_never_get_a_5xx_and_the_server_survives(server):
         statuses.append(status)
         assert status < 500, (n, status, reply[:200])
     assert get(server.url + "/v2/health/ready")[0] == 200 and 400 in statuses
+
+
+def test_replies_are_gzipped_only_when_asked_and_cost_few_bytes(server):
+    import http.client
+    import gzip
+
+    x = np.zeros((8, 1, 16, 16), np.float32)
+    x[:, :, 4:9, 5:11] = 4.0  # a lesion on an empty background, as slices mostly are
+    body, headers = _image_request(x=x, outputs=["probabilities_8bit"])
+    sizes = {}
+    for accept in (None, "gzip", "deflate;q=0.5, gzip;q=0", "br"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.putrequest("POST", INFER, skip_accept_encoding=True)
+        for k, v in dict(headers, **({"Accept-Encoding": accept} if accept else {})).items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        data = reply.read()
+        conn.close()
+        assert reply.status == 200
+        sizes[accept] = (reply.getheader("Content-Encoding"), len(data))
+        if accept == "gzip":
+            raw = gzip.decompress(data)
+    assert sizes[None][0] is None and sizes["br"][0] is None and sizes["br"][1] == sizes[None][1]
+    assert sizes["gzip"][0] == "gzip" and sizes["deflate;q=0.5, gzip;q=0"][0] == "deflate"
+    assert len(raw) == sizes[None][1] and sizes["gzip"][1] < sizes[None][1] / 5
+
+
+def test_a_remote_volume_crosses_the_wire_compressed_with_the_same_labels(server, repo):
+    engine = RemoteEngine(server.url, MODEL)
+    received = []
+    request = engine.server.request
+
+    def counting(method, path, body=None, headers=None):
+        status, reply, data = request(method, path, body, headers)
+        received.append((int(reply.getheader("Content-Length")), len(data), reply.getheader("Content-Encoding")))
+        return status, reply, data
+
+    engine.server.request = counting
+    remote = segment(volume(), engine, chunk=4)
+    wire, decoded = sum(r[0] for r in received), sum(r[1] for r in received)
+    assert all(r[2] == "gzip" for r in received) and wire < decoded / 5
+    np.testing.assert_array_equal(remote.labels, segment(volume(), LocalEngine(MODEL, repo)).labels)
+
+
+def test_a_model_exported_before_the_8bit_output_still_works(tmp_path):
+    repo = str(tmp_path)
+    add_threshold_model(repo, "legacy-16to64", r=16, big_r=64, threshold=2.5, legacy=True)
+    add_threshold_model(repo, MODEL, r=16, big_r=64, threshold=2.5)
+    s = start_server(repo)
+    try:
+        old, new = RemoteEngine(s.url, "legacy-16to64"), RemoteEngine(s.url, MODEL)
+        assert old.output == LocalEngine("legacy-16to64", repo).output == "probabilities"
+        exact = segment(volume(), old)
+        assert exact.labels.any()
+        np.testing.assert_array_equal(exact.labels, segment(volume(), LocalEngine("legacy-16to64", repo)).labels)
+        coarse = segment(volume(), new)  # same graph, read through the 8-bit output
+        assert np.abs(coarse.probabilities - exact.probabilities).max() <= 0.5 / 255 + 5e-4
+        with pytest.raises(ValueError, match="has no output 'probabilities_8bit'"):
+            RemoteEngine(s.url, "legacy-16to64", output="probabilities_8bit")
+    finally:
+        s.stop()
+
+
+def _one_reply_server(reply):
+    """A socket that answers any request with the raw bytes ``reply`` (a broken or hostile server)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(reply)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+@pytest.mark.parametrize("encoding,payload,message", [
+    ("gzip", b"\x1f\x8bnot really", "is corrupt"),
+    ("br", b"whatever", "cannot read"),
+    ("deflate", None, "inflates beyond"),
+])
+def test_a_bad_compressed_reply_is_a_clear_client_error(monkeypatch, encoding, payload, message):
+    import zlib
+
+    import LowResSegLib.engines as engines
+
+    if payload is None:  # a reply that inflates past the client's cap
+        monkeypatch.setattr(engines, "MAX_REPLY_BYTES", 1 << 16)
+        payload = zlib.compress(b"{" + b" " * (1 << 20) + b"}", 9)
+    head = ("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: %s\r\n"
+            "Content-Length: %d\r\nConnection: close\r\n\r\n" % (encoding, len(payload))).encode()
+    listener = _one_reply_server(head + payload)
+    try:
+        with pytest.raises(RemoteError, match=message):
+            RemoteEngine("http://127.0.0.1:%d" % listener.getsockname()[1], MODEL)
+    finally:
+        listener.close()

@@ -12,6 +12,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from LowResSegLib.training.tensorrt_ops import (  # noqa: E402
+    TRT82_OP_TYPES,
     TRT82_SUPPORTED_OPS,
     assert_tensorrt82,
     check_tensorrt82,
@@ -81,8 +82,9 @@ def test_nonzero_reported():
     y = helper.make_tensor_value_info("y", TensorProto.INT64, [1, None])
     model = _make_model([helper.make_node("NonZero", ["x"], ["y"])], [x], [y])
     problems = check_tensorrt82(model)
-    assert len(problems) == 1
+    assert len(problems) == 2
     assert "NonZero" in problems[0] and "1 node" in problems[0]
+    assert "graph output 'y' is INT64" in problems[1]  # a network output must be a TensorRT type too
     with pytest.raises(ValueError, match="NonZero"):
         assert_tensorrt82(model)
 
@@ -139,6 +141,66 @@ def test_resize_modes(mode, ctm, ok):
     else:
         assert len(problems) == 1 and "Resize" in problems[0]
         assert (mode if mode != "linear" else ctm) in problems[0]
+
+
+def test_type_table_sanity():
+    # Spot checks against the "Supported Types" column of the same document.
+    assert set(TRT82_OP_TYPES) == TRT82_SUPPORTED_OPS
+    assert TRT82_OP_TYPES["Cast"] == {"FP32", "FP16", "INT32", "INT8", "BOOL"}
+    assert TRT82_OP_TYPES["ConstantOfShape"] == {"FP32"} and TRT82_OP_TYPES["Not"] == {"BOOL"}
+    assert TRT82_OP_TYPES["Round"] == {"FP32", "FP16", "INT8"}
+    assert not any("UINT8" in t for t in TRT82_OP_TYPES.values())
+
+
+def _labels_model(out_type, cast_to=None):
+    """Greater -> (Cast) -> labels: the tail of a segmentation graph."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [helper.make_node("Greater", ["x", "zero"], ["mask" if cast_to else "labels"], name="gt")]
+    if cast_to:
+        nodes.append(helper.make_node("Cast", ["mask"], ["labels"], name="cast", to=cast_to))
+    y = helper.make_tensor_value_info("labels", out_type, [1, 4])
+    return _make_model(nodes, [x], [y], initializers=[zero])
+
+
+def test_uint8_labels_rejected_bool_and_int32_accepted():
+    problems = check_tensorrt82(_labels_model(TensorProto.UINT8, cast_to=TensorProto.UINT8))
+    assert len(problems) == 2
+    assert "graph output 'labels' is UINT8" in problems[0]
+    assert "Cast node 'cast' casts to UINT8" in problems[1]
+    assert check_tensorrt82(_labels_model(TensorProto.BOOL)) == []
+    assert check_tensorrt82(_labels_model(TensorProto.INT32, cast_to=TensorProto.INT32)) == []
+    assert check_tensorrt82(_labels_model(TensorProto.FLOAT16, cast_to=TensorProto.FLOAT16)) == []
+
+
+def test_operator_on_unsupported_type_reported():
+    # Sigmoid on FP32 is fine; on an INT32 tensor it is not (FP32, FP16, INT8 only); a UINT8 input is caught too
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+             helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)]
+    problems = check_tensorrt82(_make_model(nodes, [x], [y]))
+    assert problems == ["Sigmoid node 'sig' works on a INT32 tensor ('x'); TensorRT 8.2 supports Sigmoid only on "
+                        "FP16, FP32, INT8"]
+    u = helper.make_tensor_value_info("u", TensorProto.UINT8, [4])
+    problems = check_tensorrt82(_make_model([helper.make_node("Cast", ["u"], ["y"], to=TensorProto.FLOAT)], [u], [y]))
+    assert any("graph input 'u' is UINT8" in p for p in problems)
+    assert any("Cast node <unnamed> works on a UINT8 tensor" in p for p in problems)
+
+
+def test_int64_shape_arithmetic_counts_as_int32():
+    # Shape -> Gather -> Unsqueeze -> Concat -> Reshape: INT64 tensors TensorRT casts down to INT32
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 12])
+    idx = helper.make_tensor("idx", TensorProto.INT64, [], [0])
+    minus1 = helper.make_tensor("minus1", TensorProto.INT64, [1], [-1])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "idx"], ["n"]),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+             helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["x", "target"], ["y"])]
+    assert check_tensorrt82(_make_model(nodes, [x], [y], initializers=[idx, minus1, axes])) == []
 
 
 def test_every_model_dir_has_onnx():

@@ -1,8 +1,9 @@
 """Run directory -> Triton-layout model folder (ONNX opset 13 + model card).
 
-The ONNX graph takes ``image`` [N,1,r,r] float32 and returns ``labels`` [N,R,R] uint8
-and ``probabilities`` [N,K,R,R] float32, with a dynamic batch axis. Opset 13 and the
-op set are what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses.
+The ONNX graph takes ``image`` [N,1,r,r] float32 and returns ``modelstore.graph_outputs``
+(``labels`` [N,R,R] bool, ``probabilities`` [N,K,R,R] float32 and ``probabilities_8bit``
+[N,K,R,R] float16), with a dynamic batch axis. Opset 13, the op set and the tensor types are
+what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses (``tensorrt_ops.check_tensorrt82``).
 """
 
 import json
@@ -12,8 +13,8 @@ import torch
 
 from LowResSegLib import __version__
 from LowResSegLib.intensity import ZSCORE_NONZERO, normalization_card
-from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, ONNX_RELPATH, sha256_file,
-                                     triton_config, validate_card)
+from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, LABELS, ONNX_RELPATH, PROBABILITIES,
+                                     PROBABILITIES_8BIT, sha256_file, triton_config, validate_card)
 from LowResSegLib.outputs import staged_folder
 from LowResSegLib.training.models import ExportWrapper, SegModel, model_stats
 from LowResSegLib.training.phantom import MNI_NOTICE
@@ -30,15 +31,16 @@ TUMOUR_CLASS = {
 
 
 def export_onnx(model, path, opset=OPSET):
-    """Export ``model`` (a SegModel) with labels/probabilities outputs and dynamic batch."""
+    """Export ``model`` (a SegModel) with the outputs of ``graph_outputs`` and a dynamic batch."""
     model = model.eval()
     r = model.config["input_size"]
     wrapper = ExportWrapper(model).eval()
+    names = [LABELS, PROBABILITIES, PROBABILITIES_8BIT]
     with torch.no_grad():
         torch.onnx.export(
             wrapper, (torch.zeros(2, 1, r, r),), path, opset_version=opset, dynamo=False,
-            input_names=["image"], output_names=["labels", "probabilities"],
-            dynamic_axes={"image": {0: "batch"}, "labels": {0: "batch"}, "probabilities": {0: "batch"}},
+            input_names=["image"], output_names=names,
+            dynamic_axes=dict({"image": {0: "batch"}}, **{n: {0: "batch"} for n in names}),
         )
     return path
 

@@ -27,7 +27,10 @@ treated as unsupported. Note that the table marks ``Reciprocal`` as "N".
 * a default-domain (``ai.onnx``) opset above 13;
 * any operator from a non-default domain (custom ops, ``com.microsoft``, ...);
 * ``Resize`` nodes whose ``mode`` is not ``nearest``/``linear``, or whose
-  ``coordinate_transformation_mode`` is not one the document lists as supported.
+  ``coordinate_transformation_mode`` is not one the document lists as supported;
+* tensor types: graph inputs/outputs outside ``TRT82_IO_TYPES`` (e.g. UINT8), an operator's
+  data tensor outside its "Supported Types" (``TRT82_OP_TYPES``; INT64 and DOUBLE count as the
+  INT32 and FP32 TensorRT casts them down to), and a ``Cast`` to a type Cast does not support.
 
 Nodes inside subgraphs (``If``/``Loop``/``Scan`` bodies) are checked too.
 ``onnx`` is imported only inside the functions, so importing this module is cheap.
@@ -41,6 +44,8 @@ __all__ = [
     "TRT82_MAX_OPSET",
     "TRT82_RESIZE_MODES",
     "TRT82_RESIZE_COORDINATE_TRANSFORMATION_MODES",
+    "TRT82_OP_TYPES",
+    "TRT82_IO_TYPES",
     "check_tensorrt82",
     "assert_tensorrt82",
 ]
@@ -71,6 +76,54 @@ TRT82_SUPPORTED_OPS = frozenset({
     "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK",
     "Transpose", "Unsqueeze", "Upsample", "Where",
 })
+
+#: "Supported Types" column of the same table, for every operator marked "Y".
+_TYPES_TEXT = """
+Abs: FP32 FP16 INT32 | Acos: FP32 FP16 | Acosh: FP32 FP16 | Add: FP32 FP16 INT32 | And: BOOL
+ArgMax: FP32 FP16 | ArgMin: FP32 FP16 | Asin: FP32 FP16 | Asinh: FP32 FP16 | Atan: FP32 FP16
+Atanh: FP32 FP16 | AveragePool: FP32 FP16 INT8 INT32 | BatchNormalization: FP32 FP16
+Cast: FP32 FP16 INT32 INT8 BOOL | Ceil: FP32 FP16 | Celu: FP32 FP16 | Clip: FP32 FP16 INT8
+Concat: FP32 FP16 INT32 INT8 BOOL | Constant: FP32 FP16 INT32 INT8 BOOL | ConstantOfShape: FP32
+Conv: FP32 FP16 INT8 | ConvTranspose: FP32 FP16 INT8 | Cos: FP32 FP16 | Cosh: FP32 FP16 | CumSum: FP32 FP16
+DepthToSpace: FP32 FP16 INT32 | DequantizeLinear: INT8 | Div: FP32 FP16 INT32 | Dropout: FP32 FP16
+Einsum: FP32 FP16 | Elu: FP32 FP16 INT8 | Equal: FP32 FP16 INT32 | Erf: FP32 FP16 | Exp: FP32 FP16
+Expand: FP32 FP16 INT32 BOOL | EyeLike: FP32 FP16 INT32 BOOL | Flatten: FP32 FP16 INT32 BOOL
+Floor: FP32 FP16 | Gather: FP32 FP16 INT8 INT32 | GatherElements: FP32 FP16 INT8 INT32
+GatherND: FP32 FP16 INT8 INT32 | Gemm: FP32 FP16 INT8 | GlobalAveragePool: FP32 FP16 INT8
+GlobalLpPool: FP32 FP16 INT8 | GlobalMaxPool: FP32 FP16 INT8 | Greater: FP32 FP16 INT32
+GreaterOrEqual: FP32 FP16 INT32 | GRU: FP32 FP16 | HardSigmoid: FP32 FP16 INT8
+Identity: FP32 FP16 INT32 INT8 BOOL | If: FP32 FP16 INT32 BOOL | ImageScaler: FP32 FP16
+InstanceNormalization: FP32 FP16 | IsNaN: FP32 FP16 INT32 | LeakyRelu: FP32 FP16 INT8
+Less: FP32 FP16 INT32 | LessOrEqual: FP32 FP16 INT32 | Log: FP32 FP16 | LogSoftmax: FP32 FP16
+Loop: FP32 FP16 INT32 BOOL | LRN: FP32 FP16 | LSTM: FP32 FP16 | LpNormalization: FP32 FP16
+LpPool: FP32 FP16 INT8 | MatMul: FP32 FP16 | Max: FP32 FP16 INT32 | MaxPool: FP32 FP16 INT8
+Mean: FP32 FP16 INT32 | Min: FP32 FP16 INT32 | Mul: FP32 FP16 INT32 | Neg: FP32 FP16 INT32
+NonMaxSuppression: FP32 FP16 | Not: BOOL | Or: BOOL | Pad: FP32 FP16 INT8 INT32
+ParametricSoftplus: FP32 FP16 INT8 | Pow: FP32 FP16 | PRelu: FP32 FP16 INT8 | QuantizeLinear: FP32 FP16
+RandomUniform: FP32 FP16 | RandomUniformLike: FP32 FP16 | Range: FP32 FP16 INT32 | ReduceL1: FP32 FP16
+ReduceL2: FP32 FP16 | ReduceLogSum: FP32 FP16 | ReduceLogSumExp: FP32 FP16 | ReduceMax: FP32 FP16
+ReduceMean: FP32 FP16 | ReduceMin: FP32 FP16 | ReduceProd: FP32 FP16 | ReduceSum: FP32 FP16
+ReduceSumSquare: FP32 FP16 | Relu: FP32 FP16 INT8 | Reshape: FP32 FP16 INT32 INT8 BOOL | Resize: FP32 FP16
+ReverseSequence: FP32 FP16 | RNN: FP32 FP16 | Round: FP32 FP16 INT8 | ScaledTanh: FP32 FP16 INT8
+Scan: FP32 FP16 | Scatter: FP32 FP16 INT8 INT32 | ScatterElements: FP32 FP16 INT8 INT32
+ScatterND: FP32 FP16 INT8 INT32 | Selu: FP32 FP16 INT8 | Shape: FP32 FP16 INT32 INT8 BOOL
+Sigmoid: FP32 FP16 INT8 | Sign: FP32 FP16 INT8 INT32 | Sin: FP32 FP16 | Sinh: FP32 FP16
+Size: FP32 FP16 INT32 INT8 BOOL | Slice: FP32 FP16 INT32 INT8 BOOL | Softmax: FP32 FP16
+Softplus: FP32 FP16 INT8 | Softsign: FP32 FP16 INT8 | SpaceToDepth: FP32 FP16 INT32
+Split: FP32 FP16 INT32 BOOL | Sqrt: FP32 FP16 | Squeeze: FP32 FP16 INT32 INT8 BOOL | Sub: FP32 FP16 INT32
+Sum: FP32 FP16 INT32 | Tan: FP32 FP16 | Tanh: FP32 FP16 INT8 | ThresholdedRelu: FP32 FP16 INT8
+Tile: FP32 FP16 INT32 BOOL | TopK: FP32 FP16 | Transpose: FP32 FP16 INT32 INT8 BOOL
+Unsqueeze: FP32 FP16 INT32 INT8 BOOL | Upsample: FP32 FP16 | Where: FP32 FP16 INT32 BOOL
+"""
+TRT82_OP_TYPES = dict(
+    (op.strip(), frozenset(types.split()))
+    for op, types in (item.split(":") for item in _TYPES_TEXT.replace("\n", " | ").split("|") if item.strip()))
+
+#: "TensorRT supports the following ONNX data types: DOUBLE, FLOAT32, FLOAT16, INT8, and BOOL", with
+#: "limited support for INT32, INT64, and DOUBLE" (INT64 is cast down to INT32, DOUBLE to FLOAT).
+#: Network inputs and outputs must be one of these; UINT8 and the other types are not.
+TRT82_IO_TYPES = frozenset({"FP32", "FP16", "INT8", "INT32", "BOOL"})
+_CAST_DOWN = {"INT64": "INT32", "FP64": "FP32"}
 
 #: Resize ``mode`` values the document lists as supported.
 TRT82_RESIZE_MODES = frozenset({"nearest", "linear"})
@@ -125,6 +178,72 @@ def _str_attr(node, name, default):
 def _node_label(node):
     # type: (Any) -> str
     return repr(node.name) if node.name else "<unnamed>"
+
+
+_CHECK_OUTPUT = frozenset({"Constant", "ConstantOfShape", "RandomUniform", "RandomUniformLike", "Range"})
+_DATA_INPUT = {"Where": 1}  # Where's first input is the BOOL condition; its data is the second
+
+
+def _type_names():
+    import onnx
+
+    names = {"FLOAT": "FP32", "FLOAT16": "FP16", "DOUBLE": "FP64"}
+    return {v: names.get(k, k) for k, v in onnx.TensorProto.DataType.items()}
+
+
+def _tensor_types(model):
+    """Element type name of every tensor whose type ONNX shape inference knows."""
+    import onnx
+
+    names = _type_names()
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph inference cannot handle still gets the op checks
+        pass
+    graph = model.graph
+    types = {t.name: names[t.data_type] for t in graph.initializer}
+    for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type:
+            types[v.name] = names[v.type.tensor_type.elem_type]
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = names[attr.t.data_type]
+    return types
+
+
+def _dtype_problems(model):
+    """Tensor types TensorRT 8.2 cannot take: at the network's inputs/outputs and per operator."""
+    names = _type_names()
+    types = _tensor_types(model)
+    problems = []  # type: List[str]
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        init = {t.name for t in model.graph.initializer}
+        for v in values:
+            t = types.get(v.name)
+            if v.name not in init and t is not None and t not in TRT82_IO_TYPES:
+                problems.append("graph %s %r is %s; TensorRT 8.2 network inputs and outputs must be one of %s"
+                                % (kind, v.name, t, ", ".join(sorted(TRT82_IO_TYPES))))
+    for _where, node in _iter_nodes(model.graph):
+        allowed = TRT82_OP_TYPES.get(node.op_type)
+        if node.domain not in _DEFAULT_DOMAINS or allowed is None:
+            continue
+        if node.op_type in _CHECK_OUTPUT:
+            tensor = node.output[0] if node.output else ""
+        else:
+            i = _DATA_INPUT.get(node.op_type, 0)
+            tensor = node.input[i] if len(node.input) > i else ""
+        t = types.get(tensor)
+        if t is not None and _CAST_DOWN.get(t, t) not in allowed:
+            problems.append("%s node %s works on a %s tensor (%r); TensorRT 8.2 supports %s only on %s"
+                            % (node.op_type, _node_label(node), t, tensor, node.op_type, ", ".join(sorted(allowed))))
+        if node.op_type == "Cast":
+            to = [names.get(a.i) for a in node.attribute if a.name == "to"]
+            if to and _CAST_DOWN.get(to[0], to[0]) not in allowed:
+                problems.append("Cast node %s casts to %s; TensorRT 8.2 casts only to %s"
+                                % (_node_label(node), to[0], ", ".join(sorted(allowed))))
+    return problems
 
 
 def check_tensorrt82(model_or_path):
@@ -190,6 +309,7 @@ def check_tensorrt82(model_or_path):
                 domain, op_type, domain, count, "" if count == 1 else "s"))
 
     problems.extend(resize_problems)
+    problems.extend(_dtype_problems(model))
     return problems
 
 
