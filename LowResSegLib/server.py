@@ -1,7 +1,8 @@
 """The edge inference server: a KServe v2 / Triton-compatible HTTP endpoint for a Jetson Nano.
 
     python3 -m LowResSegLib.server --repository Resources/Models [--host 127.0.0.1] [--port 8000]
-        [--token-file F] [--tls-cert C --tls-key K] [--max-body-mb 64] [--max-queue 4] [--providers ...]
+        [--token-file F] [--tls-cert C --tls-key K] [--max-body-mb 64] [--max-queue 4] [--max-batch 8]
+        [--providers ...]
 
 It serves a model repository in Triton's layout (our modelstore) with the endpoints of
 docs/jetson.md and ../DESIGN §6, so NVIDIA's tritonclient and our RemoteEngine both work, and
@@ -61,7 +62,7 @@ class HttpError(Exception):
 class ModelHost(object):
     """The repository's models, each with one onnxruntime session, and the bounded inference queue."""
 
-    def __init__(self, repository, providers=None, max_queue=4):
+    def __init__(self, repository, providers=None, max_queue=4, max_batch=8):
         import onnxruntime as ort
 
         self.repo = ModelRepository(repository)
@@ -89,6 +90,7 @@ class ModelHost(object):
             raise ValueError("no usable model in %s%s" % (self.repo.root, (": " + "; ".join(self.skipped.values()))
                                                            if self.skipped else ""))
         self.slots = threading.BoundedSemaphore(max(1, int(max_queue)))
+        self.max_batch = max(1, int(max_batch))  # slices per session.run: bounds the activation memory
         self.device = threading.Lock()  # one inference at a time on the (one) GPU
 
     def card(self, name):
@@ -137,10 +139,24 @@ class ModelHost(object):
             raise HttpError(503, "the server is busy (inference queue full); retry shortly", {"Retry-After": "1"})
         try:
             with self.device:
-                values = self.sessions[name].run(names, {"image": np.ascontiguousarray(image)})
+                parts = [self._run(name, names, image[i:i + self.max_batch])
+                         for i in range(0, image.shape[0], self.max_batch)]
         finally:
             self.slots.release()
+        values = [parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts]) for k in range(len(names))]
         return list(zip(names, values)), {n for n, binary in asked if binary}
+
+    def _run(self, name, names, image):
+        import numpy as np
+
+        try:
+            return self.sessions[name].run(names, {"image": np.ascontiguousarray(image)})
+        except Exception as exc:  # onnxruntime reports a failed allocation as a generic Fail
+            if isinstance(exc, MemoryError) or "allocate memory" in str(exc):
+                LOG.warning(json.dumps({"event": "out-of-memory", "model": name, "slices": int(image.shape[0])}))
+                raise HttpError(503, "the server ran out of memory running %d slices of %s at once; restart it with "
+                                     "a smaller --max-batch (now %d)" % (image.shape[0], name, self.max_batch))
+            raise
 
 
 def accepted_encoding(header):
@@ -341,12 +357,12 @@ def read_token(path):
 
 
 def make_server(repository, host="127.0.0.1", port=8000, token=None, tls_cert=None, tls_key=None,
-                max_body_mb=64, max_queue=4, providers=None, socket_timeout=SOCKET_TIMEOUT_S):
+                max_body_mb=64, max_queue=4, providers=None, socket_timeout=SOCKET_TIMEOUT_S, max_batch=8):
     """A ready (not yet serving) server; refuses a non-loopback address without a token."""
     if not _is_loopback(host) and not token:
         raise ValueError("refusing to listen on %s without a token: anyone on the network could use it; pass "
                          "--token-file (see docs/jetson.md) or bind 127.0.0.1" % host)
-    model_host = ModelHost(repository, providers, max_queue)
+    model_host = ModelHost(repository, providers, max_queue, max_batch)
     handler = type("TimedHandler", (Handler,), {"timeout": float(socket_timeout)})
     server = Server((host, port), handler)
     server.host = model_host
@@ -374,6 +390,9 @@ def build_parser():
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (default 64 MB)")
     ap.add_argument("--max-queue", type=int, default=4, help="inferences waiting or running before 503 (default 4)")
+    ap.add_argument("--max-batch", type=int, default=8,
+                    help="slices per onnxruntime run; a larger request runs in parts (default 8: a 256² model at "
+                         "batch 32 needs more than 2 GB)")
     ap.add_argument("--providers", nargs="+", help="onnxruntime providers (default: TensorRT, CUDA, CPU as available)")
     ap.add_argument("--socket-timeout", type=float, default=SOCKET_TIMEOUT_S,
                     help="seconds a connection may stay silent mid-request or idle (default %d)" % SOCKET_TIMEOUT_S)
@@ -386,13 +405,13 @@ def main(argv=None):
     try:
         token = read_token(args.token_file) if args.token_file else None
         server = make_server(args.repository, args.host, args.port, token, args.tls_cert, args.tls_key,
-                             args.max_body_mb, args.max_queue, args.providers, args.socket_timeout)
+                             args.max_body_mb, args.max_queue, args.providers, args.socket_timeout, args.max_batch)
     except (ValueError, OSError, ModelStoreError) as exc:
         print("lowresseg serve: error: %s" % exc, file=sys.stderr)
         return 2
     LOG.info(json.dumps({"event": "start", "host": args.host, "port": server.server_address[1],
                          "tls": bool(args.tls_cert), "token": bool(token), "providers": server.host.providers,
-                         "models": sorted(server.host.cards)}))
+                         "max_batch": args.max_batch, "models": sorted(server.host.cards)}))
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -162,6 +162,20 @@ def test_busy_queue_answers_503_with_retry_after(repo):
     assert [n for n, _ in outputs] == ["labels", "probabilities", "probabilities_8bit"]
 
 
+def test_a_large_request_runs_in_parts_of_max_batch_with_the_same_result(repo):
+    from LowResSegLib.protocol import decode_request, encode_request
+    from LowResSegLib.server import ModelHost
+
+    x = np.random.default_rng(3).uniform(0, 4, (7, 1, 16, 16)).astype(np.float32)
+    body, headers = encode_request([("image", x)])
+    request = decode_request(body, headers["Inference-Header-Content-Length"])
+    whole = dict(ModelHost(repo, max_batch=64).infer(MODEL, request)[0])
+    parts = dict(ModelHost(repo, max_batch=3).infer(MODEL, request)[0])  # 3 + 3 + 1 slices
+    assert whole["labels"].shape == (7, 64, 64) and whole["labels"].any() and not whole["labels"].all()
+    for name in whole:
+        np.testing.assert_array_equal(parts[name], whole[name])
+
+
 def test_refuses_a_network_address_without_a_token_and_a_loose_token_file(repo, tmp_path):
     out = subprocess.run([sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--host", "0.0.0.0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
