@@ -84,6 +84,8 @@ class ModelHost(object):
                 continue
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
+            # idle onnxruntime threads must not spin: between runs the same cores decode, compress and send
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.sessions[name] = ort.InferenceSession(path, sess_options=opts, providers=self.providers)
             self.cards[name] = card
         if not self.cards:

@@ -225,7 +225,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="elunet-jhead-32to256")
     ap.add_argument("--repository", default=os.path.join(ROOT, "Resources", "Models"))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--fuzz", type=int, default=10000, help="fuzzed requests (default 10000)")
