@@ -192,6 +192,17 @@ def cmd_export(args):
     return 0
 
 
+def cmd_tune_postprocess(args):
+    from LowResSegLib.training.tune_postprocess import tune, write_tuned
+
+    for model in args.models:
+        entry, scores = tune(model, args.repository, seed=args.seed, n=args.cases)
+        write_tuned(model, args.repository, entry)
+        print("%s: drop components < %g mL or with peak probability < %g (%s)"
+              % (model, entry["min_component_ml"], entry["min_component_peak"], entry["tuned_on"]))
+    return 0
+
+
 def build_parser():
     from LowResSegLib.modelstore import default_repository
 
@@ -298,6 +309,14 @@ def build_parser():
     e.add_argument("--repository", default=default_repository())
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
+
+    tp = sub.add_parser("tune-postprocess", help="tune each model's weak-component filter on held-apart phantoms "
+                                                 "and store it in its model card")
+    tp.add_argument("models", nargs="+", help="model names in the repository")
+    tp.add_argument("--repository", default=default_repository())
+    tp.add_argument("--seed", type=int, default=7, help="phantom seed (default 7: not used by training or benchmarks)")
+    tp.add_argument("--cases", type=int, default=8, help="phantoms, each in every variant (default 8)")
+    tp.set_defaults(func=cmd_tune_postprocess)
     return p
 
 

@@ -51,6 +51,10 @@ class Volume(object):
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
     @property
+    def voxel_ml(self):
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
     def spacing_kji(self):
         """Voxel size in mm in array-axis order (k, j, i): what the metrics take."""
         return self.spacing[::-1]

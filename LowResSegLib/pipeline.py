@@ -2,8 +2,9 @@
 
 canonical axial orientation -> normalisation -> square pixels -> per slice: square FOV,
 area-resample to r -> engine -> probabilities at R -> bilinear back to the square slice ->
-crop -> (area back to the source pixels) -> threshold -> undo orientation. Pre- and post-processing run here, on the client,
-for every engine (local or remote), so both give identical labels.
+crop -> (area back to the source pixels) -> undo orientation -> threshold -> drop weak components
+(when the model card asks for it, :mod:`LowResSegLib.postprocess`). Pre- and post-processing run
+here, on the client, for every engine (local or remote), so both give identical labels.
 """
 
 import time
@@ -12,6 +13,7 @@ import numpy as np
 
 from LowResSegLib.geometry import (Volume, area_resample, bilinear_resample, crop_from_square, from_canonical,
                                    pad_to_square, to_canonical)
+from LowResSegLib import postprocess
 from LowResSegLib.intensity import normalize_volume
 
 
@@ -24,7 +26,7 @@ class Segmentation(object):
 
     @property
     def voxel_ml(self):
-        return float(np.prod(self.reference.spacing)) / 1000.0
+        return self.reference.voxel_ml
 
     def volume_ml(self):
         """Tumour volume in mL (all foreground classes)."""
@@ -101,6 +103,18 @@ def low_res_inputs(slices, card):
     return area_resample(slices, r)[:, None].astype(np.float32)
 
 
+def apply_postprocessing(labels, prob, volume, card):
+    """What the card's ``postprocessing`` entry says (nothing when it has none)."""
+    post = card.get("postprocessing")
+    if not post:
+        return labels
+    if post.get("method") != postprocess.METHOD:
+        raise ValueError("model %s asks for post-processing %r, which this LowResSeg does not know; update LowResSeg"
+                         % (card["name"], post.get("method")))
+    return postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
+                                            post["min_component_peak"])
+
+
 def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabilities=True):
     """Segment ``volume`` (a :class:`Volume`) with ``engine``; None if cancelled.
 
@@ -139,7 +153,7 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         return None
     t = time.perf_counter()
     prob = from_canonical(prob, volume.affine)
-    labels = (prob > 0.5).astype(np.uint8)
+    labels = apply_postprocessing((prob > 0.5).astype(np.uint8), prob, volume, card)
     t_post += time.perf_counter() - t
     total = t_pre + t_inf + t_post
     timings = {

@@ -37,14 +37,9 @@ from LowResSegLib.intensity import head_mask  # noqa: E402
 from LowResSegLib.metrics import dice, hd95, volume_ml  # noqa: E402
 from LowResSegLib.modelstore import ModelRepository  # noqa: E402
 from LowResSegLib.pipeline import segment  # noqa: E402
+from LowResSegLib.training.phantom import VARIANTS, cached_phantom  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
-TWINS = {  # variant -> make_phantom keyword arguments
-    "stripped": dict(style="stripped", grid="iso"),
-    "raw": dict(style="raw", grid="iso"),
-    "raw-thick": dict(style="raw", grid="thick"),
-    "healthy-raw": dict(style="raw", grid="iso", tumour=False),
-}
 BIG_ML = 10.0  # "every tumour over 10 mL gets Dice >= 0.5"
 JHEAD, INTERP, FULL = "elunet-jhead-32to256", "elunet-interp-32to256", "elunet-full-256"
 
@@ -98,26 +93,8 @@ def held_out_cases(spec, limit):
             yield case, "as is"
         return
     for idx in range(d["n"] if limit is None else min(limit, d["n"])):
-        for variant, kw in TWINS.items():
-            yield cached_phantom(d["seed"], idx, variant, kw), variant
-
-
-def cached_phantom(seed, idx, variant, kw):
-    """make_phantom(seed, idx, **kw), kept on disk beside the slice cache: reruns skip the ~5 s a case."""
-    from LowResSegLib.training.phantom import PhantomCase, make_phantom
-    from LowResSegLib.training.slices import CACHE_VERSION  # bumped whenever the generator changes
-    from LowResSegLib.training.trainer import default_cache_dir
-
-    path = os.path.join(default_cache_dir(), "bench-phantoms-v%d" % CACHE_VERSION, "%d_%04d_%s.npz" % (seed, idx, variant))
-    if os.path.exists(path):
-        with np.load(path, allow_pickle=False) as z:
-            return PhantomCase(z["image"], z["label"], z["affine"], str(z["case_id"]), json.loads(str(z["params"])))
-    case = make_phantom(seed, idx, **kw)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + ".part.npz", image=case.image, label=case.label, affine=case.affine,
-             case_id=case.case_id, params=json.dumps(case.params))
-    os.replace(path + ".part.npz", path)
-    return case
+        for variant in VARIANTS:
+            yield cached_phantom(d["seed"], idx, variant), variant
 
 
 def section_name(spec):
@@ -163,7 +140,7 @@ def _figure_slice(case, pred):
 def summarise(rows, models):
     """Per (variant, model): mean Dice and HD95, worst Dice and failures on tumours >= 10 mL, mL on healthy."""
     out = {}
-    for v in sorted(set(r["variant"] for r in rows), key=lambda v: list(TWINS).index(v) if v in TWINS else 0):
+    for v in sorted(set(r["variant"] for r in rows), key=lambda v: list(VARIANTS).index(v) if v in VARIANTS else 0):
         for n in models:
             rs = [r for r in rows if r["variant"] == v and r["model"] == n]
             tum = [r for r in rs if r["truth_ml"] > 0]

@@ -219,7 +219,7 @@ def emulated_nano(repository, volume, chunk_size=32, seconds=5.0):
 
 
 def main(argv=None):
-    from bench.quality import cached_phantom, TWINS
+    from LowResSegLib.training.phantom import cached_phantom
     from LowResSegLib.geometry import Volume
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -234,7 +234,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     def phantom(idx, variant):
-        case = cached_phantom(1001, idx, variant, TWINS[variant])
+        case = cached_phantom(1001, idx, variant)
         return Volume(case.image, case.affine)
 
     volume = phantom(0, "raw")

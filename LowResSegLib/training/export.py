@@ -134,10 +134,24 @@ def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt"):
         onnx_path = os.path.join(tmp, ONNX_RELPATH)
         os.makedirs(os.path.dirname(onnx_path))
         export_onnx(model, onnx_path)
-        card = build_card(model, info, ck, sha256_file(onnx_path))
-        with open(os.path.join(tmp, CARD_FILE), "w") as f:
-            json.dump(card, f, indent=2, sort_keys=True)
-            f.write("\n")
-        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-            f.write(triton_config(card))
+        write_card_files(tmp, build_card(model, info, ck, sha256_file(onnx_path)))
     return final
+
+
+def write_card_files(folder, card):
+    """lowresseg.json and config.pbtxt (which carries the same card) of one model folder."""
+    with open(os.path.join(folder, CARD_FILE), "w") as f:
+        json.dump(validate_card(card), f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(folder, CONFIG_FILE), "w") as f:
+        f.write(triton_config(card))
+
+
+def replace_card(model_dir, card):
+    """Swap in a new card for an exported model, the folder replaced whole (the graph is copied as it is)."""
+    import shutil
+
+    with staged_folder(model_dir) as tmp:
+        os.makedirs(os.path.join(tmp, os.path.dirname(ONNX_RELPATH)))
+        shutil.copy2(os.path.join(model_dir, ONNX_RELPATH), os.path.join(tmp, ONNX_RELPATH))
+        write_card_files(tmp, card)

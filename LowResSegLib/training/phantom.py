@@ -321,6 +321,35 @@ def _add_head(img, brain, i_csf, i_tissue, rng):
     out[neck & ~brain] = soft[neck & ~brain]
     return np.clip(out, 0, None).astype(np.float32)
 
+#: The twins of one held-out case: the same brain and tumour as a stripped volume, as a raw head, as a raw
+#: head on a clinical thick-slice grid, and as a raw head without the tumour.
+VARIANTS = {
+    "stripped": dict(style="stripped", grid="iso"),
+    "raw": dict(style="raw", grid="iso"),
+    "raw-thick": dict(style="raw", grid="thick"),
+    "healthy-raw": dict(style="raw", grid="iso", tumour=False),
+}
+
+
+def cached_phantom(seed, idx, variant):
+    """make_phantom(seed, idx, **VARIANTS[variant]), kept on disk beside the slice cache (~5 s a case)."""
+    import json
+
+    from LowResSegLib.training.slices import CACHE_VERSION  # bumped whenever the generator changes
+    from LowResSegLib.training.trainer import default_cache_dir
+
+    path = os.path.join(default_cache_dir(), "bench-phantoms-v%d" % CACHE_VERSION, "%d_%04d_%s.npz" % (seed, idx, variant))
+    if os.path.exists(path):
+        with np.load(path, allow_pickle=False) as z:
+            return PhantomCase(z["image"], z["label"], z["affine"], str(z["case_id"]), json.loads(str(z["params"])))
+    case = make_phantom(seed, idx, **VARIANTS[variant])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".part.npz", image=case.image, label=case.label, affine=case.affine,
+             case_id=case.case_id, params=json.dumps(case.params))
+    os.replace(path + ".part.npz", path)
+    return case
+
+
 def write_phantoms(outdir, n, seed=0, progress=True, style="auto", grid="auto"):
     """Write ``n`` cases as ``images/`` + ``labels/`` NIfTI pairs (and the MNI notice)."""
     import SimpleITK as sitk
