@@ -445,15 +445,21 @@ def test_a_restarted_server_serves_the_next_call(repo):
         s.stop()
 
 
-def test_a_server_that_never_answers_times_out(repo):
+def _fake_server(serve):
+    """A loopback socket whose connections ``serve(listener)`` handles in a thread (a broken or hostile server)."""
     import socket
     import threading
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    return listener
+
+
+def test_a_server_that_never_answers_times_out(repo):
     accepted = []
-    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    listener = _fake_server(lambda l: accepted.append(l.accept()))
     t0 = time.time()
     with pytest.raises(RemoteError, match="did not answer within 1 s"):
         RemoteEngine("http://127.0.0.1:%d" % listener.getsockname()[1], MODEL, read_timeout=1.0)
@@ -561,15 +567,8 @@ def test_a_model_exported_before_the_8bit_output_still_works(tmp_path):
 
 
 def _one_reply_server(reply):
-    """A socket that answers any request with the raw bytes ``reply`` (a broken or hostile server)."""
-    import socket
-    import threading
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-
-    def serve():
+    """Answers any request with the raw bytes ``reply``."""
+    def serve(listener):
         while True:
             try:
                 conn, _ = listener.accept()
@@ -579,8 +578,7 @@ def _one_reply_server(reply):
             conn.sendall(reply)
             conn.close()
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener
+    return _fake_server(serve)
 
 
 @pytest.mark.parametrize("encoding,payload,message", [
