@@ -288,6 +288,8 @@ def main(argv=None):
     ap.add_argument("--models", default=None, help="comma-separated subset (default: all shipped)")
     ap.add_argument("--repository", default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-postprocessing", action="store_true",
+                    help="ignore the models' component filters (to measure what they do)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for BENCHMARKS.md and figures")
     args = ap.parse_args(argv)
 
@@ -301,6 +303,9 @@ def main(argv=None):
     repo = ModelRepository(args.repository)
     models = args.models.split(",") if args.models else repo.names()
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in models}
+    if args.no_postprocessing:  # the ablation: the same graphs without their cards' component filters
+        for e in engines.values():
+            e.card = {k: v for k, v in e.card.items() if k != "postprocessing"}
     cards = {n: e.card for n, e in engines.items()}
 
     ks = np.round(np.arange(0.5, 3.01, 0.25), 2)
