@@ -304,7 +304,8 @@ def main(argv=None):
         lines.append("| %s | %d of %d | %.3f %% | %.4f |" % (
             row["model"], row["differ"], row["voxels"], 100.0 * row["differ"] / max(1, row["mask"]), row["min_dice"]))
     lines += ["", "The documented tolerance: labels may differ from FP32 labels only where the resampled probability "
-              "lies within 1/510 of 0.5; the lowest Dice against them is in the table."]
+              "lies within 1/510 of 0.5 (and, for a model whose card drops components by their peak probability, "
+              "where a peak lies within 1/510 of that limit); the lowest Dice against them is in the table."]
     if nano:
         lines += [
             "",
