@@ -129,7 +129,7 @@ class RemoteServer(object):
         import ssl
 
         headers = dict(headers or {})
-        headers["Accept-Encoding"] = "gzip"  # the 8-bit probabilities compress ~100x (docs/jetson.md)
+        headers["Accept-Encoding"] = "gzip"  # the 8-bit probabilities compress ~30x (docs/jetson.md)
         if self.token:
             headers["Authorization"] = "Bearer %s" % self.token
         attempts = 2  # a GET may always be retried; a POST only when a reused keep-alive connection was stale

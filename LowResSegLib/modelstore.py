@@ -106,7 +106,7 @@ def card_from_config(config_text):
 #: The tensors a LowResSeg graph returns, in this order. ``labels``: the thresholded mask (BOOL for one
 #: class, INT32 class indices otherwise; TensorRT 8.2 has no UINT8). ``probabilities``: FP32 sigmoid.
 #: ``probabilities_8bit``: the same rounded to multiples of 1/255, as FP16: what every engine reads,
-#: because it compresses ~100x with gzip on the wire (docs/jetson.md) and agrees with FP32 on the
+#: because it compresses ~30x with gzip on the wire (docs/jetson.md) and agrees with FP32 on the
 #: final labels within the tolerance measured in docs/BENCHMARKS.md.
 LABELS, PROBABILITIES, PROBABILITIES_8BIT = "labels", "probabilities", "probabilities_8bit"
 #: The probability outputs an engine may read, preferred first (older exports lack the 8-bit one).

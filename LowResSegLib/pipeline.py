@@ -103,16 +103,13 @@ def low_res_inputs(slices, card):
     return area_resample(slices, r)[:, None].astype(np.float32)
 
 
-def apply_postprocessing(labels, prob, volume, card):
-    """What the card's ``postprocessing`` entry says (nothing when it has none)."""
+def postprocessing_of(card):
+    """The card's ``postprocessing`` entry (None without one); refused up front when its method is unknown."""
     post = card.get("postprocessing")
-    if not post:
-        return labels
-    if post.get("method") != postprocess.METHOD:
+    if post and post.get("method") != postprocess.METHOD:
         raise ValueError("model %s asks for post-processing %r, which this LowResSeg does not know; update LowResSeg"
                          % (card["name"], post.get("method")))
-    return postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
-                                            post["min_component_peak"])
+    return post or None
 
 
 def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabilities=True):
@@ -124,6 +121,7 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     if not isinstance(volume, Volume):
         raise TypeError("segment() needs a LowResSegLib.geometry.Volume")
     card = engine.card
+    post = postprocessing_of(card)
     arr = volume.array
     if not np.all(np.isfinite(arr)):
         raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.io.read_volume, "
@@ -153,7 +151,10 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         return None
     t = time.perf_counter()
     prob = from_canonical(prob, volume.affine)
-    labels = apply_postprocessing((prob > 0.5).astype(np.uint8), prob, volume, card)
+    labels = (prob > 0.5).astype(np.uint8)
+    if post:
+        labels = postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
+                                                  post["min_component_peak"])
     t_post += time.perf_counter() - t
     total = t_pre + t_inf + t_post
     timings = {

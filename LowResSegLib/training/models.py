@@ -305,7 +305,7 @@ class ExportWrapper(nn.Module):
 
     Only TensorRT 8.2 types (no UINT8): ``labels`` BOOL (INT32 for several classes),
     ``probabilities`` FP32 and ``probabilities_8bit`` FP16 on a 1/255 grid, which is what
-    the engines read and what crosses the network (it compresses ~100x with gzip).
+    the engines read and what crosses the network (it compresses ~30x with gzip).
     """
 
     def __init__(self, model: SegModel):

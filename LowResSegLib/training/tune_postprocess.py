@@ -53,7 +53,7 @@ def best_setting(scores, tolerance=TOLERANCE):
 
 
 def tune(model, repository=None, seed=TUNE_SEED, n=8, progress=True):
-    """(card entry, {grid point: score}, unfiltered score) for ``model``, from ``n`` phantoms in every variant."""
+    """(card entry, {grid point: mean score}) for ``model``, from ``n`` phantoms in every variant."""
     from tqdm import tqdm
 
     from LowResSegLib.engines import LocalEngine
