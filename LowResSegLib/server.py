@@ -59,6 +59,12 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def _graph_io(session):
+    """(inputs, outputs) of a session: [(name, KServe datatype, shape with -1 for the batch)]."""
+    return [[(t.name, _KSERVE_TYPES.get(t.type, t.type), [d if isinstance(d, int) else -1 for d in t.shape])
+             for t in group] for group in (session.get_inputs(), session.get_outputs())]
+
+
 class ModelHost(object):
     """The repository's models, each with one onnxruntime session, and the bounded inference queue."""
 
@@ -73,7 +79,7 @@ class ModelHost(object):
             raise ValueError("execution provider(s) %s not available here (available: %s)"
                              % (", ".join(missing), ", ".join(available)))
         self.providers = wanted
-        self.sessions, self.cards, self.skipped = {}, {}, {}
+        self.sessions, self.cards, self.io, self.skipped = {}, {}, {}, {}
         for name in self.repo.names():
             try:
                 card = self.repo.card(name)
@@ -86,8 +92,9 @@ class ModelHost(object):
             opts.log_severity_level = 3
             # idle onnxruntime threads must not spin: between runs the same cores decode, compress and send
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.sessions[name] = ort.InferenceSession(path, sess_options=opts, providers=self.providers)
-            self.cards[name] = card
+            session = ort.InferenceSession(path, sess_options=opts, providers=self.providers)
+            self.sessions[name], self.cards[name] = session, card
+            self.io[name] = _graph_io(session)
         if not self.cards:
             raise ValueError("no usable model in %s%s" % (self.repo.root, (": " + "; ".join(self.skipped.values()))
                                                            if self.skipped else ""))
@@ -101,11 +108,9 @@ class ModelHost(object):
         return self.cards[name]
 
     def tensors(self, name):
-        """(inputs, outputs) of the model's graph: [(name, KServe datatype, shape with -1 for the batch)]."""
+        """(inputs, outputs) of the model's graph, as ``_graph_io`` read them at start."""
         self.card(name)  # 404 for an unknown name
-        session = self.sessions[name]
-        return [[(t.name, _KSERVE_TYPES.get(t.type, t.type), [d if isinstance(d, int) else -1 for d in t.shape])
-                 for t in group] for group in (session.get_inputs(), session.get_outputs())]
+        return self.io[name]
 
     def metadata(self, name):
         inputs, outputs = self.tensors(name)

@@ -53,31 +53,8 @@ __all__ = [
 #: Highest default-domain opset the TensorRT 8.2 ONNX parser supports.
 TRT82_MAX_OPSET = 13
 
-#: Operators marked supported ("Y") in onnx-tensorrt release/8.2-GA docs/operators.md.
-TRT82_SUPPORTED_OPS = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan",
-    "Atanh", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Celu", "Clip",
-    "Concat", "Constant", "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Cosh",
-    "CumSum", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum", "Elu",
-    "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather",
-    "GatherElements", "GatherND", "Gemm", "GlobalAveragePool", "GlobalLpPool",
-    "GlobalMaxPool", "Greater", "GreaterOrEqual", "GRU", "HardSigmoid", "Identity",
-    "If", "ImageScaler", "InstanceNormalization", "IsNaN", "LeakyRelu", "Less",
-    "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization",
-    "LpPool", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg",
-    "NonMaxSuppression",  # marked "Y [EXPERIMENTAL]" in the document
-    "Not", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu",
-    "QuantizeLinear", "RandomUniform", "RandomUniformLike", "Range", "ReduceL1",
-    "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape",
-    "Resize", "ReverseSequence", "RNN", "Round", "ScaledTanh", "Scan", "Scatter",
-    "ScatterElements", "ScatterND", "Selu", "Shape", "Sigmoid", "Sign", "Sin", "Sinh",
-    "Size", "Slice", "Softmax", "Softplus", "Softsign", "SpaceToDepth", "Split", "Sqrt",
-    "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK",
-    "Transpose", "Unsqueeze", "Upsample", "Where",
-})
-
-#: "Supported Types" column of the same table, for every operator marked "Y".
+#: Every operator marked supported ("Y") in onnx-tensorrt release/8.2-GA docs/operators.md, with the
+#: "Supported Types" column of its row (NonMaxSuppression is marked "Y [EXPERIMENTAL]").
 _TYPES_TEXT = """
 Abs: FP32 FP16 INT32 | Acos: FP32 FP16 | Acosh: FP32 FP16 | Add: FP32 FP16 INT32 | And: BOOL
 ArgMax: FP32 FP16 | ArgMin: FP32 FP16 | Asin: FP32 FP16 | Asinh: FP32 FP16 | Atan: FP32 FP16
@@ -118,6 +95,9 @@ Unsqueeze: FP32 FP16 INT32 INT8 BOOL | Upsample: FP32 FP16 | Where: FP32 FP16 IN
 TRT82_OP_TYPES = dict(
     (op.strip(), frozenset(types.split()))
     for op, types in (item.split(":") for item in _TYPES_TEXT.replace("\n", " | ").split("|") if item.strip()))
+
+#: Operators marked supported ("Y"): the keys of the table above.
+TRT82_SUPPORTED_OPS = frozenset(TRT82_OP_TYPES)
 
 #: "TensorRT supports the following ONNX data types: DOUBLE, FLOAT32, FLOAT16, INT8, and BOOL", with
 #: "limited support for INT32, INT64, and DOUBLE" (INT64 is cast down to INT32, DOUBLE to FLOAT).
