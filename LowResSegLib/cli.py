@@ -293,6 +293,9 @@ def build_parser():
     t.add_argument("--crop", type=int, default=0, help="full-resolution models: train on random crops of this size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes that make the augmented batches (0: the training process; a GPU needs several "
+                        "to be kept busy). The batches are the same for any number")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--cache-dir", default=None, help="slice cache (default ~/.cache/lowresseg or $LOWRESSEG_CACHE)")
     t.add_argument("--out", default=None, help="run folder (default runs/<model name>)")

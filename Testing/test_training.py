@@ -40,3 +40,35 @@ def test_train_and_export_errors_are_one_line(argv, msg, capsys, tmp_path):
     assert err.startswith("lowresseg %s: error:" % argv[0]) and msg in err
     assert "Traceback" not in err
     assert not os.path.exists(str(tmp_path / "run" / "last.pt"))
+
+
+def test_training_batches_do_not_depend_on_the_number_of_workers():
+    """Worker processes make exactly the batches the training process would: a GPU run with
+    --workers 6 is the same recipe as a CPU run without."""
+    import numpy as np
+
+    from LowResSegLib.training.slices import SliceCache
+    from LowResSegLib.training.trainer import TrainingBatches
+
+    rng = np.random.default_rng(3)
+    images = [rng.normal(1, 0.2, (5, 48, 48)).astype(np.float16) for _ in range(3)]
+    labels = [(rng.random((5, 48, 48)) > 0.7).astype(np.uint8) * 255 for _ in range(3)]
+    cache = SliceCache(images, labels, ["a", "b", "c"])
+    rows = cache.sample(np.random.default_rng(0), 1.0)
+    made = []
+    for workers in (0, 2):
+        batches = TrainingBatches(cache, 16, [16, 32, 48], None, workers)
+        try:
+            made.append(list(batches.epoch(rows, 4, seed=5, epoch=2)))
+        finally:
+            batches.close()
+    serial, pooled = made
+    assert len(serial) == len(pooled) == -(-len(rows) // 4)
+    for (x0, ys0), (x1, ys1) in zip(serial, pooled):
+        np.testing.assert_array_equal(x0, x1)
+        for a, b in zip(ys0, ys1):
+            np.testing.assert_array_equal(a, b)
+    # and the augmentation does differ between batches and epochs (it is not switched off)
+    other = TrainingBatches(cache, 16, [16, 32, 48], None, 0)
+    again = list(other.epoch(rows, 4, seed=5, epoch=3))
+    assert not np.array_equal(serial[0][0], again[0][0])

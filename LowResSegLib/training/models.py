@@ -295,7 +295,8 @@ class SegModel(nn.Module):
         with torch.no_grad():
             was = self.training
             self.eval()
-            sizes = [o.shape[-1] for o in self(torch.zeros(1, 1, self.config["input_size"], self.config["input_size"]))]
+            r = self.config["input_size"]
+            sizes = [o.shape[-1] for o in self(torch.zeros(1, 1, r, r, device=_device_of(self)))]
             self.train(was)
         return sizes
 
@@ -331,6 +332,12 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _device_of(module: nn.Module) -> torch.device:
+    """Where the module's weights are (a probe input must be there too: CPU or GPU)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def count_macs(module: nn.Module, input_size: int) -> int:
     """Multiply-accumulates of Conv / ConvTranspose layers for one slice.
 
@@ -358,7 +365,7 @@ def count_macs(module: nn.Module, input_size: int) -> int:
     module.eval()
     try:
         with torch.no_grad():
-            module(torch.zeros(1, 1, input_size, input_size))
+            module(torch.zeros(1, 1, input_size, input_size, device=_device_of(module)))
     finally:
         for h in hooks:
             h.remove()

@@ -33,6 +33,54 @@ def deep_supervision_loss(outputs, targets):
     return total / len(outputs)
 
 
+class TrainingBatches(object):
+    """The augmented batches of one epoch, made in ``workers`` processes (0: in this one).
+
+    Each batch draws its augmentation from its own generator, seeded by (seed, epoch, batch),
+    so a run gives the same batches whatever the number of workers. Workers are forked before
+    the model touches a GPU and only ever run numpy.
+    """
+
+    def __init__(self, cache, input_size, scales, crop, workers):
+        self.args = (cache, input_size, scales, crop)
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self.pool = ctx.Pool(workers, initializer=_set_worker_args, initargs=self.args)
+
+    def epoch(self, rows, batch_size, seed, epoch):
+        tasks = [(rows[b:b + batch_size], (seed, epoch, b // batch_size)) for b in range(0, len(rows), batch_size)]
+        if self.pool is None:
+            return (_make_training_batch(t, self.args) for t in tasks)
+        return self.pool.imap(_pool_batch, tasks)
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
+
+
+_WORKER_ARGS = None
+
+
+def _set_worker_args(*args):
+    global _WORKER_ARGS
+    _WORKER_ARGS = args
+
+
+def _pool_batch(task):
+    return _make_training_batch(task, _WORKER_ARGS)
+
+
+def _make_training_batch(task, args):
+    rows, seed = task
+    cache, input_size, scales, crop = args
+    return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop)
+
+
 def default_cache_dir():
     return os.environ.get("LOWRESSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lowresseg"))
 
@@ -65,8 +113,6 @@ def evaluate(model, cache, rows, input_size, scales, device, batch_size=32):
 
 def train(cfg, progress=True):
     """Train (or resume) one model. ``cfg`` keys mirror ``lowresseg train`` options."""
-    from tqdm import tqdm
-
     out = cfg["out"]
     os.makedirs(out, exist_ok=True)
     cfg = dict(cfg, normalization=DEFAULT_METHOD)  # what the slice cache is made with; export writes it to the card
@@ -75,13 +121,11 @@ def train(cfg, progress=True):
         torch.set_num_threads(cfg["threads"])
     device = _device(cfg.get("device", "auto"))
     model = SegModel(cfg["backbone"], cfg["head"], cfg["input_size"], cfg["output_size"],
-                     classes=1, width=cfg["width"]).to(device)
+                     classes=1, width=cfg["width"])
     r = model.config["input_size"]
     scales = model.scales()
     if cfg.get("crop") and cfg["head"] != "full":
         raise ValueError("--crop is for full-resolution models (--head full) only")
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
     cache_dir = cfg.get("cache_dir") or default_cache_dir()
     data = SliceCache.build(cfg["data"], cache_dir, cfg.get("modality", "FLAIR"), cfg.get("label", "wt"), progress)
@@ -89,6 +133,22 @@ def train(cfg, progress=True):
     val_rows = val_set.sample(np.random.default_rng(1234), cfg["neg_ratio"])
     if cfg.get("max_val_slices"):
         val_rows = val_rows[: cfg["max_val_slices"]]
+    batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0)
+    try:
+        return _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progress)
+    finally:
+        batches.close()
+
+
+def _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progress):
+    from tqdm import tqdm
+
+    out = cfg["out"]
+    model = model.to(device)
+    r = model.config["input_size"]
+    scales = model.scales()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "train_seconds": 0.0}
     last = os.path.join(out, "last.pt")
@@ -128,10 +188,10 @@ def train(cfg, progress=True):
         model.train()
         t0 = time.time()
         losses = []
-        bar = tqdm(range(0, len(rows), cfg["batch_size"]), desc="%s epoch %d/%d" % (model.name, epoch, cfg["epochs"]),
-                   unit="batch", disable=not progress, leave=False)
-        for b in bar:
-            x, ys = make_batch(train_set, rows[b:b + cfg["batch_size"]], r, scales, rng=rng, crop=cfg.get("crop"))
+        bar = tqdm(batches.epoch(rows, cfg["batch_size"], cfg["seed"], epoch), total=-(-len(rows) // cfg["batch_size"]),
+                   desc="%s epoch %d/%d" % (model.name, epoch, cfg["epochs"]), unit="batch", disable=not progress,
+                   leave=False)
+        for x, ys in bar:
             outs = model(torch.from_numpy(x).to(device))
             loss = deep_supervision_loss(outs, [torch.from_numpy(y).to(device) for y in ys])
             opt.zero_grad()
