@@ -284,6 +284,9 @@ def build_parser():
     t.add_argument("--label", default="wt", help="label mapping: wt, tc, et, eq:N, in:A,B")
     t.add_argument("--val-fraction", type=float, default=0.15)
     t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--stop-after", type=int, default=0,
+                   help="end the run after this epoch, keeping the learning-rate schedule of --epochs, so that a "
+                        "later --resume (without it) finishes the same run (0: run all epochs)")
     t.add_argument("--patience", type=int, default=8, help="early stop after this many epochs without a better val Dice")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)

@@ -110,3 +110,27 @@ def test_training_run_is_resumable(tiny_run):
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     info = json.load(open(os.path.join(out, "run.json")))
     assert info["name"] == "elunet-jhead-16to64" and info["params"]["head"] == 52
+
+
+def test_stop_after_ends_a_run_that_resume_finishes_on_the_same_schedule(tiny_run, tmp_path):
+    """--stop-after splits a run across sessions (a GPU lease, say) without changing it: the
+    learning-rate schedule is that of --epochs, and the resumed run ends where one straight run ends."""
+    import csv
+
+    import torch
+
+    from LowResSegLib.training.trainer import train
+
+    _, cfg = tiny_run
+    straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+    train(dict(cfg, epochs=3, out=straight), progress=False)
+    state = train(dict(cfg, epochs=3, stop_after=1, out=split), progress=False)
+    assert state["epoch"] == 1 and "--stop-after" in state["stopped"] and "--resume" in state["stopped"]
+    state = train(dict(cfg, epochs=3, out=split, resume=True), progress=False)
+    assert state["epoch"] == 3 and state["stopped"] == "epochs done"
+    lrs = [[row["lr"] for row in csv.DictReader(open(os.path.join(d, "metrics.csv")))] for d in (straight, split)]
+    assert lrs[0] == lrs[1] and len(set(lrs[0])) == 3
+    a = torch.load(os.path.join(straight, "last.pt"), weights_only=False)["model"]
+    b = torch.load(os.path.join(split, "last.pt"), weights_only=False)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])

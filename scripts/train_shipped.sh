@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Trains and exports the shipped models (Resources/Models) exactly as their model cards record.
 # Data: 100 raw/stripped phantoms (seed 1) + the real training cases of the manifest, 4x
-# (fetched first with `lowresseg fetch-real`, sha256-checked). CPU-only is fine: two queues run
-# side by side, one torch thread each (2 cores: about 2 hours, plus ~8 minutes to slice the
-# phantoms once, and ~25 minutes to tune the component filters); a GPU is used when present. Resumable: re-run it and finished runs are skipped,
-# interrupted ones continue (--resume).
+# (fetched first with `lowresseg fetch-real`, sha256-checked). The low-resolution models train on
+# CPU: two queues run side by side, one torch thread each (2 cores: about 2 hours, plus ~8 minutes
+# to slice the phantoms once, and ~25 minutes to tune the component filters). elunet-full-256 needs
+# a GPU: its 23 epochs took 6 minutes on one H200 with WORKERS=14 (batch-making processes); on 2 CPU
+# cores they would take about a day. A GPU is used when present. Resumable: re-run it and finished
+# runs are skipped, interrupted ones continue (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="${LOWRESSEG_VENV:-$PWD/.venv}/bin:$PATH"
 DATA=${DATA:-phantom:100:1+real:train*4}
 COMMON=(--data "$DATA" --width 8 --seed 0 --neg-ratio 1.0 --batch-size 16 --val-fraction 0.1 --patience 100
-        --threads 1)
+        --threads 1 --workers "${WORKERS:-0}")
 run() {  # run folder (the model's name comes from its options), then train options
   local name=$1; shift
   if [ -f "runs/$name/state.json" ]; then echo "== $name: already trained"; else
@@ -33,7 +35,10 @@ queue_a() {
 queue_b() {
   run e30-elunet-interp-32to256 --head interp --input-size 32  --epochs 30 --max-slices 2500
   run elunet-jhead-16to256  --head jhead  --input-size 16  --epochs 14 --max-slices 2500
-  run elunet-full-256       --head full   --input-size 256 --epochs 5  --max-slices 1200 --crop 128
+  # whole 256² slices (no crops), a 50-epoch schedule that the shipped run's GPU time ended after
+  # epoch 23 (weights of its best epoch, 20); --stop-after 23 reproduces it, and a --resume without
+  # it would complete the schedule
+  run g-elunet-full-256     --head full   --input-size 256 --epochs 50 --stop-after 23 --max-slices 2500
 }
 mkdir -p runs
 queue_a > runs/queue_a.log 2>&1 &

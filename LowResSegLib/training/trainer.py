@@ -179,7 +179,8 @@ def _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progr
             csv.writer(f).writerow(["epoch", "lr", "train_loss", "val_loss", "val_dice", "seconds"])
 
     bad_epochs = state["epoch"] - state["best_epoch"]
-    while state["epoch"] < cfg["epochs"] and bad_epochs < cfg["patience"]:
+    last_epoch = min(cfg["epochs"], cfg.get("stop_after") or cfg["epochs"])
+    while state["epoch"] < last_epoch and bad_epochs < cfg["patience"]:
         epoch = state["epoch"] + 1
         rng = np.random.default_rng([cfg["seed"], epoch])
         rows = train_set.sample(rng, cfg["neg_ratio"])
@@ -221,7 +222,13 @@ def _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progr
             print("%s epoch %d: train %.4f  val loss %.4f  val Dice@%d %.4f  (%.0f s)%s" % (
                 model.name, epoch, np.mean(losses), val_loss, scales[-1], val_dice, seconds,
                 "  *best" if state["best_epoch"] == epoch else ""), flush=True)
-    state["stopped"] = "early stop" if bad_epochs >= cfg["patience"] else "epochs done"
+    if bad_epochs >= cfg["patience"]:
+        state["stopped"] = "early stop"
+    elif state["epoch"] < cfg["epochs"]:
+        state["stopped"] = "stopped after epoch %d of %d (--stop-after); --resume continues it" % (
+            state["epoch"], cfg["epochs"])
+    else:
+        state["stopped"] = "epochs done"
     with open(os.path.join(out, "state.json"), "w") as f:
         json.dump(state, f, indent=2)
     return state
