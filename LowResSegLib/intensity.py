@@ -148,11 +148,34 @@ def _fill_holes(fg):
 
     fg = sitk.BinaryFillhole(fg, fullyConnected=False, foregroundValue=1)
     arr = sitk.GetArrayFromImage(fg)
-    for k in range(arr.shape[0]):
-        if arr[k].any():
-            arr[k] = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(arr[k]), False, 1))
-    out = sitk.GetImageFromArray(arr)
+    out = sitk.GetImageFromArray(_fill_slice_holes(arr))
     out.CopyInformation(fg)
+    return out
+
+
+def _fill_slice_holes(arr):
+    """Every axial slice of a (k, j, i) 0/1 array with its 2-D holes filled, in one SimpleITK call.
+
+    The slices are laid side by side in one 2-D image with a row and a column of background
+    between them, so each slice's outside reaches the image border as it would alone: the
+    result is that of one fill per slice (~75 calls, a third of the normalisation's time).
+    """
+    import SimpleITK as sitk
+
+    k, j, i = arr.shape
+    if k == 0:
+        return arr
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = -(-k // cols)
+    mosaic = np.zeros((rows * (j + 1) + 1, cols * (i + 1) + 1), np.uint8)
+    for n in range(k):
+        r, c = divmod(n, cols)
+        mosaic[1 + r * (j + 1):1 + r * (j + 1) + j, 1 + c * (i + 1):1 + c * (i + 1) + i] = arr[n]
+    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mosaic), False, 1))
+    out = np.empty_like(arr)
+    for n in range(k):
+        r, c = divmod(n, cols)
+        out[n] = filled[1 + r * (j + 1):1 + r * (j + 1) + j, 1 + c * (i + 1):1 + c * (i + 1) + i]
     return out
 
 

@@ -107,3 +107,25 @@ def test_a_large_tumour_does_not_move_the_scale(stripped):
     z0, z1 = normalize_volume(stripped.image, ZSCORE_NONZERO), normalize_volume(big, ZSCORE_NONZERO)
     # the z-score, by contrast, pulls the normal brain down by the tumour's weight
     assert abs(np.median(z1[brain & ~lesion]) - np.median(z0[brain & ~lesion])) > 0.1
+
+
+def test_slice_hole_filling_in_one_call_equals_one_fill_per_slice():
+    """The mosaic fill of the head mask gives exactly what one SimpleITK fill per axial slice gives,
+    holes that touch a slice's edge (an open FOV) included."""
+    import SimpleITK as sitk
+
+    from LowResSegLib.intensity import _fill_slice_holes
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        arr = (rng.random(tuple(rng.integers(1, 30, 3))) < rng.uniform(0.3, 0.8)).astype(np.uint8)
+        ring = np.zeros((3, 12, 12), np.uint8)
+        ring[:, 2:10, 2:10] = 1
+        ring[:, 4:8, 4:8] = 0  # a closed hole in every slice
+        ring[1, 4:8, 0:5] = 0  # ... opened to the edge in the middle slice: not a hole there
+        for a in (arr, ring):
+            one_by_one = np.stack([sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(s), False, 1))
+                                   for s in a])
+            np.testing.assert_array_equal(_fill_slice_holes(a), one_by_one)
+    filled = _fill_slice_holes(ring)
+    assert filled[0, 5, 5] == 1 and filled[1, 5, 5] == 0
