@@ -4,8 +4,8 @@
 # (fetched first with `lowresseg fetch-real`, sha256-checked). The low-resolution models train on
 # CPU: two queues run side by side, one torch thread each (2 cores: about 2 hours, plus ~8 minutes
 # to slice the phantoms once, and ~25 minutes to tune the component filters). elunet-full-256 needs
-# a GPU: its 23 epochs took 6 minutes on one H200 with WORKERS=14 (batch-making processes); on 2 CPU
-# cores they would take about a day. A GPU is used when present. Resumable: re-run it and finished
+# a GPU: its 23 epochs took 6 minutes on one H200 with WORKERS=14 (batch-making processes); on one CPU
+# core a batch of 16 took 16 s (another job beside it), so the 23 x 157 batches would take ~16 hours. A GPU is used when present. Resumable: re-run it and finished
 # runs are skipped, interrupted ones continue (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
