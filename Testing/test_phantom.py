@@ -76,6 +76,23 @@ def test_tumour_brighter_than_brain(case):
     assert (extent < np.array(BRATS_SHAPE_KJI)).all()
 
 
+def test_faint_twin_has_the_same_tumour_fainter(case):
+    """lesions="faint" keeps anatomy, tumour and acquisition and only lowers the lesion's signal."""
+    faint = make_phantom(SEED, 0, style="stripped", grid="iso", lesions="faint")
+    np.testing.assert_array_equal(faint.label, case.label)
+    assert faint.case_id == case.case_id + "_faint"
+    assert faint.params["contrast_sd"] < case.params["contrast_sd"]
+    lab = faint.label > 0
+    brain = (case.image > 0) & ~lab
+    # the same healthy brain (the noise and the intensity scale follow the image, so not bit for bit) ...
+    assert np.corrcoef(faint.image[brain], case.image[brain])[0, 1] > 0.95
+    # ... with a lesion that stands out less
+    ratio = lambda c: c.image[lab].mean() / c.image[brain].mean()
+    assert ratio(faint) < ratio(case) - 0.1
+    with pytest.raises(ValueError, match="lesions"):
+        make_phantom(SEED, 0, lesions="invisible")
+
+
 def test_tumour_centre_is_in_the_brain_not_at_the_edge(case):
     kji = np.argwhere(case.label > 0).mean(0)
     assert (kji > 10).all() and (kji < np.array(BRATS_SHAPE_KJI) - 10).all()

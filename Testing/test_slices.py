@@ -87,6 +87,9 @@ def test_parse_data_spec_phantom():
     assert parse_data_spec("phantom:") == {"kind": "phantom", "n": 40, "seed": 0}
     assert parse_data_spec("phantom:5") == {"kind": "phantom", "n": 5, "seed": 0}
     assert parse_data_spec("phantom:40:1") == {"kind": "phantom", "n": 40, "seed": 1}
+    # the default lesions keep the key (and cache) of a spec without them; faint ones get their own
+    assert parse_data_spec("phantom:40:1:default") == {"kind": "phantom", "n": 40, "seed": 1}
+    assert parse_data_spec("phantom:40:3:faint") == {"kind": "phantom", "n": 40, "seed": 3, "lesions": "faint"}
 
 
 def test_parse_data_spec_folders(dataset, tmp_path, monkeypatch):
@@ -97,7 +100,7 @@ def test_parse_data_spec_folders(dataset, tmp_path, monkeypatch):
     assert d == {"kind": "folder", "path": str(dataset)} and os.path.isabs(d["path"])
 
 
-@pytest.mark.parametrize("spec", ["", "phantom:x", "phantom:4:y", "folder:", "msd:", "nifti:/tmp", "phantom4",
+@pytest.mark.parametrize("spec", ["", "phantom:x", "phantom:4:y", "phantom:4:1:dim", "phantom:4:1:faint:x", "folder:", "msd:", "nifti:/tmp", "phantom4",
                                   "/some/folder"])
 def test_parse_data_spec_bad(spec):
     with pytest.raises(ValueError):

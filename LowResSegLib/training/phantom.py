@@ -87,20 +87,27 @@ class PhantomCase(object):
 STYLES = ("auto", "stripped", "raw")
 GRIDS = ("auto", "iso", "thick")
 RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
+# Lesion signal drawn in SDs of the healthy brain (log-uniform) for FLAIR-like tissue contrast.
+# "faint" reaches the low-grade-like lesions at 0.7-2 SD that real cases have and "default" never
+# draws (its lesions measure about 1.2-4.2 SD once blur, bias and noise are added).
+LESION_SD = {"default": (1.5, 7.0), "faint": (0.8, 2.5)}
 THICK_PROB = 0.35  # "auto" grid: this share gets thick slices
 HEALTHY_PROB = 0.15
 
 
-def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
+def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions="default"):
     """Generate case ``index`` of the phantom series ``seed`` (deterministic).
 
     ``style``: "stripped", "raw" or "auto" (random); ``grid``: "iso" (1 mm), "thick"
     (3-6 mm slices in a random orientation) or "auto". Fixing either gives the same
     anatomy, tumour and contrast: the twin of the "auto" case in another style or grid.
     ``tumour=False`` gives the healthy twin (same anatomy and acquisition, no lesion).
+    ``lesions``: a key of :data:`LESION_SD`; "faint" gives the same case with a fainter lesion.
     """
     if style not in STYLES or grid not in GRIDS:
         raise ValueError("style must be one of %s and grid one of %s" % (STYLES, GRIDS))
+    if lesions not in LESION_SD:
+        raise ValueError("lesions must be one of %s" % ", ".join(LESION_SD))
     from scipy import ndimage
 
     rng = np.random.default_rng([int(seed), int(index)])
@@ -194,10 +201,12 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
                   necrosis=bool(necrosis.any()), mass_effect=round(mass, 3), multifocal=bool(satellite.any()))
 
     # --- contrast -----------------------------------------------------------------------
+    sd_range = LESION_SD["default"]
     if rng.random() < 0.2:  # fully random tissue contrast (SynthSeg-style)
         i_csf, i_gm, i_wm = rng.uniform(0.02, 0.8, 3)
         base = max(i_csf, i_gm, i_wm)
     else:  # FLAIR-like: dark CSF, GM a little brighter than WM
+        sd_range = LESION_SD[lesions]
         i_csf = rng.uniform(0.02, 0.25)
         i_wm = rng.uniform(0.25, 0.5)
         i_gm = i_wm + rng.uniform(-0.02, 0.2)
@@ -206,7 +215,7 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     # about 1.2-4.2 once blur, bias and noise are added; real BraTS FLAIR measures 1.5-4.6 (brain
     # statistics without the tumour). A fixed offset instead made lesions that vanished in a brain
     # with a wide random tissue contrast: labels no reader could see.
-    contrast_sd = float(np.exp(rng.uniform(np.log(1.5), np.log(7.0))))
+    contrast_sd = float(np.exp(rng.uniform(np.log(sd_range[0]), np.log(sd_range[1]))))
     tex = rng.uniform(0.0, 0.15)
     t_field = _smooth_field(rng, shape, rng.uniform(2, 6))
     img = (p_csf * i_csf + p_gm * i_gm + p_wm * i_wm) * (1 + tex * t_field)
@@ -265,7 +274,8 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None):
     affine = np.eye(4)
     affine[:3, :3] = np.diag(spacing)
     affine[:3, 3] = origin
-    return PhantomCase(img.astype(np.float32), label, affine, "phantom_s%d_%04d" % (seed, index), params)
+    case_id = "phantom_s%d_%04d%s" % (seed, index, "" if lesions == "default" else "_" + lesions)
+    return PhantomCase(img.astype(np.float32), label, affine, case_id, params)
 
 
 

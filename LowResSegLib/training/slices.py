@@ -20,12 +20,14 @@ from LowResSegLib.pipeline import prepare_array
 CACHE_VERSION = 5  # bump when the phantom generator or slicing changes
 
 
-DATA_HELP = ("phantom:N[:seed] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
+DATA_HELP = ("phantom:N[:seed[:faint]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
              "and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
 
 
 def parse_data_spec(spec):
-    """One data source: ``phantom:N[:seed]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    """One data source: ``phantom:N[:seed[:faint]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    from LowResSegLib.training.phantom import LESION_SD
+
     kind, _, rest = spec.partition(":")
     if kind == "phantom":
         parts = rest.split(":") if rest else []
@@ -33,8 +35,14 @@ def parse_data_spec(spec):
             n = int(parts[0]) if parts else 40
             seed = int(parts[1]) if len(parts) > 1 else 0
         except ValueError:
-            raise ValueError("bad data spec %r: use phantom:N[:seed], e.g. phantom:40:1" % spec)
-        return {"kind": "phantom", "n": n, "seed": seed}
+            raise ValueError("bad data spec %r: use phantom:N[:seed[:faint]], e.g. phantom:40:1" % spec)
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in LESION_SD):
+            raise ValueError("bad data spec %r: the third field is the lesion contrast, one of %s"
+                             % (spec, ", ".join(LESION_SD)))
+        d = {"kind": "phantom", "n": n, "seed": seed}
+        if len(parts) == 3 and parts[2] != "default":
+            d["lesions"] = parts[2]  # absent for the default, so that existing caches keep their key
+        return d
     if kind == "real":
         from LowResSegLib.training.realdata import SPLITS
 
@@ -67,7 +75,8 @@ def parse_data_specs(spec):
 def _phantom_slices(args):
     from LowResSegLib.training.phantom import make_phantom
 
-    case = make_phantom(*args)
+    seed, index, lesions = args
+    case = make_phantom(seed, index, lesions=lesions)
     return (case.case_id,) + volume_to_slices(case.image, case.label, case.affine)
 
 
@@ -77,7 +86,8 @@ def iter_case_slices(d, modality, label, workers):
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for item in pool.imap(_phantom_slices, [(d["seed"], i) for i in range(d["n"])]):
+            tasks = [(d["seed"], i, d.get("lesions", "default")) for i in range(d["n"])]
+            for item in pool.imap(_phantom_slices, tasks):
                 yield item
         return
     for case in iter_cases(d, modality, label):
@@ -92,7 +102,7 @@ def iter_cases(spec, modality="FLAIR", label="wt", limit=None):
 
         n = d["n"] if limit is None else min(limit, d["n"])
         for idx in range(n):
-            yield make_phantom(d["seed"], idx)
+            yield make_phantom(d["seed"], idx, lesions=d.get("lesions", "default"))
     elif d["kind"] == "real":
         from LowResSegLib.training.realdata import iter_real_cases
 
