@@ -211,7 +211,7 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
         i_wm = rng.uniform(0.25, 0.5)
         i_gm = i_wm + rng.uniform(-0.02, 0.2)
         base = max(i_gm, i_wm)
-    # Lesion signal in SDs of the healthy brain, faint low-grade-like to bright: drawn 1.5-7 here,
+    # Lesion signal in SDs of the healthy brain, faint low-grade-like to bright: drawn 1.5-7 (LESION_SD),
     # about 1.2-4.2 once blur, bias and noise are added; real BraTS FLAIR measures 1.5-4.6 (brain
     # statistics without the tumour). A fixed offset instead made lesions that vanished in a brain
     # with a wide random tissue contrast: labels no reader could see.
