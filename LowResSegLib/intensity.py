@@ -167,16 +167,13 @@ def _fill_slice_holes(arr):
         return arr
     cols = int(np.ceil(np.sqrt(k)))
     rows = -(-k // cols)
+    tiles = [(slice(1 + r * (j + 1), 1 + r * (j + 1) + j), slice(1 + c * (i + 1), 1 + c * (i + 1) + i))
+             for r, c in (divmod(n, cols) for n in range(k))]
     mosaic = np.zeros((rows * (j + 1) + 1, cols * (i + 1) + 1), np.uint8)
-    for n in range(k):
-        r, c = divmod(n, cols)
-        mosaic[1 + r * (j + 1):1 + r * (j + 1) + j, 1 + c * (i + 1):1 + c * (i + 1) + i] = arr[n]
+    for n, tile in enumerate(tiles):
+        mosaic[tile] = arr[n]
     filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(mosaic), False, 1))
-    out = np.empty_like(arr)
-    for n in range(k):
-        r, c = divmod(n, cols)
-        out[n] = filled[1 + r * (j + 1):1 + r * (j + 1) + j, 1 + c * (i + 1):1 + c * (i + 1) + i]
-    return out
+    return np.stack([filled[tile] for tile in tiles]).astype(arr.dtype, copy=False)
 
 
 def histogram_mode(values, bins=256):

@@ -52,6 +52,17 @@ def test_quality_bench_writes_its_section(repo, tmp_path):
     assert (out / "quality-folder.png").stat().st_size > 1000
     rows = (out / "quality-folder_cases.csv").read_text().splitlines()
     assert rows[0] == "case,variant,model,dice,hd95_mm,truth_ml,pred_ml,lesion_sd" and len(rows) == 1 + 3  # floor + 2 models
+    # quality.json keeps one entry per data spec, as BENCHMARKS.md keeps one section: a later run on
+    # other data adds its entry and leaves this one
+    import json
+
+    results = json.loads((out / "quality.json").read_text())["by_data"]
+    assert list(results) == [data] and "python bench/quality.py" in results[data]["command"]
+    sys.path.insert(0, ROOT)
+    from bench.quality import write_results
+
+    write_results(str(out / "quality.json"), {"real:val": {"k": 1.0, "command": "x", "summary": {}}})
+    assert sorted(json.loads((out / "quality.json").read_text())["by_data"]) == sorted([data, "real:val"])
 
 
 def test_quality_bench_refuses_training_seed_as_held_out(repo, tmp_path):

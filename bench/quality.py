@@ -327,10 +327,24 @@ def main(argv=None):
         lines = report(spec, rows, summary, models, floor, cards, command.strip(), n_cases, k_info)
         print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), name, lines))
         plot_worst(worst, [floor] + models, os.path.join(args.out, name + ".png"), spec)
-        results[spec] = {"%s|%s" % key: val for key, val in summary.items()}
-    with open(os.path.join(args.out, "quality.json"), "w") as f:
-        json.dump({"k": k, "command": command, "summary": results}, f, indent=2)
+        results[spec] = {"k": k, "command": command, "summary": {"%s|%s" % key: val for key, val in summary.items()}}
+    write_results(os.path.join(args.out, "quality.json"), results)
     return 0
+
+
+def write_results(path, results):
+    """Merge this run's summaries into ``path``, one entry per data spec, as BENCHMARKS.md keeps one
+    section per spec: a run on real:val alone must not drop the phantoms' numbers."""
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        merged = old.get("by_data", {})
+    merged.update(results)
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump({"by_data": merged}, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

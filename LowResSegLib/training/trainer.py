@@ -135,18 +135,15 @@ def train(cfg, progress=True):
         val_rows = val_rows[: cfg["max_val_slices"]]
     batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0)
     try:
-        return _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progress)
+        return _train_loop(cfg, model.to(device), r, scales, device, train_set, val_set, val_rows, batches, progress)
     finally:
         batches.close()
 
 
-def _train_loop(cfg, model, device, train_set, val_set, val_rows, batches, progress):
+def _train_loop(cfg, model, r, scales, device, train_set, val_set, val_rows, batches, progress):
     from tqdm import tqdm
 
     out = cfg["out"]
-    model = model.to(device)
-    r = model.config["input_size"]
-    scales = model.scales()
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
