@@ -93,6 +93,26 @@ def test_faint_twin_has_the_same_tumour_fainter(case):
         make_phantom(SEED, 0, lesions="invisible")
 
 
+def test_faint_lesions_are_lifted_to_a_visible_floor():
+    """Case (3, 8) draws a small faint lesion that soft borders, blur and noise leave at ~0.3 SD: the faint
+    series re-acquires it with a stronger paint, so that no label sits on normal-looking tissue."""
+    from LowResSegLib.training.phantom import LESIONS, shown_contrast_sd
+
+    floor = LESIONS["faint"]["floor_sd"]
+    faint = make_phantom(3, 8, style="stripped", grid="iso", lesions="faint")
+    lab = faint.label > 0
+    assert lab.any() and faint.params["paint_gain"] > 1.5
+    assert shown_contrast_sd(faint.image, lab, faint.image > 0) >= floor
+    assert faint.params["shown_sd"] >= floor
+
+
+def test_healthy_series_is_the_tumour_free_twin(case):
+    healthy = make_phantom(SEED, 0, style="stripped", grid="iso", lesions="healthy")
+    twin = make_phantom(SEED, 0, style="stripped", grid="iso", tumour=False)
+    assert not healthy.label.any() and healthy.case_id == case.case_id + "_healthy"
+    np.testing.assert_array_equal(healthy.image, twin.image)
+
+
 def test_tumour_centre_is_in_the_brain_not_at_the_edge(case):
     kji = np.argwhere(case.label > 0).mean(0)
     assert (kji > 10).all() and (kji < np.array(BRATS_SHAPE_KJI) - 10).all()

@@ -90,6 +90,20 @@ def test_parse_data_spec_phantom():
     # the default lesions keep the key (and cache) of a spec without them; faint ones get their own
     assert parse_data_spec("phantom:40:1:default") == {"kind": "phantom", "n": 40, "seed": 1}
     assert parse_data_spec("phantom:40:3:faint") == {"kind": "phantom", "n": 40, "seed": 3, "lesions": "faint"}
+    assert parse_data_spec("phantom:20:5:healthy") == {"kind": "phantom", "n": 20, "seed": 5, "lesions": "healthy"}
+
+
+def test_cache_path_follows_the_lesion_series_definition(tmp_path, monkeypatch):
+    """Changing how a lesion series is drawn must not reuse slices cached under the old definition."""
+    from LowResSegLib.training import phantom
+    from LowResSegLib.training.slices import cache_path
+
+    faint = parse_data_spec("phantom:4:1:faint")
+    before = cache_path(faint, str(tmp_path), "FLAIR", "wt")
+    assert before != cache_path(parse_data_spec("phantom:4:1"), str(tmp_path), "FLAIR", "wt")
+    assert before == cache_path(parse_data_spec("phantom:4:1:faint"), str(tmp_path), "FLAIR", "wt")
+    monkeypatch.setitem(phantom.LESIONS, "faint", dict(phantom.LESIONS["faint"], floor_sd=0.1))
+    assert cache_path(faint, str(tmp_path), "FLAIR", "wt") != before
 
 
 def test_parse_data_spec_folders(dataset, tmp_path, monkeypatch):

@@ -87,10 +87,17 @@ class PhantomCase(object):
 STYLES = ("auto", "stripped", "raw")
 GRIDS = ("auto", "iso", "thick")
 RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
-# Lesion signal drawn in SDs of the healthy brain (log-uniform) for FLAIR-like tissue contrast.
-# "faint" reaches the low-grade-like lesions at 0.7-2 SD that real cases have and "default" never
-# draws (its lesions measure about 1.2-4.2 SD once blur, bias and noise are added).
-LESION_SD = {"default": (1.5, 7.0), "faint": (0.8, 2.5)}
+# Lesion series. ``sd``: the lesion signal drawn in SDs of the healthy brain (log-uniform) for
+# FLAIR-like tissue contrast. "faint" reaches the low-grade-like lesions at 0.7-2 SD that real cases
+# have and "default" never draws (its lesions measure about 1.2-4.2 SD once blur, bias and noise are
+# added). ``floor_sd``: the least the painted label may show on average (soft borders and texture
+# pull a small lesion's mean far below its drawn signal); fainter paint is scaled up to it, so that no
+# label sits on tissue that looks normal. ``tumour=False``: the healthy twins only.
+LESIONS = {
+    "default": {"sd": (1.5, 7.0)},
+    "faint": {"sd": (0.8, 2.5), "floor_sd": 0.7},
+    "healthy": {"sd": (1.5, 7.0), "tumour": False},
+}
 THICK_PROB = 0.35  # "auto" grid: this share gets thick slices
 HEALTHY_PROB = 0.15
 
@@ -102,12 +109,14 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     (3-6 mm slices in a random orientation) or "auto". Fixing either gives the same
     anatomy, tumour and contrast: the twin of the "auto" case in another style or grid.
     ``tumour=False`` gives the healthy twin (same anatomy and acquisition, no lesion).
-    ``lesions``: a key of :data:`LESION_SD`; "faint" gives the same case with a fainter lesion.
+    ``lesions``: a key of :data:`LESIONS`; "faint" gives the same case with a fainter lesion,
+    "healthy" its healthy twin.
     """
     if style not in STYLES or grid not in GRIDS:
         raise ValueError("style must be one of %s and grid one of %s" % (STYLES, GRIDS))
-    if lesions not in LESION_SD:
-        raise ValueError("lesions must be one of %s" % ", ".join(LESION_SD))
+    if lesions not in LESIONS:
+        raise ValueError("lesions must be one of %s" % ", ".join(LESIONS))
+    series = LESIONS[lesions]
     from scipy import ndimage
 
     rng = np.random.default_rng([int(seed), int(index)])
@@ -183,8 +192,8 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
         n2 = _smooth_field(rng, bshape, rng.uniform(5, 15))
         edema = ((d_out + 0.35 * edema_mm * n2) < spread) & b_brain & (p_csf[box] < 0.6) & ~core
     healthy = rng.random() < HEALTHY_PROB
-    if tumour is not None:
-        healthy = not tumour
+    if tumour is not None or "tumour" in series:
+        healthy = not (tumour if tumour is not None else series["tumour"])
     if healthy:
         core, edema, necrosis = (np.zeros_like(core),) * 3
     satellite = np.zeros_like(core)
@@ -201,17 +210,17 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
                   necrosis=bool(necrosis.any()), mass_effect=round(mass, 3), multifocal=bool(satellite.any()))
 
     # --- contrast -----------------------------------------------------------------------
-    sd_range = LESION_SD["default"]
+    sd_range = LESIONS["default"]["sd"]
     if rng.random() < 0.2:  # fully random tissue contrast (SynthSeg-style)
         i_csf, i_gm, i_wm = rng.uniform(0.02, 0.8, 3)
         base = max(i_csf, i_gm, i_wm)
     else:  # FLAIR-like: dark CSF, GM a little brighter than WM
-        sd_range = LESION_SD[lesions]
+        sd_range = series["sd"]
         i_csf = rng.uniform(0.02, 0.25)
         i_wm = rng.uniform(0.25, 0.5)
         i_gm = i_wm + rng.uniform(-0.02, 0.2)
         base = max(i_gm, i_wm)
-    # Lesion signal in SDs of the healthy brain, faint low-grade-like to bright: drawn 1.5-7 (LESION_SD),
+    # Lesion signal in SDs of the healthy brain, faint low-grade-like to bright: drawn 1.5-7 (LESIONS),
     # about 1.2-4.2 once blur, bias and noise are added; real BraTS FLAIR measures 1.5-4.6 (brain
     # statistics without the tumour). A fixed offset instead made lesions that vanished in a brain
     # with a wide random tissue contrast: labels no reader could see.
@@ -228,12 +237,13 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     i_nec = rng.uniform(0.03, 0.8)
     ttex = rng.uniform(0.05, 0.3)
     t_field2 = _smooth_field(rng, bshape, rng.uniform(2, 8))
-    sub = img[box]
+    sub = unpainted = img[box]
     soft = rng.uniform(0.5, 1.5) if rng.random() < 0.75 else rng.uniform(2.0, 4.0)  # diffuse borders
     for mask, val in ((edema, i_edema), (satellite, i_edema), (core, i_core), (necrosis, i_nec)):
         if mask.any():
             frac = ndimage.gaussian_filter(mask.astype(np.float32), soft)
             sub = sub * (1 - frac) + frac * val * (1 + ttex * t_field2)
+    paint = sub - unpainted
     img[box] = sub
     del t_field, t_field2, n1
     img = np.clip(img, 0, None) * brain
@@ -242,22 +252,11 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
         img = _add_head(img, brain, i_csf, max(i_gm, i_wm), rng_style)
 
     # --- acquisition: blur / in-plane resolution loss, bias, gamma, noise --------------
-    sig = rng.uniform(0, 1.0)
-    if rng.random() < 0.2:
-        sig_ip = rng.uniform(0.8, 1.8)
-        img = ndimage.gaussian_filter(img, (sig * 0.5, sig_ip, sig_ip))
-    elif sig > 0.2:
-        img = ndimage.gaussian_filter(img, sig)
-    bias = np.exp(rng.uniform(0.0, 0.25) * _smooth_field(rng, shape, rng.uniform(60, 140)))
-    img = img * bias
-    img = np.clip(img, 0, None) ** np.exp(rng.normal(0, 0.2))
-    noise = rng.uniform(0.004, 0.05) * float(np.percentile(img[brain], 95)) if brain.any() else 0.0
-    n_re = rng.standard_normal(shape, dtype=np.float32) * noise
-    n_im = rng.standard_normal(shape, dtype=np.float32) * noise
-    img = np.sqrt((img + n_re) ** 2 + n_im ** 2)  # Rician
-    if not raw:
-        img = img * brain  # skull-stripped: the background is exactly 0
-    img = (img * rng.uniform(200, 2000)).astype(np.float32)
+    acquisition = _draw_acquisition(rng, shape, brain.any())
+    painted = img
+    img = _acquire(painted, brain, raw, acquisition)
+    if series.get("floor_sd") and label.any():
+        img = _lift_to_floor(img, painted, paint, box, brain, label, raw, acquisition, series["floor_sd"], params)
 
     spacing = np.array([1.0, 1.0, 1.0])
     label = label.astype(np.uint8)
@@ -278,6 +277,69 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     return PhantomCase(img.astype(np.float32), label, affine, case_id, params)
 
 
+
+
+def _draw_acquisition(rng, shape, has_brain):
+    """The random draws of the acquisition (in the generator's historical order), applied by _acquire."""
+    a = {"sig": rng.uniform(0, 1.0), "sig_ip": None}
+    if rng.random() < 0.2:
+        a["sig_ip"] = rng.uniform(0.8, 1.8)
+    amp = rng.uniform(0.0, 0.25)
+    a["bias"] = np.exp(amp * _smooth_field(rng, shape, rng.uniform(60, 140)))
+    a["gamma"] = np.exp(rng.normal(0, 0.2))
+    a["noise"] = rng.uniform(0.004, 0.05) if has_brain else 0.0
+    a["n_re"] = rng.standard_normal(shape, dtype=np.float32)
+    a["n_im"] = rng.standard_normal(shape, dtype=np.float32)
+    a["scale"] = rng.uniform(200, 2000)
+    return a
+
+
+def _acquire(img, brain, raw, a):
+    """Blur or in-plane resolution loss, bias, gamma, Rician noise and the scanner's scale."""
+    from scipy import ndimage
+
+    if a["sig_ip"] is not None:
+        img = ndimage.gaussian_filter(img, (a["sig"] * 0.5, a["sig_ip"], a["sig_ip"]))
+    elif a["sig"] > 0.2:
+        img = ndimage.gaussian_filter(img, a["sig"])
+    img = img * a["bias"]
+    img = np.clip(img, 0, None) ** a["gamma"]
+    noise = a["noise"] * float(np.percentile(img[brain], 95)) if a["noise"] else 0.0
+    img = np.sqrt((img + a["n_re"] * noise) ** 2 + (a["n_im"] * noise) ** 2)  # Rician
+    if not raw:
+        img = img * brain  # skull-stripped: the background is exactly 0
+    return (img * a["scale"]).astype(np.float32)
+
+
+def shown_contrast_sd(image, label, brain):
+    """How far the label stands out in the image: (its mean - healthy brain's mean) / healthy SD."""
+    rest = image[brain & ~label]
+    if not label.any() or rest.size == 0:
+        return float("nan")
+    return float((image[label].mean() - rest.mean()) / (rest.std() or 1.0))
+
+
+def _lift_to_floor(img, painted, paint, box, brain, label, raw, acquisition, floor_sd, params):
+    """Re-acquire with a stronger paint until the label stands ``floor_sd`` SDs out (at most 8x).
+
+    Soft borders, blur, bias and noise can leave a drawn lesion at a few tenths of an SD: a label on
+    tissue that looks normal, which teaches a model to mark normal tissue.
+    """
+    lab = label > 0
+    shown = shown_contrast_sd(img, lab, brain)
+    params["shown_sd"] = round(shown, 2)
+    gain = 1.0
+    for _ in range(3):
+        if shown >= floor_sd or gain >= 8.0:
+            break
+        gain = min(8.0, gain * (floor_sd * 1.1 / shown if shown > floor_sd / 8 else 8.0))
+        again = painted.copy()
+        b = brain[box]
+        again[box][b] = np.clip(painted[box] + (gain - 1.0) * paint, 0, None)[b]
+        img = _acquire(again, brain, raw, acquisition)
+        shown = shown_contrast_sd(img, lab, brain)
+        params.update(paint_gain=round(gain, 2), shown_sd=round(shown, 2))
+    return img
 
 
 def _slabs(vol, t, axis):

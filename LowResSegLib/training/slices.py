@@ -20,13 +20,13 @@ from LowResSegLib.pipeline import prepare_array
 CACHE_VERSION = 5  # bump when the phantom generator or slicing changes
 
 
-DATA_HELP = ("phantom:N[:seed[:faint]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
+DATA_HELP = ("phantom:N[:seed[:faint|healthy]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
              "and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
 
 
 def parse_data_spec(spec):
-    """One data source: ``phantom:N[:seed[:faint]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
-    from LowResSegLib.training.phantom import LESION_SD
+    """One data source: ``phantom:N[:seed[:faint|healthy]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    from LowResSegLib.training.phantom import LESIONS
 
     kind, _, rest = spec.partition(":")
     if kind == "phantom":
@@ -35,10 +35,10 @@ def parse_data_spec(spec):
             n = int(parts[0]) if parts else 40
             seed = int(parts[1]) if len(parts) > 1 else 0
         except ValueError:
-            raise ValueError("bad data spec %r: use phantom:N[:seed[:faint]], e.g. phantom:40:1" % spec)
-        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in LESION_SD):
-            raise ValueError("bad data spec %r: the third field is the lesion contrast, one of %s"
-                             % (spec, ", ".join(LESION_SD)))
+            raise ValueError("bad data spec %r: use phantom:N[:seed[:faint|healthy]], e.g. phantom:40:1" % spec)
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in LESIONS):
+            raise ValueError("bad data spec %r: the third field is the lesion series, one of %s"
+                             % (spec, ", ".join(LESIONS)))
         d = {"kind": "phantom", "n": n, "seed": seed}
         if len(parts) == 3 and parts[2] != "default":
             d["lesions"] = parts[2]  # absent for the default, so that existing caches keep their key
@@ -151,6 +151,18 @@ def _fingerprint(d):
     return h.hexdigest()
 
 
+def cache_path(d, cache_dir, modality, label):
+    """Where the slices of one parsed source are cached: a hash of everything they depend on."""
+    key = {"spec": d, "files": _fingerprint(d), "modality": modality, "label": label,
+           "norm": DEFAULT_METHOD, "v": CACHE_VERSION}
+    if "lesions" in d:  # a lesion series' cache follows its definition (the default's key predates it)
+        from LowResSegLib.training.phantom import LESIONS
+
+        key["lesion_series"] = LESIONS[d["lesions"]]
+    key = json.dumps(key, sort_keys=True)
+    return os.path.join(cache_dir, "slices-%s.npz" % hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
 class SliceCache(object):
     """All slices of a data spec, one array pair per case, built once and reused."""
 
@@ -177,9 +189,7 @@ class SliceCache(object):
         from tqdm import tqdm
 
         d = parse_data_spec(spec)
-        key = json.dumps({"spec": d, "files": _fingerprint(d), "modality": modality, "label": label,
-                          "norm": DEFAULT_METHOD, "v": CACHE_VERSION}, sort_keys=True)
-        path = os.path.join(cache_dir, "slices-%s.npz" % hashlib.sha256(key.encode()).hexdigest()[:16])
+        path = cache_path(d, cache_dir, modality, label)
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as z:
                 ids = [str(s) for s in z["case_ids"]]
