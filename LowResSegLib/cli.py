@@ -278,7 +278,7 @@ def build_parser():
     t.add_argument("--output-size", type=int, default=256)
     t.add_argument("--width", type=int, default=8, help="backbone width n (default 8)")
     t.add_argument("--data", default="phantom:40:1",
-                   help="phantom:N[:seed[:faint|healthy]] | real:train|val|all (after fetch-real) | msd:PATH | folder:PATH; "
+                   help="phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all (after fetch-real) | msd:PATH | folder:PATH; "
                         "join sources with '+', repeat one with '*N' (e.g. phantom:120:1+real:train*4)")
     t.add_argument("--modality", default="FLAIR", help="MSD modality name or index")
     t.add_argument("--label", default="wt", help="label mapping: wt, tc, et, eq:N, in:A,B")

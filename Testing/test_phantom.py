@@ -106,6 +106,19 @@ def test_faint_lesions_are_lifted_to_a_visible_floor():
     assert faint.params["shown_sd"] >= floor
 
 
+def test_capped_series_grows_an_oversized_tumour_less_far():
+    """Case (3, 12) draws a 925 mL whole tumour; the capped series keeps its shape, grown to at most 250 mL."""
+    from LowResSegLib.training.phantom import LESIONS
+
+    cap = LESIONS["capped"]["max_ml"]
+    drawn = make_phantom(3, 12, style="stripped", grid="iso")
+    capped = make_phantom(3, 12, style="stripped", grid="iso", lesions="capped")
+    drawn_ml, capped_ml = drawn.label.sum() / 1000.0, capped.label.sum() / 1000.0  # 1 mm voxels
+    assert drawn_ml > 2 * cap and 0.3 * cap < capped_ml <= cap
+    assert not (capped.label.astype(bool) & ~drawn.label.astype(bool)).any()  # inside the drawn tumour
+    assert capped.case_id == drawn.case_id + "_capped"
+
+
 def test_healthy_series_is_the_tumour_free_twin(case):
     healthy = make_phantom(SEED, 0, style="stripped", grid="iso", lesions="healthy")
     twin = make_phantom(SEED, 0, style="stripped", grid="iso", tumour=False)

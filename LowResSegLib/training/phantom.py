@@ -92,11 +92,14 @@ RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
 # have and "default" never draws (its lesions measure about 1.2-4.2 SD once blur, bias and noise are
 # added). ``floor_sd``: the least the painted label may show on average (soft borders and texture
 # pull a small lesion's mean far below its drawn signal); fainter paint is scaled up to it, so that no
-# label sits on tissue that looks normal. ``tumour=False``: the healthy twins only.
+# label sits on tissue that looks normal. ``tumour=False``: the healthy twins only. ``max_ml``: a whole
+# tumour drawn larger (the default reaches ~1 L; real ones here are 60-220 mL) is grown less far, to
+# 40-100 % of this volume. The default keeps its definition until the shipped models are retrained.
 LESIONS = {
     "default": {"sd": (1.5, 7.0)},
     "faint": {"sd": (0.8, 2.5), "floor_sd": 0.7},
     "healthy": {"sd": (1.5, 7.0), "tumour": False},
+    "capped": {"sd": (1.5, 7.0), "max_ml": 250.0},
 }
 THICK_PROB = 0.35  # "auto" grid: this share gets thick slices
 HEALTHY_PROB = 0.15
@@ -181,16 +184,24 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     rough = rng.uniform(0.15, 0.6)
     n1 = _smooth_field(rng, bshape, rng.uniform(4, 12))
     b_brain = brain[box]
-    core = ((dist + rough * n1 * np.clip(dist, 0.3, 1.0)) < 1.0) & b_brain
-    necrosis = np.zeros_like(core)
+    core_shape = dist + rough * n1 * np.clip(dist, 0.3, 1.0)
+    core = (core_shape < 1.0) & b_brain
+    necrotic = None
     if rng.random() < 0.5 and core_r > 7:
-        necrosis = core & ((dist + 0.3 * _smooth_field(rng, bshape, 6)) < rng.uniform(0.3, 0.65))
+        necrotic = (dist + 0.3 * _smooth_field(rng, bshape, 6)) < rng.uniform(0.3, 0.65)
     edema = np.zeros_like(core)
     if edema_mm > 0 and core.any():
-        d_out = ndimage.distance_transform_edt(~core)
         spread = edema_mm * (0.35 + 0.9 * p_wm[box])
         n2 = _smooth_field(rng, bshape, rng.uniform(5, 15))
-        edema = ((d_out + 0.35 * edema_mm * n2) < spread) & b_brain & (p_csf[box] < 0.6) & ~core
+        edema_shape = 0.35 * edema_mm * n2 - spread  # edema where the distance to the core is below -edema_shape
+        edema_ok = b_brain & (p_csf[box] < 0.6)
+        edema = (ndimage.distance_transform_edt(~core) + edema_shape < 0) & edema_ok & ~core
+    if series.get("max_ml") and (core | edema).sum() > series["max_ml"] * 1000.0:
+        target = series["max_ml"] * 1000.0 * np.random.default_rng([int(seed), int(index), 3]).uniform(0.4, 1.0)
+        core, edema = _shrink_tumour(core_shape, edema_shape if edema.any() else None, b_brain,
+                                     edema_ok if edema.any() else None, target)
+        params["shrunk_to_ml"] = round(float((core | edema).sum()) / 1000.0, 1)
+    necrosis = core & necrotic if necrotic is not None else np.zeros_like(core)
     healthy = rng.random() < HEALTHY_PROB
     if tumour is not None or "tumour" in series:
         healthy = not (tumour if tumour is not None else series["tumour"])
@@ -277,6 +288,24 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     return PhantomCase(img.astype(np.float32), label, affine, case_id, params)
 
 
+
+
+def _shrink_tumour(core_shape, edema_shape, brain, edema_ok, target):
+    """Core and oedema grown less far (same shapes, lower thresholds) until they hold about ``target`` voxels."""
+    from scipy import ndimage
+
+    def masks(t):  # t in (0, 1]: the share of the drawn extent
+        core = (core_shape < t) & brain
+        if edema_shape is None or not core.any():
+            return core, np.zeros_like(core)
+        return core, (ndimage.distance_transform_edt(~core) + edema_shape * t < 0) & edema_ok & ~core
+
+    lo, hi = 0.0, 1.0
+    for _ in range(8):  # bisection: the tumour grows with t
+        mid = 0.5 * (lo + hi)
+        core, edema = masks(mid)
+        lo, hi = (mid, hi) if (core | edema).sum() <= target else (lo, mid)
+    return masks(lo) if lo > 0 else masks(hi)
 
 
 def _draw_acquisition(rng, shape, has_brain):

@@ -20,12 +20,12 @@ from LowResSegLib.pipeline import prepare_array
 CACHE_VERSION = 5  # bump when the phantom generator or slicing changes
 
 
-DATA_HELP = ("phantom:N[:seed[:faint|healthy]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
+DATA_HELP = ("phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
              "and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
 
 
 def parse_data_spec(spec):
-    """One data source: ``phantom:N[:seed[:faint|healthy]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    """One data source: ``phantom:N[:seed[:faint|healthy|capped]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
     from LowResSegLib.training.phantom import LESIONS
 
     kind, _, rest = spec.partition(":")
@@ -35,7 +35,7 @@ def parse_data_spec(spec):
             n = int(parts[0]) if parts else 40
             seed = int(parts[1]) if len(parts) > 1 else 0
         except ValueError:
-            raise ValueError("bad data spec %r: use phantom:N[:seed[:faint|healthy]], e.g. phantom:40:1" % spec)
+            raise ValueError("bad data spec %r: use phantom:N[:seed[:faint|healthy|capped]], e.g. phantom:40:1" % spec)
         if len(parts) > 3 or (len(parts) == 3 and parts[2] not in LESIONS):
             raise ValueError("bad data spec %r: the third field is the lesion series, one of %s"
                              % (spec, ", ".join(LESIONS)))
