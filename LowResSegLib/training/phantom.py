@@ -12,7 +12,7 @@ Two styles: ``stripped`` (skull-stripped, exact-zero background, as in BraTS) an
 ``raw`` (what a scanner writes: CSF, skull with diploe and a fat/muscle scalp of
 random thickness around the brain, a neck below it, Rician noise in the
 background; the grid may cut the vertex). Tumours range
-from 1 mL to ~200 mL, are sometimes multifocal, sometimes diffuse with soft borders,
+from 1 mL to ~1 L (median ~75 mL; the "capped" series stops at 250 mL), are sometimes multifocal, sometimes diffuse with soft borders,
 and their FLAIR contrast runs from faint to bright; some cases have no tumour.
 
 Label: whole tumour (core | necrosis | edema). The grid is BraTS-like 240×240×155
