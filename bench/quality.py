@@ -54,11 +54,9 @@ def zscore_in_head(image, spacing_kji):
 
 def lesion_contrast_sd(image, truth, spacing_kji):
     """How far the tumour stands out: (tumour mean - other head voxels' mean) / their SD."""
-    mask = head_mask(image, spacing_kji)
-    rest = image[mask & ~truth].astype(np.float64)
-    if not truth.any() or rest.size == 0:
-        return float("nan")
-    return float((image[truth].mean() - rest.mean()) / (rest.std() or 1.0))
+    from LowResSegLib.training.phantom import shown_contrast_sd
+
+    return shown_contrast_sd(image, truth, head_mask(image, spacing_kji))
 
 
 def threshold_mask(image, spacing_kji, k):

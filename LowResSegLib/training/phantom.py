@@ -90,9 +90,9 @@ RAW_PROB = 0.5  # "auto" style: half the cases are raw heads
 # Lesion series. ``sd``: the lesion signal drawn in SDs of the healthy brain (log-uniform) for
 # FLAIR-like tissue contrast. "faint" reaches the low-grade-like lesions at 0.7-2 SD that real cases
 # have and "default" never draws (its lesions measure about 1.2-4.2 SD once blur, bias and noise are
-# added). ``floor_sd``: the least the painted label may show on average (soft borders and texture
-# pull a small lesion's mean far below its drawn signal); fainter paint is scaled up to it, so that no
-# label sits on tissue that looks normal. ``tumour=False``: the healthy twins only. ``max_ml``: a whole
+# added). ``floor_sd``: the least the label must show on average in the acquired image (soft borders,
+# blur and noise pull a small lesion far below its drawn signal); a fainter case is acquired again from
+# a stronger paint, so that no label sits on tissue that looks normal. ``tumour=False``: the healthy twins only. ``max_ml``: a whole
 # tumour drawn larger (the default reaches ~1 L; real ones here are 60-220 mL) is grown less far, to
 # 40-100 % of this volume. The default keeps its definition until the shipped models are retrained.
 LESIONS = {
@@ -113,7 +113,7 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     anatomy, tumour and contrast: the twin of the "auto" case in another style or grid.
     ``tumour=False`` gives the healthy twin (same anatomy and acquisition, no lesion).
     ``lesions``: a key of :data:`LESIONS`; "faint" gives the same case with a fainter lesion,
-    "healthy" its healthy twin.
+    "healthy" its healthy twin, "capped" the same tumour grown to at most 250 mL.
     """
     if style not in STYLES or grid not in GRIDS:
         raise ValueError("style must be one of %s and grid one of %s" % (STYLES, GRIDS))
@@ -288,8 +288,6 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     return PhantomCase(img.astype(np.float32), label, affine, case_id, params)
 
 
-
-
 def _shrink_tumour(core_shape, edema_shape, brain, edema_ok, target):
     """Core and oedema grown less far (same shapes, lower thresholds) until they hold about ``target`` voxels."""
     from scipy import ndimage
@@ -342,10 +340,10 @@ def _acquire(img, brain, raw, a):
 
 def shown_contrast_sd(image, label, brain):
     """How far the label stands out in the image: (its mean - healthy brain's mean) / healthy SD."""
-    rest = image[brain & ~label]
+    rest = image[brain & ~label].astype(np.float64)
     if not label.any() or rest.size == 0:
         return float("nan")
-    return float((image[label].mean() - rest.mean()) / (rest.std() or 1.0))
+    return float((image[label].astype(np.float64).mean() - rest.mean()) / (rest.std() or 1.0))
 
 
 def _lift_to_floor(img, painted, paint, box, brain, label, raw, acquisition, floor_sd, params):
