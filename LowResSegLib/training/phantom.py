@@ -189,7 +189,7 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
     necrotic = None
     if rng.random() < 0.5 and core_r > 7:
         necrotic = (dist + 0.3 * _smooth_field(rng, bshape, 6)) < rng.uniform(0.3, 0.65)
-    edema = np.zeros_like(core)
+    edema, edema_shape, edema_ok = np.zeros_like(core), None, None
     if edema_mm > 0 and core.any():
         spread = edema_mm * (0.35 + 0.9 * p_wm[box])
         n2 = _smooth_field(rng, bshape, rng.uniform(5, 15))
@@ -198,13 +198,14 @@ def make_phantom(seed, index=0, style="auto", grid="auto", tumour=None, lesions=
         edema = (ndimage.distance_transform_edt(~core) + edema_shape < 0) & edema_ok & ~core
     if series.get("max_ml") and (core | edema).sum() > series["max_ml"] * 1000.0:
         target = series["max_ml"] * 1000.0 * np.random.default_rng([int(seed), int(index), 3]).uniform(0.4, 1.0)
-        core, edema = _shrink_tumour(core_shape, edema_shape if edema.any() else None, b_brain,
-                                     edema_ok if edema.any() else None, target)
+        core, edema = _shrink_tumour(core_shape, edema_shape, b_brain, edema_ok, target)
         params["shrunk_to_ml"] = round(float((core | edema).sum()) / 1000.0, 1)
     necrosis = core & necrotic if necrotic is not None else np.zeros_like(core)
     healthy = rng.random() < HEALTHY_PROB
-    if tumour is not None or "tumour" in series:
-        healthy = not (tumour if tumour is not None else series["tumour"])
+    if tumour is None:
+        tumour = series.get("tumour")
+    if tumour is not None:
+        healthy = not tumour
     if healthy:
         core, edema, necrosis = (np.zeros_like(core),) * 3
     satellite = np.zeros_like(core)
@@ -298,12 +299,15 @@ def _shrink_tumour(core_shape, edema_shape, brain, edema_ok, target):
             return core, np.zeros_like(core)
         return core, (ndimage.distance_transform_edt(~core) + edema_shape * t < 0) & edema_ok & ~core
 
-    lo, hi = 0.0, 1.0
+    lo, hi, best = 0.0, 1.0, None
     for _ in range(8):  # bisection: the tumour grows with t
         mid = 0.5 * (lo + hi)
         core, edema = masks(mid)
-        lo, hi = (mid, hi) if (core | edema).sum() <= target else (lo, mid)
-    return masks(lo) if lo > 0 else masks(hi)
+        if (core | edema).sum() <= target:
+            lo, best = mid, (core, edema)
+        else:
+            hi = mid
+    return best if best is not None else masks(hi)
 
 
 def _draw_acquisition(rng, shape, has_brain):
