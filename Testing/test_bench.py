@@ -84,3 +84,28 @@ def test_speed_bench_writes_its_section_and_keeps_others(repo, tmp_path):
     assert md.count("<!-- speed:begin -->") == 1
     run("speed.py", "--repeats", "1", "--repository", repo, "--out", str(out), "--volume", sample)
     assert (out / "BENCHMARKS.md").read_text().count("<!-- speed:begin -->") == 1  # replaced, not appended
+
+
+def test_ceiling_bench_writes_its_section(tmp_path):
+    out = run("ceiling.py", "--data", sample_folder(tmp_path), "--out", str(tmp_path / "docs"))
+    text = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "<!-- ceiling:begin -->" in text and "| `folder:" in text
+    assert "32² ceiling" in out
+
+
+def test_resolution_ceiling_follows_the_size_of_the_structure():
+    """A large blob survives 16² almost whole; a thin bar does not, and 64² keeps more of it than 16²."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from bench.ceiling import through_resolution
+    from LowResSegLib.metrics import dice
+
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    yy, xx = np.mgrid[:128, :128]
+    blob = np.repeat((((yy - 64) ** 2 + (xx - 60) ** 2) < 40 ** 2)[None], 4, axis=0)
+    bar = np.zeros((4, 128, 128), bool)
+    bar[:, 60:63, 20:100] = True
+    assert dice(*through_resolution(blob, affine, 16)) > 0.95
+    assert dice(*through_resolution(bar, affine, 16)) < 0.5
+    assert dice(*through_resolution(bar, affine, 64)) > dice(*through_resolution(bar, affine, 16))
