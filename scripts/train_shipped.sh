@@ -5,7 +5,7 @@
 # phantoms with their tumours capped at 250 mL (`phantom:100:1:capped`, docs/method.md); the other
 # models were trained before that series existed and keep the uncapped one.
 # The low-resolution models train on CPU: two queues run side by side, one torch thread each
-# (2 cores: about 1.5 hours, plus ~8 minutes per phantom series to slice it once, and ~25 minutes to
+# (2 cores: about 70 minutes, plus ~8 minutes per phantom series to slice it once, and ~25 minutes to
 # tune the component filters). The shipped 32² pair was trained one run at a time with --threads 2
 # (24 min each); the thread count changes only the order of float sums.
 # elunet-full-256 needs a GPU: its 23 epochs took 6 minutes on one H200 with WORKERS=14
