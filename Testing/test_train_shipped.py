@@ -40,6 +40,11 @@ def script_runs():
     return runs
 
 
+def script_stop_after(folder):
+    line = re.search(r'^\s*run %s\s+(.*)$' % re.escape(folder), open(SCRIPT).read(), re.M).group(1)
+    return vars(build_parser().parse_args(["train"] + shlex.split(line)[1:] + ["--out", folder]))["stop_after"]
+
+
 def shipped_cards():
     paths = sorted(glob.glob(os.path.join(ROOT, "Resources", "Models", "*", "lowresseg.json")))
     assert paths, "no shipped models found"
@@ -55,6 +60,20 @@ def test_train_shipped_reproduces_the_card(card):
     runs = script_runs()
     assert folder in runs, "%s: scripts/train_shipped.sh has no `run %s`" % (card["name"], folder)
     assert runs[folder] == recorded
+    # --stop-after ends a run where the card says its schedule was cut short, and nowhere else
+    stopped_early = card["training"].get("stopped", "epochs done") != "epochs done"
+    expected_stop = card["training"]["epochs_run"] if stopped_early else 0
+    assert script_stop_after(folder) == expected_stop
+
+
+def test_run_trains_with_its_own_data_and_the_common_options():
+    """What the test above assumes of the script's run(): its data argument and COMMON reach `lowresseg train`,
+    and both queues are started."""
+    text = open(SCRIPT).read()
+    body = re.search(r'^run\(\) \{(.*?)^\}', text, re.M | re.S).group(1)
+    assert "local name=$1 data=$2; shift 2" in body
+    assert 'lowresseg train --data "$data" "${COMMON[@]}" "$@" --out "runs/$name"' in body
+    assert re.search(r"^queue_a >", text, re.M) and re.search(r"^queue_b >", text, re.M)
 
 
 def test_the_parser_sees_every_run():

@@ -1,11 +1,12 @@
-"""How much Dice an input resolution leaves for an upsampling head to win: the resolution ceiling.
+"""How much Dice an input resolution costs by itself: a reference for what an upsampling head can win.
 
-Each case's true mask goes the way a model's input goes (canonical axial slices, centred
-square padding, area resampling to r²), and comes back by plain bilinear upsampling and a
-0.5 threshold. The Dice of that mask against the truth is what a perfect r² network with a
-bilinear head would score; a learned head can add at most the rest (1 − ceiling), and only
-where the network's low-resolution logits are already right. Compare it with the models'
-Dice in the quality sections.
+Each case's true mask is prepared the way a model's input is (``pipeline.prepare_array``:
+canonical axial slices, square pixels, centred square padding), area-resampled to r², and
+brought back the way model outputs are (``PreparedSlices.to_slice_grid``: bilinear) and
+thresholded at 0.5. Its Dice against the truth is what a network that outputs the true r²
+area fractions scores with a bilinear head. It is an estimate, not a bound: a network may
+choose low-resolution logits that upsample better than the area fractions, and a learned head
+may sharpen edges further. Compare it with the models' Dice in the quality sections.
 
     python bench/ceiling.py                       # real:val + stripped phantoms -> docs/BENCHMARKS.md
 """
@@ -20,21 +21,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.geometry import area_resample, bilinear_resample, crop_from_square, pad_to_square, to_canonical  # noqa: E402,E501
+from LowResSegLib.geometry import area_resample, to_canonical  # noqa: E402
+from LowResSegLib.intensity import DEFAULT_METHOD  # noqa: E402
 from LowResSegLib.metrics import dice  # noqa: E402
+from LowResSegLib.pipeline import prepare_array  # noqa: E402
 from bench.quality import held_out_cases  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 SIZES = (16, 32, 64)
 
 
-def through_resolution(truth_kji, affine, r):
-    """The truth as an r² input sees it, brought back by bilinear upsampling (on the canonical grid)."""
-    canon, _ = to_canonical(truth_kji.astype(np.float32), affine)
-    h, w = canon.shape[1:]
-    square = pad_to_square(canon)
-    back = bilinear_resample(area_resample(square, r), square.shape[-1])
-    return crop_from_square(back, h, w) > 0.5, canon > 0.5
+def through_resolution(image, truth_kji, affine, r):
+    """(the truth after an r² round trip, the truth), both on the canonical grid."""
+    prepared, label = prepare_array(image, affine, DEFAULT_METHOD, label=truth_kji)
+    back = prepared.to_slice_grid(area_resample(label, r))
+    return back > 0.5, to_canonical(np.asarray(truth_kji), affine)[0] > 0
 
 
 def ceilings(spec, limit=None, variants=("as is", "stripped")):
@@ -46,7 +47,7 @@ def ceilings(spec, limit=None, variants=("as is", "stripped")):
             continue
         row = {"case": case.case_id, "spec": spec}
         for r in SIZES:
-            pred, truth = through_resolution(case.label > 0, case.affine, r)
+            pred, truth = through_resolution(case.image, case.label > 0, case.affine, r)
             row[r] = dice(pred, truth)
         rows.append(row)
     return rows
@@ -59,12 +60,12 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    lines = ["## Resolution ceiling: what an upsampling head can win", "",
-             "Produced by `python bench/ceiling.py --data %s` on %s. Each true mask is area-resampled to r² the way "
-             "model inputs are made (canonical axial slices, centred square padding), bilinearly upsampled back and "
-             "thresholded at 0.5: the Dice a perfect r² network with a bilinear head would score. A learned head can "
-             "win at most 1 − ceiling, and only where the low-resolution logits are already right. Phantoms: the "
-             "stripped twins, 1 mm grids." % (args.data, time.strftime("%Y-%m-%d")), "",
+    lines = ["## Resolution ceiling: what the input resolution costs by itself", "",
+             "Produced by `python bench/ceiling.py --data %s` on %s. Each true mask is prepared and area-resampled to "
+             "r² the way model inputs are made, brought back the way outputs are (bilinear) and thresholded at 0.5: "
+             "the Dice of a network that outputs the true r² area fractions, with a bilinear head. An estimate of "
+             "what the input resolution costs by itself, not a bound (better logits or a learned head can beat "
+             "it). Phantoms: the stripped twins." % (args.data, time.strftime("%Y-%m-%d")), "",
              "| data | cases | " + " | ".join("%d² ceiling (min)" % r for r in SIZES) + " |",
              "|---|---|" + "---|" * len(SIZES)]
     for spec in args.data.split(","):

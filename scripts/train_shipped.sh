@@ -52,5 +52,11 @@ queue_b() {
 mkdir -p runs
 queue_a > runs/queue_a.log 2>&1 &
 queue_b > runs/queue_b.log 2>&1 &
-wait %1 && wait %2
+failed=""
+wait %1 || failed="$failed queue_a"
+wait %2 || failed="$failed queue_b"
+if [ -n "$failed" ]; then
+  echo "training failed in:$failed; see runs/queue_*.log, then re-run this script to continue" >&2
+  exit 1
+fi
 echo "all shipped models trained and exported (logs: runs/queue_*.log)"

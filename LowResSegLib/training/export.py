@@ -73,8 +73,9 @@ def real_cases_of(spec):
 def data_notice(spec):
     text = "Trained on synthetic phantoms derived from the MNI152 2009a template. " + MNI_NOTICE
     if real_cases_of(spec):
-        text += (" Also trained on real BraTS 2017/2018 and UPENN-GBM (TCIA) cases listed in training.real_cases "
-                 "(not redistributed; see LowResSegLib/training/real_manifest.json for their sources and terms).")
+        text += (" Also trained on the real cases listed in training.real_cases, each with its origin (BraTS or "
+                 "TCIA data, not redistributed; see LowResSegLib/training/real_manifest.json for their sources and "
+                 "terms).")
     return text
 
 
