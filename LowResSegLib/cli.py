@@ -293,6 +293,9 @@ def build_parser():
     t.add_argument("--neg-ratio", type=float, default=0.3, help="tumour-free slices per tumour slice (default 0.3)")
     t.add_argument("--max-slices", type=int, default=0, help="cap the slices per epoch (0: no cap)")
     t.add_argument("--max-val-slices", type=int, default=600, help="cap the (fixed) validation slices (0: no cap)")
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="validate and keep an exponential moving average of the weights with this decay per batch, "
+                        "e.g. 0.998 (0: the raw weights)")
     t.add_argument("--crop", type=int, default=0, help="full-resolution models: train on random crops of this size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

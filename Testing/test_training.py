@@ -1,5 +1,6 @@
 """Deep-supervision loss and the train/export command line (errors and a real tiny run)."""
 
+import json
 import os
 
 import pytest
@@ -72,3 +73,50 @@ def test_training_batches_do_not_depend_on_the_number_of_workers():
     other = TrainingBatches(cache, 16, [16, 32, 48], None, 0)
     again = list(other.epoch(rows, 4, seed=5, epoch=3))
     assert not np.array_equal(serial[0][0], again[0][0])
+
+
+def test_weight_average_follows_the_weights_and_copies_counters():
+    from LowResSegLib.training.models import SegModel
+    from LowResSegLib.training.trainer import WeightAverage
+
+    model = SegModel("elunet", "jhead", 16, 64, classes=1, width=2)
+    avg = WeightAverage(model, 0.9)
+    before = {k: v.clone() for k, v in avg.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model(torch.zeros(2, 1, 16, 16))  # train mode: BatchNorm statistics and counters move
+    avg.update(model)
+    d = min(0.9, 2.0 / 11.0)  # warm-up of the first step
+    now, raw = avg.model.state_dict(), model.state_dict()
+    name = next(n for n, _ in model.named_parameters())
+    torch.testing.assert_close(now[name], d * before[name] + (1 - d) * raw[name])
+    counters = [n for n, v in raw.items() if not v.dtype.is_floating_point]
+    assert counters and all(torch.equal(now[n], raw[n]) for n in counters)
+    assert not any(p.requires_grad for p in avg.model.parameters())
+    with pytest.raises(ValueError, match="--ema"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_run_keeps_the_averaged_weights_and_resumes(tiny_run, tmp_path):
+    """best.pt holds the average (not the raw weights); --resume continues it, and a run made
+    without --ema cannot silently be resumed as one."""
+    from LowResSegLib.training.trainer import train
+
+    cfg = dict(tiny_run[1], out=str(tmp_path / "ema"), ema=0.9, epochs=1, patience=5)
+    train(cfg, progress=False)
+    last = torch.load(str(tmp_path / "ema" / "last.pt"), weights_only=False)
+    best = torch.load(str(tmp_path / "ema" / "best.pt"), weights_only=False)
+    name = next(k for k, v in best["model"].items() if v.dtype.is_floating_point and v.dim() == 4)
+    assert torch.equal(best["model"][name], last["ema"]["model"][name])
+    assert not torch.equal(best["model"][name], last["model"][name])
+    state = train(dict(cfg, epochs=2, resume=True), progress=False)
+    assert state["epoch"] == 2
+    assert torch.load(str(tmp_path / "ema" / "last.pt"), weights_only=False)["ema"]["steps"] > last["ema"]["steps"]
+    from LowResSegLib.training.export import export_run
+
+    card_dir = export_run(str(tmp_path / "ema"), str(tmp_path / "repo"))
+    with open(os.path.join(str(card_dir), "lowresseg.json")) as f:
+        assert "moving average, decay 0.9 per batch" in json.load(f)["training"]["optimizer"]
+    with pytest.raises(ValueError, match="without --ema"):
+        train(dict(tiny_run[1], ema=0.9, epochs=2, resume=True, out=tiny_run[0]), progress=False)

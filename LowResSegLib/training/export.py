@@ -114,7 +114,9 @@ def build_card(model, info, ck, sha256, metrics=None):
             "train_seconds": round(state.get("train_seconds", 0.0), 1),
             "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
             "loss": "mean over head scales of BCE + soft Dice vs. the HR label area-resampled to each scale",
-            "optimizer": "Adam lr %g, cosine schedule, batch %d" % (tc["lr"], tc["batch_size"]),
+            "optimizer": "Adam lr %g, cosine schedule, batch %d%s" % (
+                tc["lr"], tc["batch_size"],
+                "; weights kept: exponential moving average, decay %g per batch" % tc["ema"] if tc.get("ema") else ""),
         },
         "metrics": dict({"val_dice_at_output_size": round(float(ck.get("val_dice", float("nan"))), 4)},
                         **(metrics or {})),

@@ -2,8 +2,11 @@
 
 A run directory holds ``run.json`` (the exact config and command), ``metrics.csv``
 (one row per epoch), ``last.pt`` (everything needed to resume) and ``best.pt``
-(the weights with the best validation Dice at the output size R).
+(the weights with the best validation Dice at the output size R). With ``--ema`` those
+are the exponential moving average of the weights, which is what gets validated and kept.
 """
+
+import copy
 
 import csv
 import json
@@ -81,6 +84,41 @@ def _make_training_batch(task, args):
     return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop)
 
 
+class WeightAverage(object):
+    """Exponential moving average of a model's weights and BatchNorm statistics.
+
+    Why: with ~12 validation cases the best-epoch choice of raw weights is noisy (seeds kept
+    epochs 5-23 of 24); averaged weights move smoothly, so the checkpoint kept depends less
+    on one lucky or unlucky epoch. The decay warms up as (1 + step) / (10 + step).
+    """
+
+    def __init__(self, model, decay):
+        if not 0.0 < float(decay) < 1.0:
+            raise ValueError("--ema is a decay per batch between 0 and 1 (e.g. 0.998), not %r" % decay)
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model)
+        self.model.requires_grad_(False)
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self, model):
+        self.steps += 1
+        d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
+        avg = self.model.state_dict()
+        for name, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                avg[name].mul_(d).add_(value.detach(), alpha=1.0 - d)
+            else:
+                avg[name].copy_(value)
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.steps = int(state["steps"])
+
+
 def default_cache_dir():
     return os.environ.get("LOWRESSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lowresseg"))
 
@@ -147,11 +185,16 @@ def _train_loop(cfg, model, r, scales, device, train_set, val_set, val_rows, bat
     opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
+    ema = WeightAverage(model, cfg["ema"]) if cfg.get("ema") else None
     state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "train_seconds": 0.0}
     last = os.path.join(out, "last.pt")
     if cfg.get("resume") and os.path.exists(last):
         ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
+        if ema is not None:
+            if "ema" not in ck:
+                raise ValueError("%s was trained without --ema; resume it without --ema or start a new run" % out)
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
@@ -195,25 +238,31 @@ def _train_loop(cfg, model, r, scales, device, train_set, val_set, val_rows, bat
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             losses.append(loss.item())
             bar.set_postfix(loss="%.4f" % np.mean(losses[-20:]))
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_loss, val_dice = evaluate(model, val_set, val_rows, r, scales, device)
+        kept = model if ema is None else ema.model  # the weights that are validated and saved as best.pt
+        val_loss, val_dice = evaluate(kept, val_set, val_rows, r, scales, device)
         seconds = time.time() - t0
         state["epoch"] = epoch
         state["train_seconds"] += seconds
         if val_dice > state["best_dice"]:
             state.update(best_dice=val_dice, best_epoch=epoch)
-            torch.save({"model": model.state_dict(), "config": model.config, "epoch": epoch,
+            torch.save({"model": kept.state_dict(), "config": model.config, "epoch": epoch,
                         "val_dice": val_dice}, os.path.join(out, "best.pt"))
         bad_epochs = epoch - state["best_epoch"]
         with open(metrics_path, "a", newline="") as f:
             csv.writer(f).writerow([epoch, "%.6g" % lr, "%.5f" % np.mean(losses), "%.5f" % val_loss,
                                     "%.5f" % val_dice, "%.1f" % seconds])
         tmp = last + ".part"
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "torch_rng": torch.get_rng_state()}, tmp)
+        ck = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+              "state": state, "torch_rng": torch.get_rng_state()}
+        if ema is not None:
+            ck["ema"] = ema.state_dict()
+        torch.save(ck, tmp)
         os.replace(tmp, last)
         if progress:
             print("%s epoch %d: train %.4f  val loss %.4f  val Dice@%d %.4f  (%.0f s)%s" % (
