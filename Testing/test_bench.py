@@ -49,6 +49,7 @@ def test_quality_bench_writes_its_section(repo, tmp_path):
     assert "<!-- quality-folder:begin -->" in md and "<!-- quality-folder:end -->" in md
     assert "| threshold (k=" in md and "| threshold-16to64 |" in md and "| elunet-jhead-16to64 |" in md
     assert "python bench/quality.py" in md
+    assert "elunet-jhead-16to64 vs the floor: mean ΔDice" in md and "95 % CI" in md
     assert (out / "quality-folder.png").stat().st_size > 1000
     rows = (out / "quality-folder_cases.csv").read_text().splitlines()
     assert rows[0] == "case,variant,model,dice,hd95_mm,truth_ml,pred_ml,lesion_sd" and len(rows) == 1 + 3  # floor + 2 models
@@ -110,3 +111,25 @@ def test_resolution_ceiling_follows_the_size_of_the_structure():
     assert dice(*through_resolution(image, blob, affine, 16)) > 0.95
     assert dice(*through_resolution(image, bar, affine, 16)) < 0.5
     assert dice(*through_resolution(image, bar, affine, 64)) > dice(*through_resolution(image, bar, affine, 16))
+
+
+def test_paired_interval_says_whether_a_difference_is_clear():
+    """The bootstrap interval of paired Dice differences excludes 0 for a consistent gain, includes it
+    for a gain that one case makes, and holds the mean."""
+    sys.path.insert(0, ROOT)
+    from bench.quality import bootstrap_ci, paired
+
+    consistent = [0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.04, 0.06]
+    lo, hi = bootstrap_ci(consistent)
+    assert 0 < lo < sum(consistent) / len(consistent) < hi
+    one_case = [0.4, -0.01, 0.0, -0.02, 0.01, -0.01, 0.0, -0.02]
+    lo, hi = bootstrap_ci(one_case)
+    assert lo <= 0 < hi
+    assert bootstrap_ci(one_case) == (lo, hi)  # seeded: a rerun prints the same interval
+    assert bootstrap_ci([0.1, 0.1, 0.1]) == pytest.approx((0.1, 0.1))
+    rows = [{"variant": "as is", "case": c, "model": m, "dice": d, "truth_ml": t}
+            for c, t, da, db in (("a", 50.0, 0.8, 0.7), ("b", 80.0, 0.6, 0.65), ("h", 0.0, 1.0, 0.0))
+            for m, d in (("A", da), ("B", db))]
+    p = paired(rows, "A", "B", "as is")  # the healthy case (no tumour) is left out
+    assert p["n"] == 2 and p["wins"] == 1 and p["losses"] == 1 and p["mean"] == pytest.approx(0.025)
+    assert p["ci95"][0] == pytest.approx(-0.05) and p["ci95"][1] == pytest.approx(0.1)
