@@ -7,7 +7,6 @@ are the exponential moving average of the weights, which is what gets validated 
 """
 
 import copy
-
 import csv
 import json
 import os
