@@ -296,6 +296,9 @@ def build_parser():
     t.add_argument("--ema", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay per batch, "
                         "e.g. 0.998 (0: the raw weights)")
+    t.add_argument("--augment", default="standard", choices=["standard", "context"],
+                   help="augmentation plan: standard, or context (wider zoom, and tumours left with little normal "
+                        "tissue around them; see docs/method.md)")
     t.add_argument("--crop", type=int, default=0, help="full-resolution models: train on random crops of this size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

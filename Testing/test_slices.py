@@ -286,6 +286,52 @@ def test_augmentation_moves_image_and_label_together():
     assert moved > 0  # geometry really is augmented
 
 
+def test_context_cut_leaves_a_thin_rim_of_normal_tissue():
+    """The "context" plan's cut: the tumour stays whole, the brain beyond 20 px of it goes,
+    and slices it cannot cut cleanly (noisy background, no tumour) are left alone."""
+    from scipy import ndimage
+
+    from LowResSegLib.training.slices import cut_context
+
+    yy, xx = np.mgrid[:96, :96]
+    brain = ((yy - 48) ** 2 + (xx - 48) ** 2 < 44 ** 2).astype(np.float32)
+    lesion = ((yy - 40) ** 2 + (xx - 56) ** 2 < 10 ** 2).astype(np.float32)
+    im = brain * (1.0 + lesion)
+    dist = ndimage.distance_transform_edt(lesion < 0.5)
+    for seed in range(5):
+        out = cut_context(im, lesion, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out[lesion > 0], im[lesion > 0])
+        assert not out[dist > 20].any()
+        kept = (out != 0) & (lesion == 0)
+        assert kept.any() and dist[kept].max() <= 20 and kept.sum() < (brain * (1 - lesion)).sum()
+    noisy = im + np.random.default_rng(0).normal(0, 0.01, im.shape).astype(np.float32)
+    assert cut_context(noisy, lesion, np.random.default_rng(0)) is noisy
+    assert cut_context(im, np.zeros_like(lesion), np.random.default_rng(0)) is im
+
+
+def test_augmentation_plans():
+    """"standard" is the default (shipped models stay reproducible); "context" really cuts
+    some slices; an unknown name is refused."""
+    from LowResSegLib.training.slices import AUGMENTATIONS, augment_slice, augmentation_plan
+
+    yy, xx = np.mgrid[:96, :96]
+    brain = ((yy - 48) ** 2 + (xx - 48) ** 2 < 40 ** 2).astype(np.float32)
+    lesion = ((yy - 40) ** 2 + (xx - 56) ** 2 < 8 ** 2).astype(np.float32)
+    im = brain * (1.0 + lesion)
+    kept = {"standard": [], "context": []}
+    for seed in range(24):
+        a = augment_slice(im.copy(), lesion.copy(), np.random.default_rng(seed))
+        b = augment_slice(im.copy(), lesion.copy(), np.random.default_rng(seed), AUGMENTATIONS["standard"])
+        assert np.array_equal(a[0], b[0])
+        for name in kept:
+            out, lb = augment_slice(im.copy(), lesion.copy(), np.random.default_rng(seed), AUGMENTATIONS[name])
+            kept[name].append(((out != 0) & (lb < 0.5)).sum() / max(1.0, (lb >= 0.5).sum()))
+    # normal tissue per tumour pixel: the cut leaves far less in some slices than any standard one
+    assert min(kept["context"]) < 0.5 * min(kept["standard"])
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augmentation_plan("bogus")
+
+
 def test_make_batch_crop_full_resolution(cache):
     rows = cache.sample(np.random.default_rng(0), 1.0)
     x_full, ys_full = make_batch(cache, rows, 48, [48])

@@ -100,10 +100,13 @@ def test_weight_average_follows_the_weights_and_copies_counters():
 
 def test_ema_run_keeps_the_averaged_weights_and_resumes(tiny_run, tmp_path):
     """best.pt holds the average (not the raw weights); --resume continues it, and a run made
-    without --ema cannot silently be resumed as one."""
+    without --ema cannot silently be resumed as one. The card records --ema and --augment."""
     from LowResSegLib.training.trainer import train
 
-    cfg = dict(tiny_run[1], out=str(tmp_path / "ema"), ema=0.9, epochs=1, patience=5)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train(dict(tiny_run[1], out=str(tmp_path / "bad"), augment="bogus"), progress=False)
+    assert not os.path.exists(str(tmp_path / "bad" / "last.pt"))
+    cfg = dict(tiny_run[1], out=str(tmp_path / "ema"), ema=0.9, epochs=1, patience=5, augment="context")
     train(cfg, progress=False)
     last = torch.load(str(tmp_path / "ema" / "last.pt"), weights_only=False)
     best = torch.load(str(tmp_path / "ema" / "best.pt"), weights_only=False)
@@ -117,6 +120,8 @@ def test_ema_run_keeps_the_averaged_weights_and_resumes(tiny_run, tmp_path):
 
     card_dir = export_run(str(tmp_path / "ema"), str(tmp_path / "repo"))
     with open(os.path.join(str(card_dir), "lowresseg.json")) as f:
-        assert "moving average, decay 0.9 per batch" in json.load(f)["training"]["optimizer"]
+        training = json.load(f)["training"]
+    assert "moving average, decay 0.9 per batch" in training["optimizer"]
+    assert training["augmentation"] == "context"
     with pytest.raises(ValueError, match="without --ema"):
         train(dict(tiny_run[1], ema=0.9, epochs=2, resume=True, out=tiny_run[0]), progress=False)

@@ -113,6 +113,7 @@ def build_card(model, info, ck, sha256, metrics=None):
             "epochs_planned": tc["epochs"], "stopped": state.get("stopped"),
             "train_seconds": round(state.get("train_seconds", 0.0), 1),
             "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
+            "augmentation": tc.get("augment", "standard"),
             "loss": "mean over head scales of BCE + soft Dice vs. the HR label area-resampled to each scale",
             "optimizer": "Adam lr %g, cosine schedule, batch %d%s" % (
                 tc["lr"], tc["batch_size"],

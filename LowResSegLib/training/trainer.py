@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from LowResSegLib.intensity import DEFAULT_METHOD
 from LowResSegLib.training.models import SegModel, model_stats
-from LowResSegLib.training.slices import SliceCache, make_batch
+from LowResSegLib.training.slices import DEFAULT_AUGMENTATION, SliceCache, augmentation_plan, make_batch
 
 
 def deep_supervision_loss(outputs, targets):
@@ -43,8 +43,8 @@ class TrainingBatches(object):
     the model touches a GPU and only ever run numpy.
     """
 
-    def __init__(self, cache, input_size, scales, crop, workers):
-        self.args = (cache, input_size, scales, crop)
+    def __init__(self, cache, input_size, scales, crop, workers, augment=DEFAULT_AUGMENTATION):
+        self.args = (cache, input_size, scales, crop, augment)
         self.pool = None
         if workers > 0:
             import multiprocessing
@@ -79,8 +79,9 @@ def _pool_batch(task):
 
 def _make_training_batch(task, args):
     rows, seed = task
-    cache, input_size, scales, crop = args
-    return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop)
+    cache, input_size, scales, crop, augment = args
+    return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop,
+                      augment=augment)
 
 
 class WeightAverage(object):
@@ -161,6 +162,8 @@ def train(cfg, progress=True):
                      classes=1, width=cfg["width"])
     r = model.config["input_size"]
     scales = model.scales()
+    augment = cfg.setdefault("augment", DEFAULT_AUGMENTATION)
+    augmentation_plan(augment)  # an unknown name fails before the slice cache is built
     if cfg.get("crop") and cfg["head"] != "full":
         raise ValueError("--crop is for full-resolution models (--head full) only")
 
@@ -170,7 +173,7 @@ def train(cfg, progress=True):
     val_rows = val_set.sample(np.random.default_rng(1234), cfg["neg_ratio"])
     if cfg.get("max_val_slices"):
         val_rows = val_rows[: cfg["max_val_slices"]]
-    batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0)
+    batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0, augment)
     try:
         return _train_loop(cfg, model.to(device), r, scales, device, train_set, val_set, val_rows, batches, progress)
     finally:
