@@ -205,6 +205,7 @@ def cmd_tune_postprocess(args):
 
 def build_parser():
     from LowResSegLib.modelstore import default_repository
+    from LowResSegLib.training.slices import AUGMENTATIONS, DEFAULT_AUGMENTATION
 
     p = argparse.ArgumentParser(
         prog="lowresseg",
@@ -296,9 +297,10 @@ def build_parser():
     t.add_argument("--ema", type=float, default=0.0,
                    help="validate and keep an exponential moving average of the weights with this decay per batch, "
                         "e.g. 0.998 (0: the raw weights)")
-    t.add_argument("--augment", default="standard", choices=["standard", "context"],
-                   help="augmentation plan: standard, or context (wider zoom, and tumours left with little normal "
-                        "tissue around them; see docs/method.md)")
+    t.add_argument("--augment", default=DEFAULT_AUGMENTATION, choices=sorted(AUGMENTATIONS),
+                   help="augmentation plan: standard; context (wider zoom, and tumours left with little normal "
+                        "tissue around them); cut (only the latter); cut-bright (the cut, only for tumours >= 1 SD above "
+                        "the brain); see docs/method.md")
     t.add_argument("--crop", type=int, default=0, help="full-resolution models: train on random crops of this size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

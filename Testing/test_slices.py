@@ -307,6 +307,11 @@ def test_context_cut_leaves_a_thin_rim_of_normal_tissue():
     noisy = im + np.random.default_rng(0).normal(0, 0.01, im.shape).astype(np.float32)
     assert cut_context(noisy, lesion, np.random.default_rng(0)) is noisy
     assert cut_context(im, np.zeros_like(lesion), np.random.default_rng(0)) is im
+    # "cut-bright": a tumour that does not stand out is left with its surroundings
+    rough = brain * (1.0 + np.random.default_rng(1).normal(0, 0.1, im.shape)).astype(np.float32)
+    faint, bright = rough * (1.0 + 0.05 * lesion), rough * (1.0 + lesion)
+    assert cut_context(faint, lesion, np.random.default_rng(0), min_sd=1.0) is faint
+    assert not cut_context(bright, lesion, np.random.default_rng(0), min_sd=1.0)[dist > 20].any()
 
 
 def test_augmentation_plans():

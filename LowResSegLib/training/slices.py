@@ -254,6 +254,11 @@ AUGMENTATIONS = {
     # lost a tumour once less than ~2 cm of normal tissue was left around it, or once the head
     # was zoomed to 0.7 (docs/method.md)
     "context": {"scale": (0.7, 1.3), "context_cut": 0.25},
+    # the cut alone, with the standard zoom (an ablation of "context")
+    "cut": {"scale": (0.85, 1.15), "context_cut": 0.25},
+    # the cut only where the tumour stands out (>= 1 SD above the slice's other brain): a faint
+    # tumour with its surroundings cut away is a grey disc that nothing marks as tumour
+    "cut-bright": {"scale": (0.85, 1.15), "context_cut": 0.25, "cut_min_sd": 1.0},
 }
 DEFAULT_AUGMENTATION = "standard"
 
@@ -265,7 +270,7 @@ def augmentation_plan(name):
     return AUGMENTATIONS[name]
 
 
-def cut_context(im, lb, rng):
+def cut_context(im, lb, rng, min_sd=None):
     """Zero the brain beyond a random 2-20 pixel margin around the tumour.
 
     Why: a tumour that fills most of a hemisphere leaves only a thin rim of normal tissue
@@ -277,6 +282,10 @@ def cut_context(im, lb, rng):
     tumour = lb >= 0.5
     if not tumour.any() or np.mean(im == 0) < 0.05:
         return im
+    if min_sd is not None:
+        other = im[(im != 0) & (lb < 0.01)]
+        if other.size < 16 or (im[tumour].mean() - other.mean()) < min_sd * (other.std() or 1.0):
+            return im
     far = ndimage.distance_transform_edt(~tumour) > rng.uniform(2.0, 20.0)
     return np.where(far, 0.0, im).astype(im.dtype)
 
@@ -303,7 +312,7 @@ def augment_slice(im, lb, rng, plan=None):
         im = ndimage.affine_transform(im, rot, offset, order=1, cval=0.0)
         lb = ndimage.affine_transform(lb, rot, offset, order=1, cval=0.0)
     if plan["context_cut"] and rng.random() < plan["context_cut"]:
-        im = cut_context(im, lb, rng)
+        im = cut_context(im, lb, rng, plan.get("cut_min_sd"))
     brain = im != 0
     if not brain.any():
         return np.ascontiguousarray(im), np.ascontiguousarray(lb)
