@@ -133,3 +133,31 @@ def test_paired_interval_says_whether_a_difference_is_clear():
     p = paired(rows, "A", "B", "as is")  # the healthy case (no tumour) is left out
     assert p["n"] == 2 and p["wins"] == 1 and p["losses"] == 1 and p["mean"] == pytest.approx(0.025)
     assert p["ci95"][0] == pytest.approx(-0.05) and p["ci95"][1] == pytest.approx(0.1)
+
+
+def test_context_probe_edits_and_report(repo, tmp_path):
+    """The probe's edits do what they say, and the script reports every edit for every model."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from bench.context_probe import EDITS, edit_slice
+
+    yy, xx = np.mgrid[:96, :96]
+    brain = ((yy - 48) ** 2 + (xx - 48) ** 2 < 30 ** 2)
+    lab = (((yy - 44) ** 2 + (xx - 52) ** 2) < 8 ** 2).astype(np.float32)
+    im = (brain * (1.0 + lab)).astype(np.float32)
+    rim, rl = edit_slice(im, lab, "rim 5")
+    assert rl is lab and np.array_equal(rim[lab > 0], im[lab > 0]) and (rim != 0).sum() < (im != 0).sum()
+    ring, _ = edit_slice(im, lab, "ring 6")
+    assert (ring != 0).sum() > (im != 0).sum() and np.allclose(ring[(ring != 0) & ~brain], 1.0)
+    small, sl = edit_slice(im, lab, "zoom 0.5")
+    assert abs((sl >= 0.5).sum() / (lab >= 0.5).sum() - 0.25) < 0.05 and (small != 0).sum() < (im != 0).sum()
+    with pytest.raises(ValueError, match="unknown edit"):
+        edit_slice(im, lab, "blur 2")
+
+    env = dict(os.environ, LOWRESSEG_CACHE=str(tmp_path / "cache"))
+    out = run("context_probe.py", "--data", sample_folder(tmp_path), "--case", "case", "--repository", repo,
+              "--models", "threshold-16to64,elunet-jhead-16to64", env=env)
+    assert "| edit | threshold-16to64 | elunet-jhead-16to64 |" in out
+    for edit in EDITS:
+        assert "| %s | " % edit in out
