@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import area_resample  # noqa: E402
+from LowResSegLib.geometry import area_resample, to_canonical  # noqa: E402
 from LowResSegLib.metrics import dice  # noqa: E402
 from LowResSegLib.pipeline import low_res_inputs, prepare_array  # noqa: E402
 
@@ -65,8 +65,9 @@ def probe(image, affine, label, engines, edits=EDITS):
     """{edit: {model: mean per-slice Dice}} over the slices with >= 1 cm² of tumour, and their number."""
     method = next(iter(engines.values())).card["normalization"]["method"]
     prepared, lab = prepare_array(image, affine, method, label=label)
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    pixel_mm2 = float(np.sort(spacing)[0] ** 2)  # square pixels at the finer in-plane spacing
+    c_aff = to_canonical(np.asarray(label), affine)[1]
+    row_mm, col_mm = np.linalg.norm(c_aff[:3, :3], axis=0)[:2]
+    pixel_mm2 = float(min(row_mm, col_mm) ** 2)  # prepared slices have square pixels at the finer in-plane spacing
     ks = [k for k in range(lab.shape[0]) if (lab[k] >= 0.5).sum() * pixel_mm2 >= MIN_TUMOUR_MM2]
     out = {}
     for edit in edits:

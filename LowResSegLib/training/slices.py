@@ -248,7 +248,7 @@ class SliceCache(object):
 
 
 AUGMENTATIONS = {
-    # the shipped recipe until 2026-11-26
+    # the recipe of every shipped model
     "standard": {"scale": (0.85, 1.15), "context_cut": 0.0},
     # wider zoom, and tumours that fill most of a slice's brain: 32² models trained on "standard"
     # lost a tumour once less than ~2 cm of normal tissue was left around it, or once the head
@@ -256,8 +256,8 @@ AUGMENTATIONS = {
     "context": {"scale": (0.7, 1.3), "context_cut": 0.25},
     # the cut alone, with the standard zoom (an ablation of "context")
     "cut": {"scale": (0.85, 1.15), "context_cut": 0.25},
-    # the cut only where the tumour stands out (>= 1 SD above the slice's other brain): a faint
-    # tumour with its surroundings cut away is a grey disc that nothing marks as tumour
+    # the cut only where the tumour stands out (>= 1 SD above the slice's other brain): tests whether
+    # cutting around faint tumours is what costs faint-tumour sensitivity (only part of it: docs/method.md)
     "cut-bright": {"scale": (0.85, 1.15), "context_cut": 0.25, "cut_min_sd": 1.0},
 }
 DEFAULT_AUGMENTATION = "standard"
