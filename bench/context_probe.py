@@ -30,6 +30,7 @@ from LowResSegLib.engines import LocalEngine  # noqa: E402
 from LowResSegLib.geometry import area_resample, to_canonical  # noqa: E402
 from LowResSegLib.metrics import dice  # noqa: E402
 from LowResSegLib.pipeline import low_res_inputs, prepare_array  # noqa: E402
+from LowResSegLib.training.slices import zero_beyond  # noqa: E402
 
 EDITS = ("as is", "rim 20", "rim 10", "rim 5", "ring 20", "zoom 0.7")
 MIN_TUMOUR_MM2 = 100.0
@@ -43,9 +44,8 @@ def edit_slice(im, lab, edit):
     if kind == "as":
         return im, lab
     brain, tumour = im != 0, lab >= 0.5
-    if kind == "rim":
-        far = ndimage.distance_transform_edt(~tumour) > float(arg)
-        return np.where(far, 0.0, im).astype(im.dtype), lab
+    if kind == "rim":  # the cut of `lowresseg train --augment cut`, at a fixed distance
+        return zero_beyond(im, tumour, float(arg)), lab
     if kind == "ring":
         ring = ndimage.binary_dilation(brain, iterations=int(arg)) & ~brain
         out = im.copy()

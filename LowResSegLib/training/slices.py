@@ -270,6 +270,14 @@ def augmentation_plan(name):
     return AUGMENTATIONS[name]
 
 
+def zero_beyond(im, tumour, distance):
+    """``im`` with every pixel more than ``distance`` pixels from the ``tumour`` mask set to 0."""
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(~tumour) > distance
+    return np.where(far, 0.0, im).astype(im.dtype)
+
+
 def cut_context(im, lb, rng, min_sd=None):
     """Zero the brain beyond a random 2-20 pixel margin around the tumour.
 
@@ -277,8 +285,6 @@ def cut_context(im, lb, rng, min_sd=None):
     in its slices; training slices almost never show that. Only for slices with an exact-zero
     background (skull-stripped), where a cut looks like the brain's edge.
     """
-    from scipy import ndimage
-
     tumour = lb >= 0.5
     if not tumour.any() or np.mean(im == 0) < 0.05:
         return im
@@ -286,8 +292,7 @@ def cut_context(im, lb, rng, min_sd=None):
         other = im[(im != 0) & (lb < 0.01)]
         if other.size < 16 or (im[tumour].mean() - other.mean()) < min_sd * (other.std() or 1.0):
             return im
-    far = ndimage.distance_transform_edt(~tumour) > rng.uniform(2.0, 20.0)
-    return np.where(far, 0.0, im).astype(im.dtype)
+    return zero_beyond(im, tumour, rng.uniform(2.0, 20.0))
 
 
 def augment_slice(im, lb, rng, plan=None):
