@@ -312,6 +312,12 @@ def test_context_cut_leaves_a_thin_rim_of_normal_tissue():
     faint, bright = rough * (1.0 + 0.05 * lesion), rough * (1.0 + lesion)
     assert cut_context(faint, lesion, np.random.default_rng(0), min_sd=1.0) is faint
     assert not cut_context(bright, lesion, np.random.default_rng(0), min_sd=1.0)[dist > 20].any()
+    # "cut-large": a tumour filling ~5 % of the brain keeps its surroundings, one filling ~25 % is cut
+    assert cut_context(bright, lesion, np.random.default_rng(0), min_sd=1.0, min_fraction=0.2) is bright
+    large = ((yy - 48) ** 2 + (xx - 30) ** 2 < 22 ** 2).astype(np.float32)
+    far = (ndimage.distance_transform_edt(large < 0.5) > 20) & (brain > 0)
+    cut = cut_context(rough * (1.0 + large), large, np.random.default_rng(0), min_sd=1.0, min_fraction=0.2)
+    assert far.sum() > 100 and not cut[far].any()
 
 
 def test_augmentation_plans():

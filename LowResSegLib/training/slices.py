@@ -259,6 +259,9 @@ AUGMENTATIONS = {
     # the cut only where the tumour stands out (>= 1 SD above the slice's other brain): tests whether
     # cutting around faint tumours is what costs faint-tumour sensitivity (only part of it: docs/method.md)
     "cut-bright": {"scale": (0.85, 1.15), "context_cut": 0.25, "cut_min_sd": 1.0},
+    # the cut only where a bright tumour fills >= 20 % of the slice's brain (the hemisphere-sized case
+    # that the probe showed failing), in half of such slices: leaves small and faint tumours' context alone
+    "cut-large": {"scale": (0.85, 1.15), "context_cut": 0.5, "cut_min_sd": 1.0, "cut_min_fraction": 0.2},
 }
 DEFAULT_AUGMENTATION = "standard"
 
@@ -278,7 +281,7 @@ def zero_beyond(im, tumour, distance):
     return np.where(far, 0.0, im).astype(im.dtype)
 
 
-def cut_context(im, lb, rng, min_sd=None):
+def cut_context(im, lb, rng, min_sd=None, min_fraction=None):
     """Zero the brain beyond a random 2-20 pixel margin around the tumour.
 
     Why: a tumour that fills most of a hemisphere leaves only a thin rim of normal tissue
@@ -287,6 +290,8 @@ def cut_context(im, lb, rng, min_sd=None):
     """
     tumour = lb >= 0.5
     if not tumour.any() or np.mean(im == 0) < 0.05:
+        return im
+    if min_fraction is not None and tumour.sum() < min_fraction * np.count_nonzero(im):
         return im
     if min_sd is not None:
         other = im[(im != 0) & (lb < 0.01)]
@@ -317,7 +322,7 @@ def augment_slice(im, lb, rng, plan=None):
         im = ndimage.affine_transform(im, rot, offset, order=1, cval=0.0)
         lb = ndimage.affine_transform(lb, rot, offset, order=1, cval=0.0)
     if plan["context_cut"] and rng.random() < plan["context_cut"]:
-        im = cut_context(im, lb, rng, plan.get("cut_min_sd"))
+        im = cut_context(im, lb, rng, plan.get("cut_min_sd"), plan.get("cut_min_fraction"))
     brain = im != 0
     if not brain.any():
         return np.ascontiguousarray(im), np.ascontiguousarray(lb)
