@@ -300,8 +300,8 @@ def build_parser():
     t.add_argument("--augment", default=DEFAULT_AUGMENTATION, choices=sorted(AUGMENTATIONS),
                    help="augmentation plan: standard; context (wider zoom, and tumours left with little normal "
                         "tissue around them); cut (only the latter); cut-bright (the cut, only for tumours >= 1 SD above "
-                        "the brain); cut-large (cut-bright in half of the slices where the tumour fills >= 20%% of the brain, no others); "
-                        "see docs/method.md")
+                        "the brain); cut-large (cut-bright in half of the slices where the tumour fills >= 20%% of "
+                        "the brain, no others); see docs/method.md")
     t.add_argument("--crop", type=int, default=0, help="full-resolution models: train on random crops of this size")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
