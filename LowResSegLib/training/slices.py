@@ -286,7 +286,9 @@ def cut_context(im, lb, rng, min_sd=None, min_fraction=None):
 
     Why: a tumour that fills most of a hemisphere leaves only a thin rim of normal tissue
     in its slices; training slices almost never show that. Only for slices with an exact-zero
-    background (skull-stripped), where a cut looks like the brain's edge.
+    background (skull-stripped), where a cut looks like the brain's edge. ``min_sd`` /
+    ``min_fraction``: leave the slice alone unless the tumour stands that many SDs above the
+    other brain / fills that share of the brain (the cut-bright / cut-large plans).
     """
     tumour = lb >= 0.5
     if not tumour.any() or np.mean(im == 0) < 0.05:
