@@ -1,19 +1,29 @@
-"""Segmentation runs in a worker thread, for a user interface that must stay responsive.
+"""Segmentation runs in a child process, for a user interface that must stay responsive.
 
-The worker touches only numpy arrays and the engines: no Qt, no scene. It reports through
-a queue that the UI drains on its own thread (in Slicer: a ``qt.QTimer`` calling
-:meth:`BackgroundRuns.poll`), so nodes and widgets change only on the main thread.
-Cancel is honoured between chunks of slices; a cancelled or failed run delivers no result,
-so the caller has nothing half-made to clean up.
+Inside 3D Slicer the main thread keeps Python's GIL while the Qt event loop idles (PythonQt
+never releases it), so a worker thread would run only while the UI runs Python. The runs
+therefore go to a child process (:mod:`LowResSegLib.worker`), as peer extensions do.
+
+The parent side here starts no thread either: the child's stdout (one JSON line per
+:class:`RunEvent`) goes to a file in a private temporary folder, and :meth:`BackgroundRuns.poll`,
+called from the UI's timer, reads the lines that have arrived. Results come back as
+``.npy`` files in the same folder. Cancel kills the child. The folder is removed when the
+runs end, fail or are cancelled, so nothing is left behind; a cancelled or failed run
+delivers no result, so the caller has nothing half-made to clean up.
 
 Python 3.9+ (Slicer 5.8); numpy only.
 """
 
-import queue
-import threading
-import time
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
-__all__ = ["RunEvent", "BackgroundRuns"]
+__all__ = ["RunEvent", "BackgroundRuns", "event_line", "parse_event_line"]
+
+_KINDS = ("progress", "result", "error", "cancelled", "finished")
 
 
 class RunEvent(object):
@@ -21,96 +31,195 @@ class RunEvent(object):
 
     - ``"progress"``: ``model``, ``fraction`` (0..1 over all runs);
     - ``"result"``: ``model``, ``segmentation`` (a :class:`LowResSegLib.pipeline.Segmentation`);
+      on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``;
     - ``"error"``: ``model``, ``message`` (one line for the user); the remaining runs are skipped;
     - ``"cancelled"``: the user cancelled; no further results;
     - ``"finished"``: always the last event.
     """
 
-    __slots__ = ("kind", "model", "fraction", "segmentation", "message")
+    __slots__ = ("kind", "model", "fraction", "segmentation", "message", "path", "card", "timings")
 
-    def __init__(self, kind, model=None, fraction=None, segmentation=None, message=None):
+    def __init__(self, kind, model=None, fraction=None, segmentation=None, message=None, path=None, card=None,
+                 timings=None):
+        if kind not in _KINDS:
+            raise ValueError("unknown run event %r" % (kind,))
         self.kind, self.model, self.fraction = kind, model, fraction
         self.segmentation, self.message = segmentation, message
+        self.path, self.card, self.timings = path, card, timings
 
     def __repr__(self):
         return "RunEvent(%s, %s)" % (self.kind, self.model)
 
 
-class BackgroundRuns(object):
-    """Segment one volume with several models, one after another, off the calling thread.
+def event_line(event):
+    """One JSON line for the wire (no newline); the segmentation itself travels as a file."""
+    body = {"event": event.kind}
+    for key in ("model", "fraction", "message", "path", "card", "timings"):
+        value = getattr(event, key)
+        if value is not None:
+            body[key] = value
+    return json.dumps(body, sort_keys=True)
 
-    ``engine_factories``: ``[(model name, callable returning an Engine)]``; engines are made in
-    the worker (loading a model takes time). ``segment`` is the pipeline function (injected so
-    a caller may wrap it; by default :func:`LowResSegLib.pipeline.segment`).
+
+def parse_event_line(line):
+    """The :class:`RunEvent` of one line; ValueError for anything else (a stray print, half a line)."""
+    body = json.loads(line)
+    if not isinstance(body, dict) or body.get("event") not in _KINDS:
+        raise ValueError("not a run event: %r" % (line[:80],))
+    return RunEvent(body["event"], model=body.get("model"), fraction=body.get("fraction"),
+                    message=body.get("message"), path=body.get("path"), card=body.get("card"),
+                    timings=body.get("timings"))
+
+
+class BackgroundRuns(object):
+    """Segment one volume with several models, one after another, in a child process.
+
+    ``engine``: ``{"kind": "local", "repository": PATH, "threads": N}`` or ``{"kind": "remote",
+    "url": URL, "token": TOKEN}``. ``python``: the interpreter that runs the worker (in Slicer:
+    ``PythonSlicer``), by default this one. ``pythonpath``: folders the child must import from
+    (where ``LowResSegLib`` is), put before the inherited ``PYTHONPATH``.
     """
 
-    def __init__(self, volume, engine_factories, chunk=32, segment=None):
-        if segment is None:
-            from LowResSegLib.pipeline import segment
-        self.volume, self.factories, self.chunk, self._segment = volume, list(engine_factories), chunk, segment
-        self._events = queue.Queue()
-        self._cancel = threading.Event()
-        self._thread = None
+    def __init__(self, volume, models, engine, chunk=32, python=None, pythonpath=()):
+        if not models:
+            raise ValueError("no model to run")
+        self.volume, self.models, self.engine, self.chunk = volume, list(models), dict(engine), int(chunk)
+        self.python, self.pythonpath = python or sys.executable, list(pythonpath)
+        self.folder = self.process = None
         self.finished = False
+        self._offset, self._out, self._err = 0, None, None
+        self._cancelled = self._ended = False
+
+    # ------------------------------------------------------------------ control
 
     def start(self):
-        if self._thread is not None:
+        """Write the request into a private folder and start the worker; returns self."""
+        import numpy as np
+
+        from LowResSegLib.worker import REQUEST, VOLUME
+
+        if self.folder is not None:
             raise RuntimeError("these runs were already started")
-        self._thread = threading.Thread(target=self._work, name="LowResSeg runs", daemon=True)
-        self._thread.start()
+        self.folder = tempfile.mkdtemp(prefix="LowResSeg-run-")  # mode 0700: the token stays private
+        try:
+            np.save(os.path.join(self.folder, VOLUME), np.ascontiguousarray(self.volume.array))
+            request = {"models": self.models, "engine": self.engine, "chunk": self.chunk,
+                       "affine": [[float(v) for v in row] for row in self.volume.affine],
+                       "name": str(self.volume.meta.get("source") or "")}
+            fd = os.open(os.path.join(self.folder, REQUEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(request, f)
+            self._out = open(os.path.join(self.folder, "events.jsonl"), "wb")
+            self._err = open(os.path.join(self.folder, "stderr.txt"), "wb")
+            env = dict(os.environ)
+            paths = self.pythonpath + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+            if paths:
+                env["PYTHONPATH"] = os.pathsep.join(paths)
+            flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
+            self.process = subprocess.Popen([self.python, "-m", "LowResSegLib.worker", self.folder],
+                                            stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+                                            env=env, cwd=self.folder, creationflags=flags)
+        except BaseException:
+            self._cleanup()
+            raise
         return self
 
     def cancel(self):
-        """Ask the worker to stop at the next chunk boundary."""
-        self._cancel.set()
+        """Stop now: the worker is killed; the next :meth:`poll` reports ``cancelled``."""
+        if self.process is not None and not self._ended:
+            self._cancelled = True
+            self._stop_process()
 
     @property
     def running(self):
-        return self._thread is not None and not self.finished
+        return self.process is not None and not self.finished
+
+    # ------------------------------------------------------------------ events
 
     def poll(self):
         """Every event reported since the last call (never blocks)."""
+        if self.process is None or self.finished:
+            return []
+        if self._cancelled:
+            return self._end([RunEvent("cancelled"), RunEvent("finished")])
+        exited = self.process.poll() is not None  # read after this: every line of an exited child is there
         events = []
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                break
-            events.append(event)
+        for event in self._new_events():
+            if event.kind == "result":
+                try:
+                    event.segmentation = self._segmentation(event)
+                except Exception as exc:  # a missing or damaged result file: the run failed
+                    events.append(RunEvent("error", event.model, message="%s: the result could not be read (%s)"
+                                           % (event.model, exc)))
+                    return self._end(events + [RunEvent("finished")])
             if event.kind == "finished":
-                self.finished = True
+                return self._end(events + [event])
+            events.append(event)
+        if exited:  # ended without saying so: a crash, or a missing package; say what it printed
+            message = "the segmentation process stopped unexpectedly (exit code %s): %s" % (
+                self.process.returncode, self._last_error_line())
+            return self._end(events + [RunEvent("error", message=message), RunEvent("finished")])
         return events
 
     def wait(self, timeout=None):
         """Block until the worker ends (for scripts and tests); returns all events not yet polled."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self.process is not None and not self.finished:
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
         return self.poll()
 
-    def _work(self):
-        n = len(self.factories)
+    # ------------------------------------------------------------------ internals
+
+    def _new_events(self):
+        with open(os.path.join(self.folder, "events.jsonl"), "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self._offset += len(complete)
+        events = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                events.append(parse_event_line(line))
+            except ValueError:
+                continue  # something a library printed to stdout: not ours
+        return events
+
+    def _segmentation(self, event):
+        import numpy as np
+
+        from LowResSegLib.pipeline import Segmentation
+
+        labels = np.load(event.path)
+        if labels.shape != tuple(self.volume.shape):
+            raise ValueError("labels of shape %s for a volume of %s" % (labels.shape, self.volume.shape))
+        timings = dict(event.timings or {})
+        return Segmentation(labels, None, event.card, timings, self.volume)
+
+    def _last_error_line(self):
         try:
-            for i, (name, factory) in enumerate(self.factories):
-                if self._cancel.is_set():
-                    self._events.put(RunEvent("cancelled", name))
-                    return
-                try:
-                    engine = factory()
+            with open(os.path.join(self.folder, "stderr.txt"), "rb") as f:
+                lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines() if l.strip()]
+        except OSError:
+            lines = []
+        return lines[-1] if lines else "no message"
 
-                    def progress(done, total, i=i, name=name):
-                        self._events.put(RunEvent("progress", name, fraction=(i + done / float(max(1, total))) / n))
+    def _stop_process(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
 
-                    t0 = time.perf_counter()
-                    seg = self._segment(self.volume, engine, chunk=self.chunk, progress=progress,
-                                        cancel=self._cancel.is_set)
-                except Exception as exc:  # one line for the user; the UI stays up
-                    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    self._events.put(RunEvent("error", name, message="%s: %s" % (name, text)))
-                    return
-                if seg is None:
-                    self._events.put(RunEvent("cancelled", name))
-                    return
-                seg.timings.setdefault("wall_s", time.perf_counter() - t0)
-                self._events.put(RunEvent("result", name, segmentation=seg))
-        finally:
-            self._events.put(RunEvent("finished"))
+    def _end(self, events):
+        self._ended = self.finished = True
+        if self.process.poll() is None:
+            self._stop_process()
+        self._cleanup()
+        return events
+
+    def _cleanup(self):
+        for f in (self._out, self._err):
+            if f is not None:
+                f.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)

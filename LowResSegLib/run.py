@@ -119,19 +119,21 @@ class SegmentationRun(object):
 
     ``engine`` may be given (e.g. a remote engine); else the model is loaded from
     ``repository``. ``channel`` and ``series`` pick a volume / a DICOM series (see
-    :func:`LowResSegLib.io.read_volume`). After :meth:`run`, ``segmentation`` holds the
+    :func:`LowResSegLib.io.read_volume`). ``volume``: a volume already in memory (Slicer's
+    worker), used instead of reading ``input_path``, which then only names it. After :meth:`run`, ``segmentation`` holds the
     result, ``warnings`` what the user should know, ``written`` the output paths.
     """
 
     def __init__(self, input_path, model=None, labels_out=None, dicom_seg_out=None, overwrite=False, channel=None,
-                 series=None, repository=None, threads=0, engine=None):
+                 series=None, repository=None, threads=0, engine=None, volume=None):
         self.input_path = os.fspath(input_path)
         self.model, self.engine = model, engine
         self.labels_out = os.path.abspath(labels_out) if labels_out else None
         self.dicom_seg_out = os.path.abspath(dicom_seg_out) if dicom_seg_out else None
         self.overwrite, self.channel, self.series = overwrite, channel, series
         self.repository, self.threads = repository, threads
-        self.volume = self.segmentation = self.seg_sources = None
+        self.volume, self.given_volume = None, volume
+        self.segmentation = self.seg_sources = None
         self.warnings, self.written, self.seconds = [], [], 0.0
         self.planned = False
 
@@ -155,8 +157,11 @@ class SegmentationRun(object):
                 raise RunError("no model given; pick one of `lowresseg models`")
             self.engine = LocalEngine(self.model, self.repository, threads=self.threads)
         card = self.engine.card
-        self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
-                                  contrast=card_contrast(card))
+        if self.given_volume is not None:
+            self.volume = self.given_volume
+        else:
+            self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
+                                      contrast=card_contrast(card))
         meta = self.volume.meta
         self.warnings = list(meta.get("warnings", []))
         if self.dicom_seg_out:
@@ -177,14 +182,14 @@ class SegmentationRun(object):
 
     # ------------------------------------------------------------------ execute
 
-    def execute(self, progress=None, cancel=None):
-        """Run the pipeline; None if cancelled (nothing is written then)."""
+    def execute(self, progress=None, cancel=None, chunk=32):
+        """Run the pipeline, ``chunk`` slices at a time; None if cancelled (nothing is written then)."""
         from LowResSegLib.pipeline import segment
 
         if not self.planned:
             self.plan()
         t0 = time.perf_counter()
-        self.segmentation = segment(self.volume, self.engine, progress=progress, cancel=cancel)
+        self.segmentation = segment(self.volume, self.engine, chunk=chunk, progress=progress, cancel=cancel)
         self.seconds = time.perf_counter() - t0
         if self.segmentation is not None:
             self.warnings.extend(result_warnings(self.segmentation))

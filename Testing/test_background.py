@@ -1,9 +1,13 @@
-"""BackgroundRuns: the worker the Slicer module drives from a QTimer (real onnxruntime models)."""
+"""BackgroundRuns: the child process the Slicer module drives from a QTimer (real onnxruntime models)."""
+
+import ctypes
+import os
+import sys
 
 import numpy as np
 import pytest
 
-from LowResSegLib.background import BackgroundRuns
+from LowResSegLib.background import BackgroundRuns, RunEvent, event_line, parse_event_line
 from LowResSegLib.engines import LocalEngine
 from LowResSegLib.geometry import Volume
 from LowResSegLib.pipeline import segment
@@ -11,6 +15,7 @@ from LowResSegLib.pipeline import segment
 from helpers import cube_phantom
 from model_factory import add_threshold_model
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (12, 40, 48)
 BRAIN = (slice(1, 11), slice(4, 36), slice(4, 44))
 CUBE = (slice(4, 9), slice(10, 22), slice(26, 38))
@@ -27,45 +32,104 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def volume():
     img, _ = cube_phantom(SHAPE, BRAIN, CUBE)
-    return Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]))
+    return Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]), {"source": "FLAIR"})
 
 
-def factories(repo, *names):
-    return [(n, lambda n=n: LocalEngine(n, repo, threads=1)) for n in names]
+def runs_of(volume, repo, *names, **kwargs):
+    return BackgroundRuns(volume, list(names), {"kind": "local", "repository": repo, "threads": 1},
+                          pythonpath=[ROOT], **kwargs)
+
+
+def process_gone(process):
+    return process.poll() is not None
 
 
 def test_results_arrive_in_order_with_progress_and_match_a_direct_run(repo, volume):
-    runs = BackgroundRuns(volume, factories(repo, "low-16to64", "high-32to64"), chunk=4).start()
-    events = runs.wait(60)
+    runs = runs_of(volume, repo, "low-16to64", "high-32to64", chunk=4).start()
+    folder = runs.folder
+    assert oct(os.stat(folder).st_mode & 0o777) == "0o700"  # the request (and any token) is private
+    events = runs.wait(120)
     kinds = [e.kind for e in events]
-    assert kinds[-1] == "finished" and kinds.count("result") == 2 and "error" not in kinds
+    assert kinds[-1] == "finished" and kinds.count("result") == 2 and "error" not in kinds, events
     fractions = [e.fraction for e in events if e.kind == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and len(fractions) == 6
     results = [e for e in events if e.kind == "result"]
     assert [e.model for e in results] == ["low-16to64", "high-32to64"]
     direct = segment(volume, LocalEngine("low-16to64", repo, threads=1))
     np.testing.assert_array_equal(results[0].segmentation.labels, direct.labels)
-    assert not runs.running and runs.finished
+    assert results[0].segmentation.card["name"] == "low-16to64" and results[0].segmentation.reference is volume
+    assert results[0].segmentation.timings["total_s"] > 0
+    assert not runs.running and runs.finished and process_gone(runs.process)
+    assert not os.path.exists(folder)  # the request, the volume and the result files are gone
 
 
-def test_cancel_stops_between_chunks_and_delivers_no_result(repo, volume):
-    def slow_segment(vol, engine, chunk, progress, cancel):
-        def progress_then_cancel(done, total):
-            progress(done, total)
-            runs.cancel()  # the user clicks Cancel after the first chunk
-        return segment(vol, engine, chunk=chunk, progress=progress_then_cancel, cancel=cancel)
+def test_cancel_kills_the_worker_and_leaves_no_file(repo):
+    img, _ = cube_phantom((160, 40, 48), (slice(1, 159), slice(4, 36), slice(4, 44)), CUBE)
+    big = Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]))
+    runs = runs_of(big, repo, "low-16to64", "high-32to64", chunk=1).start()
+    folder, seen = runs.folder, []
+    while not any(e.kind == "progress" for e in seen):  # the worker is segmenting
+        seen += runs.wait(0.05)
+        assert not runs.finished, "finished before it could be cancelled: %s" % seen
+    runs.cancel()
+    assert process_gone(runs.process)
+    events = runs.poll()
+    assert [e.kind for e in events] == ["cancelled", "finished"] and "result" not in [e.kind for e in seen]
+    assert not os.path.exists(folder) and runs.poll() == []
 
-    runs = BackgroundRuns(volume, factories(repo, "low-16to64", "high-32to64"), chunk=4, segment=slow_segment)
-    events = runs.start().wait(60)
-    kinds = [e.kind for e in events]
-    assert kinds == ["progress", "cancelled", "finished"], kinds
+
+def test_cancel_before_the_worker_started_anything(repo, volume):
+    runs = runs_of(volume, repo, "low-16to64").start()
+    runs.cancel()
+    assert [e.kind for e in runs.poll()] == ["cancelled", "finished"]
+    assert process_gone(runs.process) and not os.path.exists(runs.folder)
 
 
 def test_a_failing_model_reports_one_line_and_stops(repo, volume):
-    runs = BackgroundRuns(volume, factories(repo, "no-such-model", "low-16to64")).start()
+    runs = runs_of(volume, repo, "no-such-model", "low-16to64").start()
+    events = runs.wait(120)
+    assert [e.kind for e in events] == ["error", "finished"], events
+    assert events[0].message.startswith("no-such-model: ") and "\n" not in events[0].message
+
+
+def test_a_worker_that_dies_is_an_error_with_what_it_printed(repo, volume, tmp_path):
+    broken = tmp_path / "LowResSegLib"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("")
+    (broken / "worker.py").write_text("import sys\nsys.stderr.write('ImportError: no module named onnxruntime\\n')\n"
+                                      "sys.exit(3)\n")
+    runs = BackgroundRuns(volume, ["low-16to64"], {"kind": "local", "repository": repo},
+                          pythonpath=[str(tmp_path)]).start()
     events = runs.wait(60)
     assert [e.kind for e in events] == ["error", "finished"]
-    assert events[0].message.startswith("no-such-model: ") and "\n" not in events[0].message
+    assert events[0].message == ("the segmentation process stopped unexpectedly (exit code 3): ImportError: no "
+                                 "module named onnxruntime")
+    assert not os.path.exists(runs.folder)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="holds the GIL through libc's waitpid")
+def test_the_worker_runs_while_the_ui_thread_holds_the_gil(repo, volume):
+    """Slicer's idle main loop keeps the GIL (PythonQt never releases it). A call through ctypes.PyDLL
+    keeps the GIL too: the parent blocks in waitpid holding it, and the child still does every run."""
+    runs = runs_of(volume, repo, "low-16to64", "high-32to64", chunk=4).start()
+    libc = ctypes.PyDLL(None)
+    status = ctypes.c_int()
+    assert libc.waitpid(runs.process.pid, ctypes.byref(status), 0) == runs.process.pid  # GIL held throughout
+    assert os.WIFEXITED(status.value) and os.WEXITSTATUS(status.value) == 0
+    events = runs.poll()
+    assert [e.kind for e in events if e.kind != "progress"] == ["result", "result", "finished"]
+
+
+def test_event_lines_round_trip_and_reject_anything_else():
+    event = RunEvent("result", "m", path="/tmp/x.npy", card={"name": "m"}, timings={"total_s": 1.5})
+    back = parse_event_line(event_line(event))
+    assert (back.kind, back.model, back.path, back.card, back.timings) == ("result", "m", "/tmp/x.npy",
+                                                                          {"name": "m"}, {"total_s": 1.5})
+    for junk in ('{"event": "explode"}', "[1, 2]", "progress 50%"):
+        with pytest.raises(ValueError):
+            parse_event_line(junk)
+    with pytest.raises(ValueError):
+        RunEvent("explode")
 
 
 def test_slicer_ras_matrices_round_trip(volume):

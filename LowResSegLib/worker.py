@@ -1,0 +1,108 @@
+"""The child process that segments for a user interface: ``python -m LowResSegLib.worker FOLDER``.
+
+Inside 3D Slicer the main thread holds Python's GIL while its Qt event loop idles, so a
+worker *thread* would run only while the UI runs Python. Peer extensions (TotalSegmentator,
+MONAIAuto3DSeg, SlicerNNUnet) therefore segment in a separate process, and so does LowResSeg.
+
+``FOLDER`` is a private temporary folder made by :class:`LowResSegLib.background.BackgroundRuns`:
+
+- ``request.json``: ``{"models": [...], "engine": {"kind": "local", "repository": PATH, "threads": N}
+  | {"kind": "remote", "url": URL, "token": TOKEN or null}, "chunk": 32, "affine": 4x4, "name": str}``
+  (the folder is readable by its owner only, so a token never appears on a command line);
+- ``volume.npy``: the voxels, (k, j, i).
+
+The worker writes one JSON line per event to stdout (:func:`LowResSegLib.background.event_line`)
+and each run's labels to ``<n>.labels.npy`` in ``FOLDER`` before it reports the result. It
+stops at the first failing model. Cancel is the parent killing this process.
+Python 3.9+; numpy + onnxruntime.
+"""
+
+import json
+import os
+import sys
+import time
+
+__all__ = ["main", "REQUEST", "VOLUME", "labels_file"]
+
+REQUEST, VOLUME = "request.json", "volume.npy"
+
+
+def labels_file(folder, n):
+    """Where the ``n``-th run's labels are written (uint8, the volume's (k, j, i) grid)."""
+    return os.path.join(folder, "%d.labels.npy" % n)
+
+
+def _engine(spec, name):
+    from LowResSegLib.engines import LocalEngine, RemoteEngine
+
+    if spec.get("kind") == "remote":
+        return RemoteEngine(spec["url"], name, token=spec.get("token"))
+    return LocalEngine(name, spec.get("repository"), threads=int(spec.get("threads") or 0))
+
+
+def _save_atomic(path, array):
+    import numpy as np
+
+    staged = path + ".part.npy"
+    np.save(staged, array)
+    os.replace(staged, path)  # the parent never sees half a file
+
+
+def _one_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run_request(folder, emit):
+    """Every model of the request in turn; ``emit(event)`` for each :class:`RunEvent`."""
+    import numpy as np
+
+    from LowResSegLib.background import RunEvent
+    from LowResSegLib.geometry import Volume
+    from LowResSegLib.run import SegmentationRun
+
+    with open(os.path.join(folder, REQUEST)) as f:
+        request = json.load(f)
+    volume = Volume(np.load(os.path.join(folder, VOLUME)), request["affine"], {"source": request.get("name", "")})
+    models = list(request["models"])
+    n = len(models)
+    for i, name in enumerate(models):
+        try:
+            def progress(done, total, i=i, name=name):
+                emit(RunEvent("progress", name, fraction=(i + done / float(max(1, total))) / n))
+
+            t0 = time.perf_counter()
+            run = SegmentationRun(request.get("name") or "volume", engine=_engine(request["engine"], name),
+                                  volume=volume)
+            seg = run.execute(progress=progress, chunk=int(request.get("chunk") or 32))
+            seg.timings.setdefault("wall_s", time.perf_counter() - t0)
+            path = labels_file(folder, i)
+            _save_atomic(path, seg.labels.astype(np.uint8))
+        except Exception as exc:  # one line for the user; the parent shows it
+            emit(RunEvent("error", name, message="%s: %s" % (name, _one_line(exc))))
+            return
+        emit(RunEvent("result", name, path=path, card=seg.card, timings=seg.timings))
+
+
+def main(argv=None):
+    from LowResSegLib.background import RunEvent, event_line
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or not os.path.isdir(argv[0]):
+        sys.stderr.write("usage: python -m LowResSegLib.worker FOLDER (a folder made by BackgroundRuns)\n")
+        return 2
+
+    def emit(event):
+        sys.stdout.write(event_line(event) + "\n")
+        sys.stdout.flush()
+
+    try:
+        run_request(argv[0], emit)
+    except Exception as exc:  # a broken request: still one line, never a traceback for the user
+        emit(RunEvent("error", message="the worker could not start: %s" % _one_line(exc)))
+    emit(RunEvent("finished"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
