@@ -1,9 +1,10 @@
 """LowResSeg: brain-tumour segmentation from low-resolution slices, as a 3D Slicer module.
 
 A thin shell over LowResSegLib: node <-> Volume adapters, a new segmentation node per run,
-and the UI. Every decision and all computation live in LowResSegLib (pipeline, background
-runs, comparison table, DICOM-SEG). Targets Slicer 5.8 (Python 3.9) to 5.12; names that
-exist only in newer Slicer are used behind a ``hasattr`` check.
+and the UI. Every decision and all computation live in LowResSegLib (pipeline, comparison
+table, DICOM-SEG). Segmentation runs in a child process (LowResSegLib.background / .worker),
+as in peer extensions: Slicer's idle main loop holds the GIL, which would starve a thread.
+Targets Slicer 5.8 (Python 3.9) to 5.12.
 """
 
 import os
@@ -13,6 +14,7 @@ import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -36,14 +38,15 @@ from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
 _RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
 _DICOM_PACKAGES = (("highdicom", "highdicom"),)
 _POLL_MS = 100
-_SETTINGS_URL, _SETTINGS_TOKEN = "LowResSeg/ServerURL", "LowResSeg/Token"
+_SETTINGS_URL, _SETTINGS_TOKEN_FILE = "LowResSeg/ServerURL", "LowResSeg/TokenFile"
+_LEGACY_SETTINGS_TOKEN = "LowResSeg/Token"  # older versions kept the token itself in the .ini: removed on sight
 
 
 class LowResSeg(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("LowResSeg")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]  # Slicer's own category
         self.parent.contributors = ["LowResSeg team"]
         self.parent.helpText = _(
             "Segments a brain tumour on an MRI (FLAIR) volume from low-resolution slices with a learned upsampling "
@@ -56,12 +59,16 @@ class LowResSeg(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class LowResSegParameterNode:
+    """``inputVolume`` is bound to its selector in the .ui. ``model`` is not: Slicer's only QComboBox
+    connector for a ``str`` needs a fixed Choice list, and the models are known only at run time, so
+    the widget keeps the combo box and this parameter in step itself."""
+
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     model: str = ""
 
 
-def ensure_packages(packages, purpose):
-    """Install missing pip packages after the user agrees; main thread only. False if declined."""
+def missing_packages(packages):
+    """The pip requirements of ``packages`` ((module, requirement) pairs) that cannot be imported."""
     import importlib
 
     missing = []
@@ -70,16 +77,38 @@ def ensure_packages(packages, purpose):
             importlib.import_module(module)
         except ImportError:
             missing.append(requirement)
+    return missing
+
+
+def install_packages(requirements):
+    """``slicer.util.pip_install`` (Slicer 5.8 to 5.12); a failed install raises RuntimeError with pip's reason."""
+    slicer.util.pip_install(list(requirements))
+    import importlib
+
+    importlib.invalidate_caches()
+
+
+def ensure_packages(packages, purpose):
+    """Install missing pip packages after the user agrees; main thread only. False if declined or failed."""
+    missing = missing_packages(packages)
     if not missing:
         return True
     if not slicer.util.confirmOkCancelDisplay(
             _("{purpose} needs the Python package(s) {names}. Install them now? (This needs the internet once.)")
             .format(purpose=purpose, names=", ".join(missing))):
         return False
-    if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer >= 5.12
-        slicer.packaging.pip_ensure(missing)
-    else:
-        slicer.util.pip_install(" ".join(missing))
+    try:
+        install_packages(missing)
+    except (RuntimeError, OSError) as exc:
+        slicer.util.errorDisplay(_("Could not install {names}: {reason}. Check the internet connection, or install "
+                                   "them from Slicer's Python console: slicer.util.pip_install('{names}')").format(
+            names=" ".join(missing), reason=str(exc).strip().splitlines()[-1] if str(exc).strip() else exc))
+        return False
+    still = missing_packages(packages)
+    if still:
+        slicer.util.errorDisplay(_("{names} was installed but cannot be imported yet: restart Slicer and try again.")
+                                 .format(names=" ".join(still)))
+        return False
     return True
 
 
@@ -92,6 +121,10 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._runs = None
         self._timer = None
+        self._resetResults()
+
+    def _resetResults(self):
+        """Forget every run: what was pending, its results, nodes and volume."""
         self._pending = {}
         self._segmentations = {}
         self._nodes = {}
@@ -117,9 +150,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setColumnCount(6)
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
-        settings = qt.QSettings()
-        self.ui.serverUrlLineEdit.text = settings.value(_SETTINGS_URL, "") or ""
-        self.ui.tokenLineEdit.text = settings.value(_SETTINGS_TOKEN, "") or ""  # shown as dots, never logged
+        self.ui.serverUrlLineEdit.text = self.logic.savedServerUrl()
+        self.ui.tokenLineEdit.text = self.logic.savedToken()  # shown as dots; kept in a 0600 file, never logged
         self.ui.remoteRadioButton.connect("toggled(bool)", self.onProcessingChanged)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.onProcessingChanged()
@@ -130,17 +162,30 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sideBySideButton.connect("clicked(bool)", self.onSideBySide)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
         self.onModelChanged()
 
     def cleanup(self):
-        self.cancelRuns()
+        self.stopRuns()
         self.removeObservers()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
     def onSceneStartClose(self, caller, event):
-        self.cancelRuns()
+        """File > Close Scene: stop any run and forget results whose nodes are leaving the scene."""
+        self.stopRuns()
+        self._resetResults()
+        self.ui.resultsTable.setRowCount(0)
+        self.ui.referenceSelector.clear()
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = ""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNode = self._parameterNodeGuiTag = None
+
+    def onSceneEndClose(self, caller, event):
+        self.initializeParameterNode()
 
     def initializeParameterNode(self):
         self._parameterNode = LowResSegParameterNode(self.logic.getParameterNode())
@@ -149,15 +194,18 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first:
                 self._parameterNode.inputVolume = first
         self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        index = self.ui.modelSelector.findText(self._parameterNode.model) if self._parameterNode.model else -1
+        if index >= 0:
+            self.ui.modelSelector.setCurrentIndex(index)  # the scene's saved choice
+        else:
+            self._parameterNode.model = self.ui.modelSelector.currentText
 
     def remote(self):
-        """(url, token) when Remote is chosen, else None; the URL and token are remembered in QSettings."""
+        """(url, token) when Remote is chosen, else None; the URL and the token file's path are remembered."""
         if not self.ui.remoteRadioButton.checked:
             return None
         url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.tokenLineEdit.text.strip()
-        settings = qt.QSettings()
-        settings.setValue(_SETTINGS_URL, url)
-        settings.setValue(_SETTINGS_TOKEN, token)
+        self.logic.saveServer(url, token)
         return url, token or None
 
     def onProcessingChanged(self, checked=None):
@@ -166,7 +214,11 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, name).enabled = remote
 
     def onTestConnection(self):
-        remote = self.remote()
+        try:
+            remote = self.remote()
+        except (OSError, ValueError) as exc:
+            self.ui.remoteStatusLabel.text = _("Could not keep the token: {reason}").format(reason=str(exc))
+            return
         if not remote or not remote[0]:
             self.ui.remoteStatusLabel.text = _("Enter the server URL, e.g. https://jetson.local:8000")
             return
@@ -174,6 +226,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onModelChanged(self, index=None):
         name = self.ui.modelSelector.currentText
+        if self._parameterNode is not None and name:
+            self._parameterNode.model = name
         if name:
             summary = self.logic.cardSummary(name)
             self.ui.modelCardLabel.text = summary
@@ -191,24 +245,30 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentOrCancel(self):
         if self._runs is not None:
-            self.cancelRuns()
-            self.ui.statusLabel.text = _("Cancelling after the current chunk of slices...")
+            self._runs.cancel()  # the worker is killed; the next poll says so
+            self.ui.statusLabel.text = _("Cancelling...")
             return
         volumeNode = self.ui.inputSelector.currentNode()
         if volumeNode is None:
             slicer.util.errorDisplay(_("Pick an MRI volume first."))
             return
-        if not ensure_packages(_RUNTIME_PACKAGES, _("Segmentation")):
+        try:
+            remote = self.remote()
+        except (OSError, ValueError) as exc:
+            slicer.util.errorDisplay(_("Could not keep the server token: {reason}").format(reason=str(exc)))
+            return
+        if not remote and not ensure_packages(_RUNTIME_PACKAGES, _("Segmentation")):
             return
         try:
-            self._runs = self.logic.startRuns(volumeNode, self.selectedModels(), remote=self.remote())
-        except ValueError as exc:
+            self._runs = self.logic.startRuns(volumeNode, self.selectedModels(), remote=remote)
+        except (ValueError, RuntimeError, OSError) as exc:
             self._runs = None
             slicer.util.errorDisplay(str(exc))
             return
+        self._resetResults()
         self._volumeNode = volumeNode
-        self._pending, self._segmentations = {}, {}
         self.ui.resultsTable.setRowCount(0)
+        self.ui.referenceSelector.clear()
         self.ui.segmentButton.text = _("Cancel")
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = _("Segmenting...")
@@ -217,12 +277,21 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.connect("timeout()", self.onPoll)
         self._timer.start()
 
-    def cancelRuns(self):
+    def stopRuns(self):
+        """Kill any running worker and drop its events: nothing it made reaches the scene."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
         if self._runs is not None:
             self._runs.cancel()
+            self._runs.poll()  # removes its temporary folder
+            self._runs = None
+        self.ui.segmentButton.text = _("Segment")
 
     def onPoll(self):
         """Main thread: drain the worker's events; nodes are made only when every run succeeded."""
+        if self._runs is None:
+            return
         for event in self._runs.poll():
             if event.kind == "progress":
                 self.ui.progressBar.value = int(round(100 * event.fraction))
@@ -239,9 +308,9 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
             elif event.kind == "finished":
                 self._timer.stop()
-                self._runs = None
+                self._timer = self._runs = None
                 self.ui.segmentButton.text = _("Segment")
-                if self._pending:
+                if self._pending and self._volumeNode is not None and self._volumeNode.GetScene() is not None:
                     self._nodes = self.logic.addSegmentationNodes(self._volumeNode, self._pending)
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = _("Done: {n} segmentation(s) added; review and edit them in "
@@ -268,11 +337,16 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------------ results
 
+    def _liveNodes(self):
+        """The runs' segmentation nodes still in the scene (the user may have deleted some)."""
+        return [n for n in self._nodes.values() if n.GetScene() is not None]
+
     def onSideBySide(self):
-        if not self._nodes:
+        nodes = self._liveNodes()
+        if not nodes or self._volumeNode is None or self._volumeNode.GetScene() is None:
             slicer.util.errorDisplay(_("Segment first; then the runs can be shown side by side."))
             return
-        self.logic.showSideBySide(self._volumeNode, list(self._nodes.values()))
+        self.logic.showSideBySide(self._volumeNode, nodes)
 
     def onExportDicomSeg(self):
         row = self.ui.resultsTable.currentRow()
@@ -284,7 +358,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("DICOM-SEG export failed."), waitCursor=True):
             path = self.logic.exportDicomSeg(self._volumeNode, self._segmentations[models[row]])
-            self.ui.statusLabel.text = _("DICOM-SEG written and added to the DICOM database: {path}").format(path=path)
+            self.ui.statusLabel.text = _("DICOM-SEG added to the DICOM database: {path}").format(path=path)
 
 
 class LowResSegLogic(ScriptedLoadableModuleLogic):
@@ -319,23 +393,59 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return Volume.from_ras(np.array(array, dtype=np.float32), ijk_to_ras, {"source": volumeNode.GetName()})
 
     def startRuns(self, volumeNode, models, remote=None):
-        """Start the background runs of ``models`` on ``volumeNode``, locally or on ``remote`` (url, token)."""
+        """Start the runs of ``models`` on ``volumeNode`` in a worker process, locally or on ``remote`` (url, token)."""
         from LowResSegLib.background import BackgroundRuns
-        from LowResSegLib.engines import LocalEngine, RemoteEngine
 
         if not models:
             raise ValueError(_("Pick a model."))
         if remote:
             url, token = remote
-            factories = [(n, lambda n=n: RemoteEngine(url, n, token=token)) for n in models]
+            engine = {"kind": "remote", "url": url, "token": token}
         else:
             repo = self.repository()
             for name in models:
                 repo.card(name)  # an unknown or damaged model fails here, before any work
-            factories = [(n, lambda n=n: LocalEngine(n, repo.root)) for n in models]
+            engine = {"kind": "local", "repository": repo.root}
         volume = self.volumeFromNode(volumeNode)
         self._volume = volume
-        return BackgroundRuns(volume, factories).start()
+        return BackgroundRuns(volume, models, engine, python=slicersupport.worker_python(),
+                              pythonpath=[_bundle_root()]).start()
+
+    # ------------------------------------------------------------------ edge server settings
+
+    def _tokenFile(self):
+        return slicersupport.token_file_for(qt.QSettings().fileName())
+
+    def savedServerUrl(self):
+        return qt.QSettings().value(_SETTINGS_URL, "") or ""
+
+    def savedToken(self):
+        """The token kept in its private file, or "" (a missing or unreadable file is not an error here)."""
+        from LowResSegLib.tokens import read_token
+
+        settings = qt.QSettings()
+        settings.remove(_LEGACY_SETTINGS_TOKEN)  # never leave a token in the settings file
+        path = settings.value(_SETTINGS_TOKEN_FILE, "") or ""
+        try:
+            return read_token(path) if path else ""
+        except (OSError, ValueError):
+            return ""
+
+    def saveServer(self, url, token):
+        """Remember the URL in Slicer's settings and the token in a 0600 file; the settings keep only its path."""
+        from LowResSegLib.tokens import write_token
+
+        settings = qt.QSettings()
+        settings.setValue(_SETTINGS_URL, url)
+        settings.remove(_LEGACY_SETTINGS_TOKEN)
+        path = self._tokenFile()
+        if token:
+            write_token(path, token)
+            settings.setValue(_SETTINGS_TOKEN_FILE, path)
+        else:
+            if os.path.exists(path):
+                os.remove(path)
+            settings.remove(_SETTINGS_TOKEN_FILE)
 
     def testConnection(self, url, token=None):
         """One line for the UI: the server, its models and the round trip, or what went wrong."""
@@ -409,20 +519,37 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return node
 
     def showSideBySide(self, volumeNode, segmentationNodes):
-        """One linked axial view per run, the same background, each run shown only in its view."""
+        """One linked axial view per run, the same background, fitted to the volume; each run is shown in its
+        own view there and, as before, in every view outside this layout."""
+        layoutId = slicersupport.SIDE_BY_SIDE_LAYOUT_ID
+        description = slicersupport.side_by_side_layout(len(segmentationNodes))
         layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
-        layoutNode.AddLayoutDescription(slicersupport.SIDE_BY_SIDE_LAYOUT_ID,
-                                        slicersupport.side_by_side_layout(len(segmentationNodes)))
-        layoutNode.SetViewArrangement(slicersupport.SIDE_BY_SIDE_LAYOUT_ID)
-        for n, segNode in enumerate(segmentationNodes):
-            sliceWidget = slicer.app.layoutManager().sliceWidget(slicersupport.view_name(n))
+        if layoutNode.IsLayoutDescription(layoutId):
+            layoutNode.SetLayoutDescription(layoutId, description)  # Add would keep the old number of views
+        else:
+            layoutNode.AddLayoutDescription(layoutId, description)
+        layoutNode.SetViewArrangement(layoutId)
+        ours = [slicersupport.view_name(n) for n in range(len(segmentationNodes))]
+        ourTags = set(ours) | {slicersupport.view_name(n) for n in range(64)}
+        elsewhere = [v.GetID() for cls in ("vtkMRMLSliceNode", "vtkMRMLViewNode")
+                     for v in slicer.util.getNodesByClass(cls) if v.GetLayoutName() not in ourTags]
+        for segNode, viewName in zip(segmentationNodes, ours):
+            sliceWidget = slicer.app.layoutManager().sliceWidget(viewName)
+            if sliceWidget is None:
+                raise RuntimeError("the side-by-side view %s was not created" % viewName)
             composite = sliceWidget.mrmlSliceCompositeNode()
             composite.SetBackgroundVolumeID(volumeNode.GetID())
             composite.SetLinkedControl(True)
-            segNode.GetDisplayNode().SetViewNodeIDs([sliceWidget.mrmlSliceNode().GetID()])  # only in its own view
+            segNode.GetDisplayNode().SetViewNodeIDs([sliceWidget.mrmlSliceNode().GetID()] + elsewhere)
+            sliceWidget.sliceLogic().FitSliceToAll()
 
     def exportDicomSeg(self, volumeNode, segmentation, outputFolder=None):
-        """Write the run as DICOM-SEG on the volume's source files and import it into the database."""
+        """Write the run as DICOM-SEG on the volume's source files and add it to the DICOM database.
+
+        The file is copied into the database's own folder and the staging folder removed. If the
+        database does not take it, the error says where the written file is (it is kept).
+        """
+        import shutil
         import tempfile
 
         from LowResSegLib.dicomseg import labels_for_source_files, write_dicom_seg
@@ -438,14 +565,26 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         folder = outputFolder or tempfile.mkdtemp(prefix="LowResSeg-SEG-")
         path = os.path.join(folder, "%s.seg.dcm" % segmentation.card["name"])
         write_dicom_seg(labels, files, segmentation.card, path)
+        import pydicom
         from DICOMLib import DICOMUtils
 
-        DICOMUtils.importDicom(folder)
-        return path
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        imported = DICOMUtils.importDicom(folder, slicer.dicomDatabase, copyFiles=outputFolder is None)
+        stored = slicer.dicomDatabase.fileForInstance(uid) if imported else ""
+        if not stored:
+            raise RuntimeError(_("The DICOM database did not take the DICOM-SEG (see the application log); the "
+                                 "file is kept at {path}").format(path=path))
+        if outputFolder is None and os.path.abspath(stored) != os.path.abspath(path):
+            shutil.rmtree(folder, ignore_errors=True)  # the database has its own copy
+        return stored
 
 
 class LowResSegTest(ScriptedLoadableModuleTest):
-    """Run in Slicer: Slicer --no-main-window --testing --python-code "slicer.selfTests['LowResSeg']()"."""
+    """Run in Slicer: Slicer --no-main-window --testing --python-code "slicer.selfTests['LowResSeg']()".
+
+    A step that cannot run (a package that will not install, no DICOM module) fails the test: a
+    self-test that returns early would pass without testing anything.
+    """
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -457,6 +596,26 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         self.test_compare_two_models()
         self.setUp()
         self.test_export_dicom_seg()
+
+    def _requirePackages(self, packages):
+        """Install what is missing without asking (testing mode has no dialogs), or fail saying what."""
+        missing = missing_packages(packages)
+        if missing:
+            try:
+                install_packages(missing)
+            except (RuntimeError, OSError) as exc:
+                self.fail("could not install %s for the self-test: %s" % (" ".join(missing), exc))
+        still = missing_packages(packages)
+        self.assertEqual(still, [], "not importable after installing: %s" % still)
+
+    def _segmentations(self, logic, volumeNode, models):
+        """Run ``models`` in the worker process to the end; fail with the worker's message if one fails."""
+        runs = logic.startRuns(volumeNode, models)
+        events = runs.wait(600)
+        self.assertTrue(runs.finished, "the segmentation process did not finish within 10 minutes")
+        errors = [e.message for e in events if e.kind == "error"]
+        self.assertEqual(errors, [])
+        return {e.model: e.segmentation for e in events if e.kind == "result"}
 
     def _blob_volume(self):
         import numpy as np
@@ -471,14 +630,11 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         return node, blob
 
     def test_segment_blob(self):
-        import numpy as np
-
         self.delayDisplay("Segment a blob")
+        self._requirePackages(_RUNTIME_PACKAGES)
         volumeNode, blob = self._blob_volume()
         logic = LowResSegLogic()
-        runs = logic.startRuns(volumeNode, [logic.recommendedModel()])
-        events = runs.wait(300)
-        results = {e.model: e.segmentation for e in events if e.kind == "result"}
+        results = self._segmentations(logic, volumeNode, [logic.recommendedModel()])
         self.assertEqual(list(results), [logic.recommendedModel()])
         before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
         nodes = logic.addSegmentationNodes(volumeNode, results)
@@ -495,24 +651,23 @@ class LowResSegTest(ScriptedLoadableModuleTest):
 
     def test_compare_two_models(self):
         self.delayDisplay("Compare two resolutions")
+        self._requirePackages(_RUNTIME_PACKAGES)
         volumeNode, _blob = self._blob_volume()
         logic = LowResSegLogic()
         models = ["elunet-jhead-16to256", "elunet-jhead-32to256"]
-        events = logic.startRuns(volumeNode, models).wait(300)
-        results = {e.model: e.segmentation for e in events if e.kind == "result"}
+        results = self._segmentations(logic, volumeNode, models)
         self.assertEqual(sorted(results), models)
         rows = logic.tableRows(results, "elunet-jhead-32to256")
         self.assertEqual(len(rows), 2)
-        nodes = logic.addSegmentationNodes(volumeNode, results)
-        logic.showSideBySide(volumeNode, list(nodes.values()))
+        nodes = list(logic.addSegmentationNodes(volumeNode, results).values())
+        logic.showSideBySide(volumeNode, nodes)
+        logic.showSideBySide(volumeNode, nodes[:1])  # shown again with another number of views
+        logic.showSideBySide(volumeNode, nodes)
         self.delayDisplay("Compare passed")
 
     def test_export_dicom_seg(self):
-        if not hasattr(slicer.modules, "dicom"):
-            self.delayDisplay("DICOM module not available: DICOM-SEG export not tested")
-            return
-        if not ensure_packages(_DICOM_PACKAGES, _("The DICOM-SEG self-test")):
-            return
+        self.assertTrue(hasattr(slicer.modules, "dicom"), "the DICOM module is needed for the DICOM-SEG self-test")
+        self._requirePackages(_RUNTIME_PACKAGES + _DICOM_PACKAGES)
         import tempfile
 
         import numpy as np
@@ -529,15 +684,13 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         files = write_mr_series(Volume(volume.array.astype(np.float32), volume.affine), folder, seed=1)
         seriesUID = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
         with DICOMUtils.TemporaryDICOMDatabase():
-            DICOMUtils.importDicom(folder)
+            self.assertTrue(DICOMUtils.importDicom(folder))
             loaded = DICOMUtils.loadSeriesByUID([seriesUID])
             self.assertTrue(loaded)
             volumeNode = slicer.mrmlScene.GetNodeByID(loaded[0])
             logic = LowResSegLogic()
-            events = logic.startRuns(volumeNode, [logic.recommendedModel()]).wait(300)
-            results = [e.segmentation for e in events if e.kind == "result"]
+            results = list(self._segmentations(logic, volumeNode, [logic.recommendedModel()]).values())
             self.assertEqual(len(results), 1)
-            path = logic.exportDicomSeg(volumeNode, results[0], outputFolder=tempfile.mkdtemp(prefix="LowResSegSEG-"))
+            path = logic.exportDicomSeg(volumeNode, results[0])
             self.assertTrue(os.path.exists(path))
         self.delayDisplay("DICOM-SEG export passed")
-

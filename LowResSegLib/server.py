@@ -16,8 +16,8 @@ Retry-After instead of swapping, sockets time out (a slow client cannot hold a t
 errors are ``{"error": ...}`` without tracebacks or pixel data, SIGTERM shuts down gracefully,
 and every request is logged as one JSON line (method, path, status, bytes, ms; no token, no data).
 
-Python 3.6 (JetPack 4.6) import closure: stdlib, numpy, onnxruntime, LowResSegLib.modelstore and
-LowResSegLib.protocol.
+Python 3.6 (JetPack 4.6) import closure: stdlib, numpy, onnxruntime, LowResSegLib.modelstore,
+LowResSegLib.protocol and LowResSegLib.tokens.
 """
 
 import argparse
@@ -40,6 +40,7 @@ import zlib
 
 from LowResSegLib import protocol
 from LowResSegLib.modelstore import ModelRepository, ModelStoreError
+from LowResSegLib.tokens import read_token
 
 __all__ = ["ModelHost", "make_server", "main"]
 
@@ -349,18 +350,6 @@ def _is_loopback(host):
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def read_token(path):
-    """The bearer token in ``path`` (first line); refuses a file others may read."""
-    mode = os.stat(path).st_mode
-    if mode & 0o077:
-        raise ValueError("token file %s is readable by others (mode %o); run: chmod 600 %s" % (path, mode & 0o777, path))
-    with open(path) as f:
-        token = f.readline().strip()
-    if len(token) < 16:
-        raise ValueError("token in %s is shorter than 16 characters; make one with: openssl rand -hex 32" % path)
-    return token
 
 
 def make_server(repository, host="127.0.0.1", port=8000, token=None, tls_cert=None, tls_key=None,

@@ -5,8 +5,12 @@ card, node names, the model summary for the UI, and the layout XML for N linked 
 Python 3.9+ (Slicer 5.8).
 """
 
+import os
+import shutil
+import sys
+
 __all__ = ["terminology_tag", "segment_specs", "node_name", "card_summary", "side_by_side_layout",
-           "SIDE_BY_SIDE_LAYOUT_ID", "view_name"]
+           "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "token_file_for"]
 
 _CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -71,3 +75,29 @@ def side_by_side_layout(n):
             rows.append('<item><layout type="horizontal">%s</layout></item>' % "".join(items))
             items = []
     return '<layout type="vertical">%s</layout>' % "".join(rows)
+
+
+def worker_python(executable=None, which=shutil.which):
+    """The interpreter that runs :mod:`LowResSegLib.worker` beside Slicer.
+
+    Inside Slicer ``sys.executable`` is the Slicer application, so the worker needs ``PythonSlicer``
+    (on Slicer's PATH, or beside the executable), as ``slicer.util.pip_install`` does. Outside
+    Slicer (tests, PythonSlicer itself) a Python executable is used as it is.
+    """
+    executable = executable or sys.executable
+    found = which("PythonSlicer")
+    if found:
+        return found
+    for name in ("PythonSlicer", "PythonSlicer.exe"):
+        beside = os.path.join(os.path.dirname(executable), name)
+        if os.path.isfile(beside):
+            return beside
+    if os.path.basename(executable).lower().startswith("python"):
+        return executable
+    raise RuntimeError("PythonSlicer was not found next to %s or on the PATH; reinstall Slicer, or report this "
+                       "with your Slicer version" % executable)
+
+
+def token_file_for(settings_file):
+    """Where the module keeps the edge-server token: a private file beside Slicer's settings file."""
+    return os.path.join(os.path.dirname(os.path.abspath(settings_file)), "LowResSeg", "server-token")

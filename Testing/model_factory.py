@@ -16,7 +16,7 @@ from LowResSegLib.modelstore import CARD_FORMAT_VERSION, sha256_file, triton_con
 
 TUMOUR = {
     "index": 1, "name": "Tumour", "color": [230, 60, 40],
-    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
     "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
 }
 

@@ -19,12 +19,12 @@ SPACING = (0.9, 0.8, 3.0)  # i, j, k: i != j so a swapped PixelSpacing shows
 
 TUMOUR = {
     "index": 1, "name": "Tumour", "label": "whole tumour", "color": [230, 60, 40],
-    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
     "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
 }
 EDEMA = {
     "index": 2, "name": "Edema", "color": [40, 200, 60],
-    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
     "type": {"scheme": "SCT", "value": "79654002", "meaning": "Edema"},
 }
 CARD = {"name": "lowresseg-test", "version": "1.2.3", "classes": [TUMOUR]}

@@ -27,7 +27,7 @@ TUMOUR = {
     "index": 1,
     "name": "Tumour",
     "color": [230, 60, 40],
-    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
     "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
 }
 
@@ -544,7 +544,7 @@ def test_seg_nrrd_read_back_by_slicerio(tmp_path):
     tumour = slicerio.segment_from_name(seg, "Tumour")
     assert tumour["labelValue"] == 1
     np.testing.assert_allclose(tumour["color"], np.array([230, 60, 40]) / 255.0, atol=1e-5)  # 0-1 floats
-    assert tumour["terminology"]["category"] == ["SCT", "49755003", "Morphologically abnormal structure"]
+    assert tumour["terminology"]["category"] == ["SCT", "49755003", "Morphologically Altered Structure"]
     assert tumour["terminology"]["type"] == ["SCT", "108369006", "Neoplasm"]
     np.testing.assert_array_equal(slicerio.segment_mask(seg, "Satellite").transpose(2, 1, 0), labels == 2)
     header = nrrd.read_header(str(path))

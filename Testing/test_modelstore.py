@@ -82,3 +82,21 @@ def test_cli_models_lists_and_flags(repo_copy):
     res = run()
     assert res.returncode == 1
     assert "FAILED" in res.stdout and "integrity check" in res.stdout
+
+
+# Code meanings of Slicer's terminology (Modules/Loadable/Terminologies/Resources/
+# SegmentationCategoryTypeModifier-DICOM-Master.json, v5.8.1) and dcmqi: a card that spells them
+# otherwise shows a second, unmatched entry in Slicer and writes that spelling into the DICOM-SEG.
+DICOM_MASTER_MEANINGS = {("SCT", "49755003"): "Morphologically Altered Structure", ("SCT", "108369006"): "Neoplasm"}
+
+
+def test_shipped_cards_and_the_exporter_use_the_dicom_master_list_meanings(tiny_repo):
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models")
+    repos = [ModelRepository(root), ModelRepository(tiny_repo)]  # tiny_repo: made by the exporter
+    cards = [repo.card(name) for repo in repos for name in repo.names()]
+    assert len(cards) >= 6
+    for card in cards:
+        for cls in card["classes"]:
+            for code in (cls["category"], cls["type"]):
+                key = (code["scheme"], code["value"])
+                assert DICOM_MASTER_MEANINGS.get(key, code["meaning"]) == code["meaning"], (card["name"], code)

@@ -468,18 +468,20 @@ def test_a_server_that_never_answers_times_out(repo):
 
 
 def test_cancel_during_a_remote_run_leaves_no_result_and_the_server_fine(server):
+    """The worker process is killed mid-request stream (Cancel in Slicer): the server keeps serving."""
     from LowResSegLib.background import BackgroundRuns
 
-    def cancelling_segment(vol, engine, chunk, progress, cancel):
-        def progress_then_cancel(done, total):
-            progress(done, total)
-            runs.cancel()
-        return segment(vol, engine, chunk=chunk, progress=progress_then_cancel, cancel=cancel)
-
-    runs = BackgroundRuns(volume(), [(MODEL, lambda: RemoteEngine(server.url, MODEL))], chunk=2,
-                          segment=cancelling_segment)
-    events = runs.start().wait(60)
-    assert [e.kind for e in events] == ["progress", "cancelled", "finished"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    img, _ = cube_phantom((150,) + SHAPE[1:], (slice(1, 149),) + BRAIN[1:], CUBE)
+    tall = Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]))  # 150 requests: still running at Cancel
+    runs = BackgroundRuns(tall, [MODEL], {"kind": "remote", "url": server.url, "token": None}, chunk=1,
+                          pythonpath=[root]).start()
+    seen = []
+    while not any(e.kind == "progress" for e in seen):
+        seen += runs.wait(0.02)
+        assert not runs.finished, seen
+    runs.cancel()
+    assert [e.kind for e in runs.poll()] == ["cancelled", "finished"] and "result" not in [e.kind for e in seen]
     assert segment(volume(), RemoteEngine(server.url, MODEL)).labels.any()  # the server is fine
 
 

@@ -5,9 +5,8 @@ model_factory, vtk's matrices, highdicom for the DICOM-SEG. Stand-in: the scene 
 """
 
 import os
-import shutil
 import sys
-import threading
+import time
 
 import numpy as np
 import pytest
@@ -45,13 +44,19 @@ def repo(tmp_path_factory):
 
 
 @pytest.fixture
-def module(repo, monkeypatch):
+def module(repo, monkeypatch, tmp_path):
+    import qt
+
     monkeypatch.setenv("LOWRESSEG_MODELS", repo)
     slicer.reset()
     DICOMUtils.imported.clear()
+    slicer.util.slot_errors.clear()
+    qt.QSettings.store.clear()
+    monkeypatch.setattr(qt.QSettings, "path", str(tmp_path / "settings" / "Slicer.ini"))
     import LowResSeg
 
-    return LowResSeg
+    yield LowResSeg
+    assert slicer.util.slot_errors == [], "a slot raised (PythonQt would print it): %s" % slicer.util.slot_errors
 
 
 @pytest.fixture
@@ -74,13 +79,16 @@ def make_widget(module, node, model=None, *compare):
     return widget
 
 
-def pump(widget, timeout=60):
-    """Let the worker finish, then fire the QTimer as Slicer's event loop would."""
-    runs = widget._runs
-    if runs is not None:
-        runs._thread.join(timeout)
+def pump(widget, timeout=120):
+    """Fire the module's QTimer every 20 ms, as Slicer's event loop would, until the runs end.
+    Returns the progress bar's values, one per tick."""
+    seen, deadline = [], time.monotonic() + timeout
     while widget._timer is not None and widget._timer.active:
+        assert time.monotonic() < deadline, "the runs did not end within %d s" % timeout
         widget._timer.fire()
+        seen.append(widget.ui.progressBar.value)
+        time.sleep(0.02)
+    return seen
 
 
 def seg_nodes():
@@ -101,8 +109,12 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText("low-16to64"))
     widget.ui.segmentButton.click()
     assert widget.ui.segmentButton.text == "Cancel"
-    pump(widget)
-    assert widget.ui.segmentButton.text == "Segment" and widget.ui.progressBar.value == 100
+    runs = widget._runs
+    assert runs.process.pid != os.getpid() and runs.process.args[1:3] == ["-m", "LowResSegLib.worker"]
+    progress = pump(widget)
+    assert any(0 < v for v in progress) and widget.ui.segmentButton.text == "Segment"
+    assert widget.ui.progressBar.value == 100
+    assert runs.process.poll() is not None and not os.path.exists(runs.folder)  # no process, no file left
     new = [n for n in seg_nodes() if n is not mine]
     assert len(new) == 1 and new[0].GetName() == "FLAIR \u00b7 low-16to64" and new[0].reference is node
     segment_ = new[0].GetSegmentation().GetSegment(new[0].GetSegmentation().GetNthSegmentID(0))
@@ -124,24 +136,16 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     widget.cleanup()
 
 
-def test_cancel_leaves_the_scene_unchanged(module, volume_node, monkeypatch):
-    import LowResSegLib.pipeline as pipeline
-
+def test_cancel_kills_the_worker_and_leaves_the_scene_unchanged(module, volume_node):
     node, _ = volume_node
-    release = threading.Event()
-
-    def held_segment(*args, **kwargs):
-        release.wait(30)  # the user clicks Cancel while the model runs
-        return segment(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "segment", held_segment)
     widget = make_widget(module, node)
     before = list(slicer.mrmlScene.nodes)
     widget.ui.segmentButton.click()
+    runs = widget._runs
     widget.ui.segmentButton.click()  # Cancel
-    release.set()
+    assert runs.process.poll() is not None  # killed at once, not after a chunk
     pump(widget)
-    assert slicer.mrmlScene.nodes == before
+    assert slicer.mrmlScene.nodes == before and not os.path.exists(runs.folder)
     assert "Cancelled" in widget.ui.statusLabel.text and widget.ui.segmentButton.text == "Segment"
 
 
@@ -155,6 +159,10 @@ def test_a_failure_mid_run_leaves_the_scene_unchanged(module, volume_node):
     assert widget.ui.statusLabel.text.startswith("Failed, nothing was added to the scene: zbroken-16to64: ")
 
 
+def side_by_side_views(n):
+    return [slicer.app.layoutManager().sliceWidget("LowResSeg%d" % (i + 1)) for i in range(n)]
+
+
 def test_compare_makes_a_node_per_model_and_a_linked_side_by_side_layout(module, volume_node):
     node, _ = volume_node
     widget = make_widget(module, node, "low-16to64", "high-32to64")
@@ -166,14 +174,37 @@ def test_compare_makes_a_node_per_model_and_a_linked_side_by_side_layout(module,
     widget.ui.sideBySideButton.click()
     layout = slicer.app.layoutManager().GetLayoutNode()
     assert layout.arrangement in layout.descriptions and layout.descriptions[layout.arrangement].count("<view") == 2
-    views = [slicer.app.layoutManager().sliceWidget("LowResSeg%d" % (n + 1)) for n in range(2)]
+    views = side_by_side_views(2)
     assert all(v.composite.background == node.GetID() and v.composite.linked for v in views)
-    shown = sorted(n.GetDisplayNode().only_in_view for n in nodes)
-    assert shown == sorted(v.sliceNode.GetID() for v in views)
+    assert all(v.sliceLogic().fitted for v in views)  # each view fitted to the volume
+    standard = [v for cls in ("vtkMRMLSliceNode", "vtkMRMLViewNode") for v in slicer.util.getNodesByClass(cls)
+                if not v.GetLayoutName().startswith("LowResSeg")]
+    assert sorted(v.GetLayoutName() for v in standard) == ["1", "Green", "Red", "Yellow"]
+    for seg, view, other in zip(widget._nodes.values(), views, reversed(views)):
+        display = seg.GetDisplayNode()
+        assert display.IsDisplayableInView(view.sliceNode.GetID())  # its own view, not the other run's
+        assert not display.IsDisplayableInView(other.sliceNode.GetID())
+        assert all(display.IsDisplayableInView(v.GetID()) for v in standard)  # still in the 3D and standard views
 
 
-def test_export_writes_a_dicom_seg_on_the_volume_source_files(module, tmp_path):
-    from LowResSegLib.dicomseg import read_dicom_seg
+def test_side_by_side_again_with_more_runs(module, volume_node):
+    """vtkMRMLLayoutNode::AddLayoutDescription keeps the first XML of an id: a second comparison with more
+    runs must replace it, or the third view does not exist."""
+    node, _ = volume_node
+    widget = make_widget(module, node, "low-16to64", "high-32to64")
+    widget.ui.segmentButton.click()
+    pump(widget)
+    widget.ui.sideBySideButton.click()  # two views
+    widget.ui.segmentButton.click()  # the same pair again: four runs' nodes in the scene
+    pump(widget)
+    widget.logic.showSideBySide(node, seg_nodes()[:3])  # three side by side
+    layout = slicer.app.layoutManager().GetLayoutNode()
+    assert layout.descriptions[layout.arrangement].count("<view") == 3
+    assert all(v is not None and v.composite.background == node.GetID() for v in side_by_side_views(3))
+
+
+def dicom_loaded_node(tmp_path):
+    """A volume node as Slicer's DICOM module loads one: instance UIDs attribute, files in the database."""
     from LowResSegLib.dicomsynth import write_mr_series
     from LowResSegLib.io import read_volume
 
@@ -185,21 +216,32 @@ def test_export_writes_a_dicom_seg_on_the_volume_source_files(module, tmp_path):
     uids = vol.meta["sop_instance_uids"]
     node.SetAttribute("DICOM.instanceUIDs", " ".join(reversed(uids)))  # any order: matched by position
     slicer.dicomDatabase.files.update(zip(uids, vol.meta["files"]))
+    return node, vol, files
+
+
+def test_export_writes_a_dicom_seg_into_the_database(module, tmp_path):
+    import pydicom
+
+    from LowResSegLib.dicomseg import read_dicom_seg
+
+    node, vol, files = dicom_loaded_node(tmp_path)
     widget = make_widget(module, node)
     widget.ui.segmentButton.click()
     pump(widget)
     widget.ui.resultsTable.selected = 0
     widget.ui.exportDicomSegButton.click()
     assert len(DICOMUtils.imported) == 1, slicer.util.messages
-    folder = DICOMUtils.imported[0]
-    (seg_file,) = os.listdir(folder)
-    source = [slicer.dicomDatabase.fileForInstance(u) for u in reversed(uids)]
-    back = read_dicom_seg(os.path.join(folder, seg_file), vol.meta["files"])
+    staging, copied = DICOMUtils.imported[0]
+    assert copied and not os.path.exists(staging)  # the database holds its own copy; no temporary folder is left
+    stored = widget.ui.statusLabel.text.split(": ", 1)[1]
+    assert stored.startswith(slicer.dicomDatabase.databaseDirectory)
+    uid = str(pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID)
+    assert slicer.dicomDatabase.fileForInstance(uid) == stored
+    back = read_dicom_seg(stored, vol.meta["files"])
     seg = widget._segmentations[widget.ui.modelSelector.currentText]
     np.testing.assert_array_equal(back, seg.labels)
-    assert set(source) == set(files)
-    shutil.rmtree(folder)
 
+    img, _ = cube_phantom(SHAPE, BRAIN, CUBE)
     other = slicer.util.addVolumeFromArray(img.astype(np.float32), IJK_TO_RAS, name="case7_t1ce")
     widget.ui.inputSelector.setCurrentNode(other)
     widget.ui.segmentButton.click()
@@ -208,6 +250,24 @@ def test_export_writes_a_dicom_seg_on_the_volume_source_files(module, tmp_path):
     widget.ui.exportDicomSegButton.click()
     assert slicer.util.messages[-1][0] == "error" and "was not loaded from DICOM" in slicer.util.messages[-1][1]
     assert len(DICOMUtils.imported) == 1
+    slicer.util.slot_errors.clear()  # tryWithErrorDisplay showed it and raised it again, as in Slicer
+
+
+def test_export_says_so_when_the_database_does_not_take_the_seg(module, tmp_path):
+    """DICOMUtils.importDicom catches everything and returns False: the module must not report success."""
+    node, _, _ = dicom_loaded_node(tmp_path)
+    widget = make_widget(module, node)
+    widget.ui.segmentButton.click()
+    pump(widget)
+    widget.ui.resultsTable.selected = 0
+    slicer.dicomDatabase.isOpen = False  # e.g. the database folder is gone
+    widget.ui.exportDicomSegButton.click()
+    kind, text = slicer.util.messages[-1]
+    assert kind == "error" and "did not take the DICOM-SEG" in text
+    kept = text.split("the file is kept at ", 1)[1]
+    assert os.path.isfile(kept)  # nothing is lost
+    assert "added to the DICOM database" not in widget.ui.statusLabel.text
+    slicer.util.slot_errors.clear()
 
 
 def test_remote_processing_and_test_connection(module, volume_node, repo, tmp_path):
@@ -234,6 +294,10 @@ def test_remote_processing_and_test_connection(module, volume_node, repo, tmp_pa
         # the tampered model is skipped by the server (and said in its log); the other two are served
         assert widget.ui.remoteStatusLabel.text.startswith("Connected to lowresseg 0.1.0: 2 model(s) (high-32to64, low")
         assert qt.QSettings().value("LowResSeg/ServerURL") == server.url  # remembered for next time
+        assert not any(TOKEN in str(v) for v in qt.QSettings.store.values())  # the token is not in Slicer.ini
+        token_path = qt.QSettings().value("LowResSeg/TokenFile")
+        assert oct(os.stat(token_path).st_mode & 0o777) == "0o600" and open(token_path).read().strip() == TOKEN
+        assert make_widget(module, node).ui.tokenLineEdit.text == TOKEN  # read back from the file next time
         widget.ui.segmentButton.click()
         pump(widget)
         (new,) = seg_nodes()
@@ -243,3 +307,115 @@ def test_remote_processing_and_test_connection(module, volume_node, repo, tmp_pa
     finally:
         server.stop()
     assert not any(TOKEN in line for line in server.log)
+
+
+def test_the_panel_opens_and_keeps_the_model_in_the_parameter_node(module, volume_node):
+    """Slicer's parameterNodeWrapper refuses a plain QComboBox bound to a str (no Choice annotation):
+    the model combo box is kept in step with the parameter node by the module itself."""
+    node, _ = volume_node
+    widget = make_widget(module, node, "low-16to64")
+    assert widget._parameterNode.model == "low-16to64" and widget._parameterNode.inputVolume is node
+    widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText("high-32to64"))
+    assert widget._parameterNode.model == "high-32to64"
+    again = make_widget(module, node)  # the module panel opened again on the same scene: the choice is kept
+    assert again.ui.modelSelector.currentText == "high-32to64"
+
+
+def test_the_old_ui_binding_fails_as_it_does_in_slicer(module, volume_node, tmp_path, monkeypatch):
+    with open(os.path.join(ROOT, "Resources", "UI", "LowResSeg.ui")) as f:
+        ui = f.read()
+    bound = ui.replace('<widget class="QComboBox" name="modelSelector">', '<widget class="QComboBox" '
+                       'name="modelSelector">\n<property name="SlicerParameterName" stdset="0"><string>model</string>'
+                       '</property>', 1)
+    assert bound != ui
+    (tmp_path / "Resources" / "UI").mkdir(parents=True)
+    (tmp_path / "Resources" / "UI" / "LowResSeg.ui").write_text(bound)
+    monkeypatch.setattr(module, "_bundle_root", lambda: str(tmp_path))
+    with pytest.raises(RuntimeError, match="requires the Choice annotation"):
+        make_widget(module, volume_node[0])
+
+
+def test_closing_the_scene_forgets_the_runs(module, volume_node):
+    node, _ = volume_node
+    widget = make_widget(module, node, "low-16to64", "high-32to64")
+    widget.ui.segmentButton.click()
+    pump(widget)
+    assert widget._nodes and widget.ui.resultsTable.rows == 2
+    slicer.mrmlScene.Clear(0)  # File > Close Scene
+    assert widget._nodes == {} and widget._segmentations == {} and widget._volumeNode is None
+    assert widget.ui.resultsTable.rows == 0 and widget.ui.referenceSelector.items == []
+    widget.ui.sideBySideButton.click()
+    assert slicer.util.messages[-1] == ("error", "Segment first; then the runs can be shown side by side.")
+    assert widget._parameterNode is not None and widget._parameterNode.inputVolume is None  # a new parameter node
+
+
+def test_closing_the_scene_during_a_run_adds_nothing_to_the_new_scene(module, volume_node):
+    node, _ = volume_node
+    widget = make_widget(module, node)
+    widget.ui.segmentButton.click()
+    runs = widget._runs
+    slicer.mrmlScene.Clear(0)
+    assert runs.process.poll() is not None and not os.path.exists(runs.folder)
+    pump(widget)
+    assert seg_nodes() == [] and widget.ui.segmentButton.text == "Segment"
+
+
+def test_a_failed_package_install_is_one_clear_message(module):
+    slicer.util.pip_failure[0] = "ERROR: Could not find a version that satisfies the requirement onnxruntime"
+    assert module.ensure_packages((("surely_not_installed_pkg", "onnxruntime"),), "Segmentation") is False
+    kind, text = slicer.util.messages[-1]
+    assert kind == "error" and text.startswith("Could not install onnxruntime: ERROR: Could not find a version")
+    assert ("pip_install", ["onnxruntime"]) in slicer.util.messages
+    slicer.util.pip_failure[0] = None  # pip "succeeds" but the package is still not importable
+    assert module.ensure_packages((("surely_not_installed_pkg", "onnxruntime"),), "Segmentation") is False
+    assert slicer.util.messages[-1] == ("error", "onnxruntime was installed but cannot be imported yet: restart "
+                                                 "Slicer and try again.")
+
+
+def test_the_category_is_slicers_own_segmentation_category(module):
+    calls = []
+    real = module.translate
+    module.translate = lambda context, text: calls.append((context, text)) or text
+    try:
+        parent = type("Parent", (), {})()
+        module.LowResSeg(parent)
+    finally:
+        module.translate = real
+    assert parent.categories == ["Segmentation"] and ("qSlicerAbstractCoreModule", "Segmentation") in calls
+
+
+def test_a_token_left_in_the_settings_by_an_older_version_is_removed(module, volume_node):
+    import qt
+
+    qt.QSettings().setValue("LowResSeg/Token", "an-old-token-in-plain-text")
+    make_widget(module, volume_node[0])
+    assert not qt.QSettings().contains("LowResSeg/Token")
+
+
+def test_the_self_test_fails_when_a_step_cannot_run(module, monkeypatch):
+    """In testing mode confirmOkCancelDisplay returns False (True != QMessageBox.Ok): the self-test
+    must fail where it cannot run a step, not return as if it passed."""
+    slicer.reset(testing=True)
+    assert slicer.util.confirmOkCancelDisplay("install?") is False  # as in Slicer
+    test = module.LowResSegTest()
+    with pytest.raises(AssertionError, match="DICOM module"):
+        test.test_export_dicom_seg()  # the stand-in has no slicer.modules.dicom
+    slicer.modules.dicom = object()
+    monkeypatch.setattr(module, "_DICOM_PACKAGES", (("surely_not_installed_pkg", "highdicom"),))
+    slicer.util.pip_failure[0] = "no network"
+    try:
+        with pytest.raises(AssertionError, match="could not install highdicom"):
+            test.test_export_dicom_seg()
+    finally:
+        del slicer.modules.dicom
+
+
+def test_the_self_test_runs_on_the_shipped_models(module, monkeypatch):
+    """The module's own self-test (segment, compare side by side), its models run in the worker process."""
+    monkeypatch.delenv("LOWRESSEG_MODELS")
+    slicer.reset(testing=True)
+    test = module.LowResSegTest()
+    test.setUp()
+    test.test_segment_blob()
+    test.setUp()
+    test.test_compare_two_models()

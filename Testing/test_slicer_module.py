@@ -169,7 +169,8 @@ def test_module_compiles_and_keeps_to_python_39(tmp_path):
     if vermin is None:
         pytest.fail("vermin is missing; run scripts/setup.sh")
     files = [MODULE] + [os.path.join(ROOT, "LowResSegLib", f) for f in
-                        ("slicersupport.py", "background.py", "run.py", "dicomread.py", "batch.py")]
+                        ("slicersupport.py", "background.py", "worker.py", "tokens.py", "run.py",
+                                                         "dicomread.py", "batch.py")]
     out = subprocess.run([vermin, "-t=3.9-", "--violations", "--no-tips"] + files, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert out.returncode == 0, out.stdout

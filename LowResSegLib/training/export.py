@@ -25,7 +25,7 @@ TUMOUR_CLASS = {
     "name": "Tumour",
     "label": "whole tumour (core, necrosis and edema)",
     "color": [230, 60, 40],
-    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically abnormal structure"},
+    "category": {"scheme": "SCT", "value": "49755003", "meaning": "Morphologically Altered Structure"},
     "type": {"scheme": "SCT", "value": "108369006", "meaning": "Neoplasm"},
 }
 

@@ -7,6 +7,11 @@ class Qt(object):
     Unchecked = 0
 
 
+class QMessageBox(object):
+    Ok = 0x00000400  # QMessageBox::StandardButton
+    Cancel = 0x00400000
+
+
 class QTimer(object):
     """A timer the test fires by hand (``fire``); ``connect("timeout()", slot)`` as in PythonQt."""
 
@@ -64,9 +69,19 @@ class QSettings(object):
     """Application settings, kept for the test session (Slicer keeps them in its .ini file)."""
 
     store = {}
+    path = "/tmp/slicer-standin-settings/Slicer.ini"  # tests point it at a temporary folder
 
     def value(self, key, default=None):
         return self.store.get(key, default)
 
     def setValue(self, key, value):
         self.store[key] = value
+
+    def remove(self, key):
+        self.store.pop(key, None)
+
+    def contains(self, key):
+        return key in self.store
+
+    def fileName(self):
+        return self.path

@@ -1,5 +1,7 @@
 """Stand-in base classes of Slicer's scripted modules."""
 
+import unittest
+
 
 class ScriptedLoadableModule(object):
     def __init__(self, parent):
@@ -31,6 +33,8 @@ class ScriptedLoadableModuleLogic(object):
         return node or slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "LowResSeg")
 
 
-class ScriptedLoadableModuleTest(object):
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    """ScriptedLoadableModule.py: a unittest.TestCase (assertions and fail() as in Slicer)."""
+
     def delayDisplay(self, message, msec=0):
         pass

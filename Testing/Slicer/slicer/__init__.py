@@ -1,6 +1,14 @@
-"""Stand-in for the ``slicer`` package: scene, nodes, subject hierarchy, layout (see ../README.md)."""
+"""Stand-in for the ``slicer`` package: scene, nodes, subject hierarchy, layout, DICOM database.
+
+Each behaviour is written from Slicer's source (tag v5.8.1) and says where; see ../README.md.
+``slicer.packaging`` is deliberately absent: Slicer's ``slicer/__init__.py`` never imports it.
+"""
 
 import itertools
+import os
+import re
+import shutil
+import tempfile
 
 import numpy as np
 import vtk  # the real wheel: vtkMatrix4x4 as Slicer has it
@@ -10,17 +18,43 @@ from slicer import util  # noqa: F401  (slicer.util.X, as in Slicer)
 _ids = itertools.count(1)
 
 
-class Node(object):
-    className = "vtkMRMLNode"
+class _Observable(object):
+    """VTK observers: ``AddObserver(event, callback)`` returns a tag; ``callback(caller, event)``."""
 
-    def __init__(self, name):
+    def __init__(self):
+        self._observers = {}
+
+    def AddObserver(self, event, callback, priority=0.0):
+        tag = next(_ids)
+        self._observers[tag] = (event, callback)
+        return tag
+
+    def RemoveObserver(self, tag):
+        self._observers.pop(tag, None)
+
+    def InvokeEvent(self, event):
+        for ev, callback in list(self._observers.values()):
+            if ev == event:
+                callback(self, event)
+
+
+class vtkMRMLNode(_Observable):
+    className = "vtkMRMLNode"
+    singleton = False
+
+    def __init__(self, name=""):
+        _Observable.__init__(self)
         self._name, self._id, self._attributes = name, "%s%d" % (self.className, next(_ids)), {}
+        self.scene = None
 
     def GetName(self):
         return self._name
 
     def GetID(self):
         return self._id
+
+    def GetScene(self):
+        return self.scene
 
     def GetAttribute(self, key):
         return self._attributes.get(key)
@@ -29,11 +63,18 @@ class Node(object):
         self._attributes[key] = value
 
 
-class vtkMRMLScalarVolumeNode(Node):
+Node = vtkMRMLNode
+
+
+class vtkMRMLScriptedModuleNode(vtkMRMLNode):
+    className = "vtkMRMLScriptedModuleNode"
+
+
+class vtkMRMLScalarVolumeNode(vtkMRMLNode):
     className = "vtkMRMLScalarVolumeNode"
 
-    def __init__(self, name):
-        Node.__init__(self, name)
+    def __init__(self, name=""):
+        vtkMRMLNode.__init__(self, name)
         self.array = None
         self.ijk_to_ras = np.eye(4)
 
@@ -45,6 +86,31 @@ class vtkMRMLScalarVolumeNode(Node):
     def SetSpacing(self, *spacing):
         directions = self.ijk_to_ras[:3, :3] / np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
         self.ijk_to_ras[:3, :3] = directions * np.array(spacing, dtype=float)
+
+
+class _AbstractViewNode(vtkMRMLNode):
+    """View nodes are scene singletons whose tag is their layout name (vtkMRMLAbstractViewNode)."""
+
+    singleton = True
+
+    def __init__(self, layoutName):
+        vtkMRMLNode.__init__(self, layoutName)
+        self._id = "%s%s" % (self.className, layoutName)
+        self.layoutName = layoutName
+
+    def GetLayoutName(self):
+        return self.layoutName
+
+    def GetSingletonTag(self):
+        return self.layoutName
+
+
+class vtkMRMLSliceNode(_AbstractViewNode):
+    className = "vtkMRMLSliceNode"
+
+
+class vtkMRMLViewNode(_AbstractViewNode):
+    className = "vtkMRMLViewNode"
 
 
 class Segment(object):
@@ -76,26 +142,41 @@ class Segmentation(object):
 
 
 class DisplayNode(object):
+    """vtkMRMLDisplayNode's view list: shown in every view while it is empty (IsDisplayableInView)."""
+
     def __init__(self):
-        self.only_in_view = None
+        self.viewNodeIDs = []
 
     def SetViewNodeIDs(self, viewNodeIDs):
         assert isinstance(viewNodeIDs, (list, tuple)) and all(isinstance(v, str) for v in viewNodeIDs)
-        self.only_in_view = viewNodeIDs[0] if len(viewNodeIDs) == 1 else list(viewNodeIDs)
+        self.viewNodeIDs = list(viewNodeIDs)
+
+    def GetViewNodeIDs(self):
+        return tuple(self.viewNodeIDs)
+
+    def GetNumberOfViewNodeIDs(self):
+        return len(self.viewNodeIDs)
+
+    def RemoveAllViewNodeIDs(self):
+        self.viewNodeIDs = []
+
+    def IsDisplayableInView(self, viewNodeID):
+        return not self.viewNodeIDs or viewNodeID in self.viewNodeIDs
 
 
-class vtkMRMLSegmentationNode(Node):
+class vtkMRMLSegmentationNode(vtkMRMLNode):
     className = "vtkMRMLSegmentationNode"
 
-    def __init__(self, name):
-        Node.__init__(self, name)
+    def __init__(self, name=""):
+        vtkMRMLNode.__init__(self, name)
         self.segmentation, self.display, self.reference = Segmentation(), None, None
 
     def CreateDefaultDisplayNodes(self):
         self.display = DisplayNode()
 
     def GetDisplayNode(self):
-        return self.display
+        # display nodes are node references, resolved through the scene: none once the node left it
+        return self.display if self.scene is not None else None
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode):
         self.reference = volumeNode
@@ -128,21 +209,35 @@ class vtkMRMLSubjectHierarchyNode(object):
         self.parents[item] = parent
 
 
-class Scene(object):
-    StartCloseEvent = 66000
-    _classes = {"vtkMRMLScalarVolumeNode": vtkMRMLScalarVolumeNode,
-                "vtkMRMLSegmentationNode": vtkMRMLSegmentationNode, "vtkMRMLScriptedModuleNode": Node}
+_STATE_EVENT, _START_EVENT, _END_EVENT, _CLOSE_STATE = 0x2000, 0x0100, 0x0200, 0x0004  # vtkMRMLScene.h
+
+
+class Scene(_Observable):
+    """vtkMRMLScene: Clear(0) keeps singletons (view nodes) and fires StartCloseEvent, then EndCloseEvent."""
+
+    StartCloseEvent = _STATE_EVENT | _START_EVENT | _CLOSE_STATE
+    EndCloseEvent = _STATE_EVENT | _END_EVENT | _CLOSE_STATE
+    _classes = {c.className: c for c in (vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLScriptedModuleNode,
+                                         vtkMRMLSliceNode, vtkMRMLViewNode)}
 
     def __init__(self):
+        _Observable.__init__(self)
         self.nodes = []
 
-    def AddNewNodeByClass(self, className, name=""):
-        node = self._classes[className](name or className)
+    def AddNode(self, node):
+        node.scene = self
         self.nodes.append(node)
         return node
 
+    def AddNewNodeByClass(self, className, name=""):
+        return self.AddNode(self._classes[className](name or className))
+
     def RemoveNode(self, node):
         self.nodes.remove(node)
+        node.scene = None
+
+    def GetNodeByID(self, nodeId):
+        return next((n for n in self.nodes if n.GetID() == nodeId), None)
 
     def GenerateUniqueName(self, base):
         names = {n.GetName() for n in self.nodes}
@@ -151,7 +246,7 @@ class Scene(object):
         return next("%s_%d" % (base, i) for i in itertools.count(1) if "%s_%d" % (base, i) not in names)
 
     def GetNodesByClass(self, className):
-        return [n for n in self.nodes if n.className == className]
+        return [n for n in self.nodes if isinstance(n, self._classes.get(className, ()) or ())]
 
     def GetNumberOfNodesByClass(self, className):
         return len(self.GetNodesByClass(className))
@@ -160,21 +255,45 @@ class Scene(object):
         found = self.GetNodesByClass(className)
         return found[0] if found else None
 
-    def Clear(self, close=0):
-        self.nodes = []
+    def Clear(self, removeSingletons=0):
+        self.InvokeEvent(self.StartCloseEvent)
+        for node in list(self.nodes):
+            if removeSingletons or not node.singleton:
+                self.RemoveNode(node)
         vtkMRMLSubjectHierarchyNode._instance = None
+        self.InvokeEvent(self.EndCloseEvent)
 
 
 class LayoutNode(object):
+    """vtkMRMLLayoutNode.cxx:207-268: Add refuses a registered id (keeps the old XML), Set refuses a new one."""
+
     def __init__(self):
         self.descriptions, self.arrangement = {}, None
 
+    def IsLayoutDescription(self, layoutId):
+        return layoutId in self.descriptions
+
     def AddLayoutDescription(self, layoutId, xml):
+        if self.IsLayoutDescription(layoutId):
+            return False
         self.descriptions[layoutId] = xml
+        return True
+
+    def SetLayoutDescription(self, layoutId, xml):
+        if not self.IsLayoutDescription(layoutId):
+            return False
+        self.descriptions[layoutId] = xml
+        if layoutId == self.arrangement:
+            self.SetViewArrangement(layoutId)  # the layout manager rebuilds the shown layout
+        return True
+
+    def GetLayoutDescription(self, layoutId):
+        return self.descriptions.get(layoutId, "")
 
     def SetViewArrangement(self, layoutId):
-        assert layoutId in self.descriptions
+        assert layoutId in self.descriptions, "unregistered layout %r" % (layoutId,)
         self.arrangement = layoutId
+        app.layoutManager().arrange(self.descriptions[layoutId])
 
 
 class SliceCompositeNode(object):
@@ -188,9 +307,18 @@ class SliceCompositeNode(object):
         self.linked = bool(linked)
 
 
+class SliceLogic(object):
+    def __init__(self):
+        self.fitted = 0
+
+    def FitSliceToAll(self, *args):
+        self.fitted += 1
+
+
 class SliceWidget(object):
-    def __init__(self, name):
-        self.name, self.composite, self.sliceNode = name, SliceCompositeNode(), Node("vtkMRMLSliceNode" + name)
+    def __init__(self, sliceNode):
+        self.name, self.sliceNode = sliceNode.GetLayoutName(), sliceNode
+        self.composite, self.logic = SliceCompositeNode(), SliceLogic()
 
     def mrmlSliceCompositeNode(self):
         return self.composite
@@ -198,10 +326,15 @@ class SliceWidget(object):
     def mrmlSliceNode(self):
         return self.sliceNode
 
+    def sliceLogic(self):
+        return self.logic
+
 
 class LayoutManager(object):
+    """qSlicerLayoutManager: showing a layout makes (or reuses) the singleton view node of each of its views."""
+
     def __init__(self):
-        self.layoutNode, self.widgets = LayoutNode(), {}
+        self.layoutNode, self.widgets, self.shown = LayoutNode(), {}, []
 
     def layoutLogic(self):
         return self
@@ -209,41 +342,88 @@ class LayoutManager(object):
     def GetLayoutNode(self):
         return self.layoutNode
 
-    def sliceWidget(self, name):
-        import re
+    def arrange(self, xml):
+        self.shown = []
+        for cls, tag in re.findall(r'<view class="(vtkMRML\w+Node)" singletontag="([^"]+)"', xml):
+            node = next((n for n in mrmlScene.GetNodesByClass(cls) if n.GetLayoutName() == tag), None)
+            if node is None:
+                node = mrmlScene.AddNode(Scene._classes[cls](tag))
+            self.shown.append(tag)
+            if cls == "vtkMRMLSliceNode" and (tag not in self.widgets or self.widgets[tag].sliceNode is not node):
+                self.widgets[tag] = SliceWidget(node)
 
-        xml = self.layoutNode.descriptions.get(self.layoutNode.arrangement, "")
-        if 'singletontag="%s"' % name not in xml:
-            return None  # as in Slicer: no such view in the current layout
-        assert re.search(r'singletontag="%s"' % name, xml)
-        return self.widgets.setdefault(name, SliceWidget(name))
+    def sliceWidget(self, name):
+        return self.widgets.get(name) if name in self.shown else None  # None: no such view in this layout
+
+    def sliceViewNames(self):
+        return [n for n in self.shown if n in self.widgets]
 
 
 class App(object):
-    def __init__(self):
+    def __init__(self, testing=False):
         self._layout = LayoutManager()
+        self.testing = testing
 
     def layoutManager(self):
         return self._layout
 
+    def testingEnabled(self):
+        return self.testing
+
 
 class DicomDatabase(object):
+    """ctkDICOMDatabase: files indexed by SOP instance UID; ``databaseDirectory`` holds copied files."""
+
     def __init__(self):
-        self.files = {}
+        self.files, self.isOpen = {}, True
+        self.databaseDirectory = tempfile.mkdtemp(prefix="slicer-standin-dicomdb-")
 
     def fileForInstance(self, uid):
         return self.files.get(uid, "")
+
+    def index(self, folder, copyFiles):
+        """ctkDICOMIndexer.addDirectory: every readable DICOM file under ``folder``; copied when asked."""
+        import pydicom
+
+        if not self.isOpen:
+            raise RuntimeError("the DICOM database is not open")
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(root, name)
+                try:
+                    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                except Exception:
+                    continue
+                if copyFiles:
+                    target = os.path.join(self.databaseDirectory, "dicom", uid)
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copyfile(path, target)
+                    path = target
+                self.files[uid] = path
+
+
+def _standard_views():
+    """The views of Slicer's default scene (singletons: they survive Clear(0))."""
+    for cls, tag in ((vtkMRMLSliceNode, "Red"), (vtkMRMLSliceNode, "Yellow"), (vtkMRMLSliceNode, "Green"),
+                     (vtkMRMLViewNode, "1")):
+        mrmlScene.AddNode(cls(tag))
 
 
 mrmlScene = Scene()
 app = App()
 dicomDatabase = DicomDatabase()
+modules = type("modules", (), {})()
+_standard_views()
 
 
-def reset():
+def reset(testing=False):
     """A fresh scene, layout and database for each test."""
     global app
-    mrmlScene.Clear(0)
-    app = App()
+    mrmlScene._observers.clear()  # widgets of earlier tests no longer listen
+    mrmlScene.Clear(1)
+    _standard_views()
+    app = App(testing)
     dicomDatabase.files.clear()
+    dicomDatabase.isOpen = True
     util.messages.clear()
+    util.pip_failure[0] = None

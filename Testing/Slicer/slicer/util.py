@@ -6,7 +6,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 messages = []  # (kind, text) of every message box the module showed
-confirm_answer = [True]  # what the next confirmOkCancelDisplay returns
+confirm_answer = [True]  # what the user answers to confirmOkCancelDisplay (outside testing mode)
+pip_failure = [None]  # a message: the next pip_install fails with it, as a failed `pip install` does
+slot_errors = []  # exceptions raised by slots: PythonQt prints them and carries on
 
 
 def arrayFromVolume(volumeNode):
@@ -33,8 +35,21 @@ def arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolumeN
     return segmentationNode.GetSegmentation().GetSegment(segmentId).labelmap
 
 
+def getNodesByClass(className, scene=None):
+    import slicer
+
+    return list((scene or slicer.mrmlScene).GetNodesByClass(className))
+
+
 def confirmOkCancelDisplay(text, windowTitle=None, parent=None, **kwargs):
+    """util.py:2992-3004 and _messageDisplay (3035-3063): in testing mode no box is shown and the
+    testing value True is compared with qt.QMessageBox.Ok (1024), so it returns False."""
+    import qt
+    import slicer
+
     messages.append(("confirm", text))
+    if slicer.app.testingEnabled():
+        return True == qt.QMessageBox.Ok  # noqa: E712  (exactly what Slicer computes)
     return confirm_answer[0]
 
 
@@ -43,26 +58,41 @@ def errorDisplay(text, windowTitle=None, parent=None, **kwargs):
 
 
 def pip_install(requirements):
+    """util.py:3899-3942: ``python -m pip install``; a failed install raises RuntimeError."""
+    if not isinstance(requirements, (str, list)):
+        raise ValueError("pip_install requirement input must be string or list")
     messages.append(("pip_install", requirements))
+    if pip_failure[0]:
+        raise RuntimeError(pip_failure[0])
 
 
 @contextlib.contextmanager
 def tryWithErrorDisplay(message=None, show=True, waitCursor=False):
+    """util.py:3279-3320: shows the error (not in testing mode) and raises it again."""
+    import slicer
+
     try:
         yield
     except Exception as exc:
-        messages.append(("error", "%s %s" % (message, exc)))
+        if show and not slicer.app.testingEnabled():
+            messages.append(("error", "%s\n\n%s" % (message, exc) if message is not None else str(exc)))
+        raise
 
 
 class VTKObservationMixin(object):
+    """util.py:2790-2860: observers are added on the object itself (obj.AddObserver) and removed by tag."""
+
     def __init__(self):
         self.observations = []
 
-    def addObserver(self, obj, event, method):
-        self.observations.append((obj, event, method))
+    def addObserver(self, obj, event, method, group="none", priority=0.0):
+        self.observations.append((obj, event, method, obj.AddObserver(event, method, priority)))
 
     def removeObservers(self, method=None):
-        self.observations = []
+        for obj, event, m, tag in list(self.observations):
+            if method is None or m == method:
+                obj.RemoveObserver(tag)
+                self.observations.remove((obj, event, m, tag))
 
 
 # --------------------------------------------------------------------------- the .ui
@@ -71,21 +101,36 @@ class VTKObservationMixin(object):
 class _Widget(object):
     """A plain double of a Qt widget: properties as attributes, signals as recorded slots."""
 
-    def __init__(self, name, cls):
+    def __init__(self, name, cls, properties=None):
         self.objectName, self.className = name, cls
         self.text, self.toolTip, self.enabled, self.value, self.checked = "", "", True, 0, False
-        self._slots = {}
+        self.placeholderText = ""
+        self._slots, self._properties = {}, dict(properties or {})
+
+    def property(self, name):
+        """A dynamic property from the .ui (``stdset="0"``, e.g. SlicerParameterName), or None as in Qt."""
+        return self._properties.get(name)
 
     def connect(self, signal, slot):
         self._slots.setdefault(signal.split("(")[0], []).append(slot)
 
+    def disconnect(self, signal, slot):
+        slots = self._slots.get(signal.split("(")[0], [])
+        if slot in slots:
+            slots.remove(slot)
+
     def emit(self, signal, *args):
         import inspect
+        import traceback
 
-        for slot in self._slots.get(signal, []):
+        for slot in list(self._slots.get(signal, [])):
             params = [p for p in inspect.signature(slot).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
             varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(slot).parameters.values())
-            slot(*(args if varargs else args[:len(params)]))  # PythonQt drops arguments a slot does not take
+            try:
+                slot(*(args if varargs else args[:len(params)]))  # PythonQt drops arguments a slot does not take
+            except Exception as exc:  # PythonQt prints a slot's exception and returns to the event loop
+                traceback.print_exc()
+                slot_errors.append(exc)
 
     def click(self):
         self.emit("clicked", False)
@@ -93,10 +138,13 @@ class _Widget(object):
     def setMRMLScene(self, scene):
         self.scene = scene
 
+    def setEnabled(self, enabled):
+        self.enabled = bool(enabled)
+
 
 class _ComboBox(_Widget):
-    def __init__(self, name, cls):
-        _Widget.__init__(self, name, cls)
+    def __init__(self, name, cls, properties=None):
+        _Widget.__init__(self, name, cls, properties)
         self.items, self.index = [], -1
 
     def addItem(self, text):
@@ -105,14 +153,26 @@ class _ComboBox(_Widget):
             self.setCurrentIndex(0)
 
     def clear(self):
+        had = bool(self.items)
         self.items, self.index = [], -1
+        if had:
+            self.emit("currentIndexChanged", -1)  # as QComboBox::clear does
 
     def findText(self, text):
         return self.items.index(text) if text in self.items else -1
 
     def setCurrentIndex(self, index):
-        self.index = index
-        self.emit("currentIndexChanged", index)
+        if index != self.index:
+            self.index = index
+            self.emit("currentIndexChanged", index)
+
+    @property
+    def currentIndex(self):
+        return self.index
+
+    @currentIndex.setter
+    def currentIndex(self, index):
+        self.setCurrentIndex(index)
 
     @property
     def currentText(self):
@@ -120,20 +180,22 @@ class _ComboBox(_Widget):
 
 
 class _NodeComboBox(_Widget):
-    def __init__(self, name, cls):
-        _Widget.__init__(self, name, cls)
+    def __init__(self, name, cls, properties=None):
+        _Widget.__init__(self, name, cls, properties)
         self.node = None
 
     def currentNode(self):
         return self.node
 
     def setCurrentNode(self, node):
-        self.node = node
+        if node is not self.node:
+            self.node = node
+            self.emit("currentNodeChanged", node)
 
 
 class _ListWidget(_Widget):
-    def __init__(self, name, cls):
-        _Widget.__init__(self, name, cls)
+    def __init__(self, name, cls, properties=None):
+        _Widget.__init__(self, name, cls, properties)
         self.items = []
 
     def addItem(self, item):
@@ -148,8 +210,8 @@ class _ListWidget(_Widget):
 
 
 class _TableWidget(_Widget):
-    def __init__(self, name, cls):
-        _Widget.__init__(self, name, cls)
+    def __init__(self, name, cls, properties=None):
+        _Widget.__init__(self, name, cls, properties)
         self.cells, self.rows, self.columns, self.headers, self.selected = {}, 0, 0, [], -1
 
     def setColumnCount(self, n):
@@ -177,8 +239,13 @@ class _UI(_Widget):
     def __init__(self, path):
         root = ET.parse(path).getroot().find("widget")
         _Widget.__init__(self, root.get("name"), root.get("class"))
-        self.children = {w.get("name"): _DOUBLES.get(w.get("class"), _Widget)(w.get("name"), w.get("class"))
+        self.children = {w.get("name"): _DOUBLES.get(w.get("class"), _Widget)(w.get("name"), w.get("class"),
+                                                                               _dynamic_properties(w))
                          for w in root.iter("widget") if w is not root}
+
+
+def _dynamic_properties(element):
+    return {p.get("name"): p.findtext("string") for p in element.findall("property") if p.get("stdset") == "0"}
 
 
 def loadUI(path):
