@@ -1,0 +1,107 @@
+"""The Slicer stand-in (Testing/Slicer) raises where real Slicer raises: its rules are written from Slicer's
+source (v5.8.1; see Testing/Slicer/README.md), so a module that passes against it is not merely name-compatible."""
+
+import os
+import sys
+import typing
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytest.importorskip("vtk")
+sys.path.insert(0, os.path.join(HERE, "Slicer"))
+
+import slicer  # noqa: E402  (the stand-in)
+from DICOMLib import DICOMUtils  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    slicer.reset()
+
+
+def ui_with(*widgets):
+    """A .ui-like namespace of widget doubles: (name, class, SlicerParameterName)."""
+    ns = type("UI", (), {})()
+    for name, cls, param in widgets:
+        double = slicer.util._DOUBLES.get(cls, slicer.util._Widget)
+        setattr(ns, name, double(name, cls, {"SlicerParameterName": param} if param else {}))
+    return ns
+
+
+def wrap(**annotations):
+    cls = type("Params", (), {"__annotations__": annotations})
+    return parameterNodeWrapper(cls)(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode"))
+
+
+def test_a_plain_combo_box_cannot_hold_a_str():
+    with pytest.raises(RuntimeError, match="ComboBoxToStringableConnector requires the Choice annotation"):
+        wrap(model=str).connectGui(ui_with(("modelSelector", "QComboBox", "model")))
+
+
+def test_a_choice_refills_the_combo_box_and_refuses_other_values():
+    params = wrap(model=typing.Annotated[str, Choice(["a", "b"])])
+    ui = ui_with(("modelSelector", "QComboBox", "model"))
+    ui.modelSelector.addItem("from the module")
+    params.connectGui(ui)
+    assert ui.modelSelector.items == ["a", "b"] and params.model == "a"
+    ui.modelSelector.setCurrentIndex(1)
+    assert params.model == "b"
+    with pytest.raises(ValueError, match="Unable to find value c in choices"):
+        params.model = "c"
+
+
+def test_node_selectors_take_node_types_only():
+    params = wrap(inputVolume=slicer.vtkMRMLScalarVolumeNode)
+    ui = ui_with(("inputSelector", "qMRMLNodeComboBox", "inputVolume"))
+    params.connectGui(ui)
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    ui.inputSelector.setCurrentNode(node)
+    assert params.inputVolume is node
+    with pytest.raises(RuntimeError, match="Unable to create GUI connector from datatype"):
+        wrap(name=str).connectGui(ui_with(("inputSelector", "qMRMLNodeComboBox", "name")))
+
+
+def test_widget_and_type_pairs_follow_slicers_connectors():
+    wrap(url=str).connectGui(ui_with(("urlEdit", "QLineEdit", "url")))
+    wrap(on=bool).connectGui(ui_with(("box", "QCheckBox", "on")))
+    wrap(n=typing.Annotated[int, WithinRange(0, 9)]).connectGui(ui_with(("s", "QSlider", "n")))
+    with pytest.raises(RuntimeError, match="QSlider where the int type is unbounded"):
+        wrap(n=int).connectGui(ui_with(("s", "QSlider", "n")))
+    with pytest.raises(RuntimeError, match="Unable to create GUI connector"):
+        wrap(n=int).connectGui(ui_with(("urlEdit", "QLineEdit", "n")))
+    with pytest.raises(ValueError, match="Cannot find a param with the given name: nope"):
+        wrap(url=str).connectGui(ui_with(("urlEdit", "QLineEdit", "nope")))
+    wrap(url=str).connectGui(ui_with(("label", "QLabel", None)))  # no SlicerParameterName: not connected
+
+
+def test_the_layout_node_keeps_a_registered_description():
+    layout = slicer.app.layoutManager().GetLayoutNode()
+    assert layout.SetLayoutDescription(5, "<layout/>") is False  # Set refuses an unregistered id
+    assert layout.AddLayoutDescription(5, "<layout>one</layout>") is True
+    assert layout.AddLayoutDescription(5, "<layout>two</layout>") is False  # Add refuses a registered one
+    assert layout.GetLayoutDescription(5) == "<layout>one</layout>"
+    assert layout.SetLayoutDescription(5, "<layout>two</layout>") is True
+    assert layout.GetLayoutDescription(5) == "<layout>two</layout>"
+
+
+def test_closing_the_scene_fires_its_events_and_keeps_the_views():
+    seen = []
+    scene = slicer.mrmlScene
+    scene.AddObserver(scene.StartCloseEvent, lambda caller, event: seen.append(("start", len(scene.nodes))))
+    scene.AddObserver(scene.EndCloseEvent, lambda caller, event: seen.append(("end", len(scene.nodes))))
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "s")
+    node.CreateDefaultDisplayNodes()
+    scene.Clear(0)
+    assert seen == [("start", 5), ("end", 4)]  # the four standard views are singletons
+    assert node.GetDisplayNode() is None  # a node that left the scene resolves no display node
+
+
+def test_testing_mode_dialogs_and_import_dicom_as_in_slicer(tmp_path):
+    assert slicer.util.confirmOkCancelDisplay("?") is True  # the user's answer
+    slicer.reset(testing=True)
+    assert slicer.util.confirmOkCancelDisplay("?") is False  # True == QMessageBox.Ok is False
+    slicer.dicomDatabase.isOpen = False
+    assert DICOMUtils.importDicom(str(tmp_path)) is False  # errors are caught, as in Slicer
+    assert not hasattr(slicer, "packaging")
