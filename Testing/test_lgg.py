@@ -317,3 +317,14 @@ def test_mixed_in_plane_sizes_train_and_nothing_reserved_reaches_the_run(kaggle,
         assert "TCGA_CS_" not in path.name
         if path.suffix in (".json", ".csv"):
             assert "TCGA_CS_" not in path.read_text()
+
+
+def test_a_card_records_each_lgg_patient_with_its_source(kaggle):
+    from LowResSegLib.training.export import data_notice, real_cases_of
+
+    val = real_cases_of("phantom:4:1+lgg:val*2")
+    assert [c["case"] for c in val] == [p["patient"] for p in lggdata.lgg_patients("val")]
+    assert all(c["repository"] == "hua2980/brain-tumor-segmentation" and c["repeat"] == 2 and len(c["sha256"]) == 64
+               for c in val)
+    assert "Buda" in data_notice("lgg:val")
+    assert [c["case"] for c in real_cases_of("lgg:%s" % kaggle)] == sorted(PATIENTS)  # reserved: not listed
