@@ -157,11 +157,30 @@ def cmd_phantom(args):
 
 
 def cmd_fetch_real(args):
+    if args.source == "lgg":
+        return _fetch_lgg(args)
+    if args.from_path:
+        raise ValueError("--from is for --source lgg; the real cases are downloaded from GitHub")
     from LowResSegLib.training.realdata import fetch, real_data_dir
 
     n = fetch(args.split, args.dest)
     print("real cases (%s) are in %s: %d file(s) downloaded, the rest already there and verified"
           % (args.split, args.dest or real_data_dir(), n))
+    return 0
+
+
+def _fetch_lgg(args):
+    from LowResSegLib.training.lggdata import fetch_lgg, lgg_data_dir, lgg_manifest, open_source
+
+    source = open_source(args.from_path, lgg_manifest()) if args.from_path else None
+    try:
+        n = fetch_lgg(args.split, args.dest, source)
+    finally:
+        if source is not None:
+            source.close()
+    print("LGG patients (%s) are in %s: %d restored, the rest already there and verified; "
+          "train with --data lgg:train%s" % (args.split, args.dest or lgg_data_dir(), n,
+                                            "" if not args.dest else " after export LOWRESSEG_LGG_DATA=" + args.dest))
     return 0
 
 
@@ -279,7 +298,8 @@ def build_parser():
     t.add_argument("--output-size", type=int, default=256)
     t.add_argument("--width", type=int, default=8, help="backbone width n (default 8)")
     t.add_argument("--data", default="phantom:40:1",
-                   help="phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all (after fetch-real) | msd:PATH | folder:PATH; "
+                   help="phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all (after fetch-real) | lgg:train|val|all "
+                        "(after fetch-real --source lgg) | lgg:PATH (a kaggle_3m folder) | msd:PATH | folder:PATH; "
                         "join sources with '+', repeat one with '*N' (e.g. phantom:120:1+real:train*4)")
     t.add_argument("--modality", default="FLAIR", help="MSD modality name or index")
     t.add_argument("--label", default="wt", help="label mapping: wt, tc, et, eq:N, in:A,B")
@@ -315,8 +335,15 @@ def build_parser():
     t.set_defaults(func=cmd_train)
 
     fr = sub.add_parser("fetch-real", help="download the real labelled cases of the manifest (sha256-checked)")
+    fr.add_argument("--source", default="real", choices=["real", "lgg"],
+                    help="real: the BraTS / UPENN-GBM cases (real:SPLIT); lgg: the LGG FLAIR patients of kaggle_3m "
+                         "(lgg:SPLIT; reserved TCGA_CS_* patients are never fetched)")
     fr.add_argument("--split", default="all", choices=["all", "train", "val"])
-    fr.add_argument("--dest", default=None, help="folder (default ~/.cache/lowresseg/real or $LOWRESSEG_REAL_DATA)")
+    fr.add_argument("--dest", default=None, help="folder (default ~/.cache/lowresseg/real or $LOWRESSEG_REAL_DATA; "
+                                                 "for lgg <that>/kaggle_3m or $LOWRESSEG_LGG_DATA)")
+    fr.add_argument("--from", dest="from_path", default=None,
+                    help="lgg only, offline: a clone of the manifest's repository holding its commit, or a "
+                         "downloaded kaggle_3m folder (each patient is checked against its sha256)")
     fr.set_defaults(func=cmd_fetch_real)
 
     e = sub.add_parser("export", help="export a run to the model repository (ONNX opset 13 + model card)")

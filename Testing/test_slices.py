@@ -379,3 +379,22 @@ def test_relative_folder_specs_in_different_dirs_do_not_share_a_cache(tmp_path, 
     assert SliceCache.build("folder:ds", cache_dir, progress=False).case_ids == ["a_lps", "b_ras", "c_thick"]
     monkeypatch.chdir(tmp_path / "two")
     assert SliceCache.build("folder:ds", cache_dir, progress=False).case_ids == ["a_lps"]
+
+
+def test_make_batch_mixes_in_plane_sizes(cache, tmp_path):
+    """Sources of different native squares (256² LGG next to 240² BraTS) share a batch: each slice is
+    resampled from its own size, exactly as it would be alone."""
+    other = tmp_path / "wide"
+    img, lab = _case_arrays(3)
+    _write(other, "wide", np.pad(img, ((0, 0), (8, 8), (0, 0))), np.pad(lab, ((0, 0), (8, 8), (0, 0))))
+    wide = SliceCache.build("folder:%s" % other, str(tmp_path / "cache"), progress=False)
+    mixed = SliceCache(cache.images + wide.images, cache.labels + wide.labels, cache.case_ids + wide.case_ids)
+    assert {im.shape[1:] for im in mixed.images} == {(48, 48), (56, 56)}
+    rows = mixed.sample(np.random.default_rng(0), 1.0)
+    assert len({mixed.images[c].shape for c, _, _ in rows}) > 1
+    x, ys = make_batch(mixed, rows, 16, [8, 32])
+    assert x.shape == (len(rows), 1, 16, 16) and [y.shape[-1] for y in ys] == [8, 32]
+    for b, (c, k, _) in enumerate(rows):
+        np.testing.assert_allclose(x[b, 0], area_resample(mixed.images[c][k].astype(np.float32), 16), atol=1e-6)
+    x_aug, _ = make_batch(mixed, rows, 16, [8, 32], rng=np.random.default_rng(1), augment="cut-large")
+    assert x_aug.shape == x.shape

@@ -67,14 +67,34 @@ def real_cases_of(spec):
             out += [{"case": c["case"], "repository": c["repository"], "commit": c["commit"],
                      "image": c["image_path"], "label": c["label_path"], "origin": c["origin"], "repeat": times}
                     for c in manifest_cases(d["split"])]
+        elif d["kind"] == "lgg":
+            out += [dict(p, repeat=times) for p in _lgg_patients_of(d)]
     return out
+
+
+def _lgg_patients_of(d):
+    """The LGG patients of a parsed ``lgg:`` spec: the manifest's (with their source), or a folder's."""
+    from LowResSegLib.training import kaggle3m
+
+    if "split" in d:
+        from LowResSegLib.training.lggdata import lgg_manifest, lgg_patients
+
+        m = lgg_manifest()
+        return [{"case": p["patient"], "repository": m["repository"], "commit": m["commit"],
+                 "image": "%s/%s/%s_<n>.tif (n = 1..%d, channel %d)" % (m["folder"], p["patient"], p["patient"],
+                                                                        p["slices"], kaggle3m.FLAIR_CHANNEL),
+                 "label": "%s/%s/%s_<n>_mask.tif" % (m["folder"], p["patient"], p["patient"]),
+                 "sha256": p["sha256"], "origin": "TCGA-LGG, LGG segmentation set of Buda et al. 2019 (kaggle_3m)"}
+                for p in lgg_patients(d["split"])]
+    return [{"case": os.path.basename(f), "path": f, "origin": "a kaggle_3m folder (LGG segmentation set layout)"}
+            for f in kaggle3m.patient_folders(d["path"])]
 
 
 def data_notice(spec):
     text = "Trained on synthetic phantoms derived from the MNI152 2009a template. " + MNI_NOTICE
     if real_cases_of(spec):
-        text += (" Also trained on the real cases listed in training.real_cases, each with its origin (BraTS or "
-                 "TCIA data, not redistributed; see LowResSegLib/training/real_manifest.json for their sources and "
+        text += (" Also trained on the real cases listed in training.real_cases, each with its origin (BraTS, "
+                 "TCIA or the TCGA-LGG set of Buda et al. 2019: not redistributed; see LowResSegLib/training/real_manifest.json for their sources and "
                  "terms).")
     return text
 

@@ -20,12 +20,13 @@ from LowResSegLib.pipeline import prepare_array
 CACHE_VERSION = 5  # bump when the phantom generator or slicing changes
 
 
-DATA_HELP = ("phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all | msd:PATH | folder:PATH; join several with '+', "
-             "and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
+DATA_HELP = ("phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all | lgg:train|val|all | lgg:PATH | msd:PATH | "
+             "folder:PATH; join several with '+', and repeat one N times with '*N' (e.g. phantom:120:1+real:train*4)")
 
 
 def parse_data_spec(spec):
-    """One data source: ``phantom:N[:seed[:faint|healthy|capped]]``, ``real:SPLIT``, ``msd:PATH`` or ``folder:PATH`` -> dict."""
+    """One data source -> dict: ``phantom:N[:seed[:faint|healthy|capped]]``, ``real:SPLIT``, ``lgg:SPLIT``
+    (the restored LGG set), ``lgg:PATH`` (any kaggle_3m folder), ``msd:PATH`` or ``folder:PATH``."""
     from LowResSegLib.training.phantom import LESIONS
 
     kind, _, rest = spec.partition(":")
@@ -49,6 +50,15 @@ def parse_data_spec(spec):
         if rest not in SPLITS:
             raise ValueError("bad data spec %r: use real:train, real:val or real:all" % spec)
         return {"kind": "real", "split": rest}
+    if kind == "lgg" and rest:
+        from LowResSegLib.training.realdata import SPLITS
+
+        if rest in SPLITS:
+            return {"kind": "lgg", "split": rest}
+        if not os.path.isdir(rest):
+            raise FileNotFoundError("LGG folder not found: %s (lgg:train|val|all is the restored set; lgg:PATH "
+                                    "a kaggle_3m folder)" % rest)
+        return {"kind": "lgg", "path": os.path.abspath(rest)}
     if kind in ("msd", "folder") and rest:
         if not os.path.isdir(rest):
             raise FileNotFoundError("data folder not found: %s" % rest)
@@ -113,6 +123,16 @@ def iter_cases(spec, modality="FLAIR", label="wt", limit=None):
 
         for c in iter_real_cases(d["split"], limit=limit):
             yield c
+    elif d["kind"] == "lgg" and "split" in d:
+        from LowResSegLib.training.lggdata import iter_lgg_cases
+
+        for c in iter_lgg_cases(d["split"], limit=limit):
+            yield c
+    elif d["kind"] == "lgg":
+        from LowResSegLib.training.kaggle3m import iter_kaggle3m_cases
+
+        for c in iter_kaggle3m_cases(d["path"], limit=limit):
+            yield c
     elif d["kind"] == "msd":
         from LowResSegLib.training.sources import iter_msd_cases
 
@@ -139,16 +159,25 @@ def volume_to_slices(image, label, affine, method=DEFAULT_METHOD):
 
 def _fingerprint(d):
     """Names, sizes and mtimes of a data folder's files (the manifest's hashes for real data):
-    changed data gets a new cache."""
+    changed data gets a new cache. Reserved LGG patients (``TCGA_CS_*``) are left out, unopened."""
     if d["kind"] == "real":
         from LowResSegLib.training.realdata import manifest_cases
 
         return hashlib.sha256(json.dumps(manifest_cases(d["split"]), sort_keys=True).encode()).hexdigest()
+    if d["kind"] == "lgg" and "split" in d:
+        from LowResSegLib.training.lggdata import lgg_patients
+
+        return hashlib.sha256(json.dumps(lgg_patients(d["split"]), sort_keys=True).encode()).hexdigest()
     if "path" not in d:
         return None
+    from LowResSegLib.training.kaggle3m import is_reserved
+
+    walk = []
+    for top, dirs, files in os.walk(d["path"]):
+        dirs[:] = [n for n in dirs if not is_reserved(n)]  # pruned: os.walk never looks inside them
+        walk.append((top, sorted(dirs), [f for f in files if not is_reserved(f)]))
     h = hashlib.sha256()
-    for top, dirs, files in sorted(os.walk(d["path"])):
-        dirs.sort()
+    for top, dirs, files in sorted(walk):
         for f in sorted(files):
             st = os.stat(os.path.join(top, f))
             h.update(("%s|%d|%d;" % (os.path.relpath(os.path.join(top, f), d["path"]), st.st_size,
@@ -347,6 +376,19 @@ def augment_slice(im, lb, rng, plan=None):
     return out.astype(np.float32), np.clip(lb, 0.0, 1.0)
 
 
+def resample_stack(slices, size):
+    """:func:`area_resample` of square slices of any sizes to ``size``, stacked in their order.
+
+    Why: sources differ in their native square (256² LGG next to 240² BraTS or phantoms);
+    each size is resampled in one call, then the results are put back in row order.
+    """
+    out = np.empty((len(slices), size, size), np.float32)
+    for shape in sorted({s.shape for s in slices}):
+        rows = [i for i, s in enumerate(slices) if s.shape == shape]
+        out[rows] = area_resample(np.stack([slices[i] for i in rows]), size)
+    return out
+
+
 def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEFAULT_AUGMENTATION):
     """Model input [B,1,r,r] and soft targets per scale [B,1,s,s] (float32 numpy).
 
@@ -362,9 +404,8 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEF
             im, lb = augment_slice(im, lb, rng, plan)
         imgs.append(im)
         labs.append(lb)
-    imgs, labs = np.stack(imgs), np.stack(labs)
-    x = area_resample(imgs, input_size)[:, None].astype(np.float32)
-    ys = [area_resample(labs, s)[:, None].astype(np.float32) for s in scales]
+    x = resample_stack(imgs, input_size)[:, None].astype(np.float32)
+    ys = [resample_stack(labs, s)[:, None].astype(np.float32) for s in scales]
     if crop:
         size = input_size
         if crop >= size:
