@@ -9,6 +9,8 @@ docs/BENCHMARKS.md):
   and contrast: ``stripped`` (skull-stripped, 1 mm), ``raw`` (skull, scalp, neck, noisy
   background), ``raw-thick`` (raw on a clinical 3-6 mm grid) and ``healthy-raw`` (no tumour);
 * ``real:val`` -- the real cases held out of training (``lowresseg fetch-real`` first);
+* ``lgg:val`` -- the LGG validation patients (raw clinical FLAIR, skull on, ~5 mm; ``lowresseg
+  fetch-real --source lgg`` first; the reserved institution CS is never read);
 * ``msd:PATH`` or ``folder:PATH`` -- any labelled data of yours.
 
 The floor is a per-volume threshold at mean + k·SD of the head-mask voxels (on a
@@ -197,6 +199,7 @@ def twin_gaps(rows, model):
 def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
     f = lambda x, fmt="%.3f": "–" if x != x else fmt % x  # noqa: E731 (nan -> dash)
     title = "real cases held out of training" if spec.startswith("real:") else \
+        "LGG patients held out of training (raw clinical FLAIR, skull on, ~5 mm)" if spec.startswith("lgg:") else \
         "held-out phantoms" if spec.startswith("phantom:") else "`%s`" % spec
     lines = ["## Quality on %s" % title, "",
              "Produced by `%s` on %s: %d case(s) of `%s`. %s" % (command, time.strftime("%Y-%m-%d"), n_cases, spec,
@@ -243,7 +246,7 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
             if q:
                 lines.append("- %s: %s vs full-256: mean ΔDice %+.3f (%s; better on %d of %d)." % (
                     v, n, q["mean"], _ci(q), q["wins"], q["n"]))
-    if len(variants) == 1 and n_cases <= 24:  # a set of real cases: every case in the table
+    if len(variants) == 1 and n_cases <= 30:  # a set of real cases: every case in the table
         lines += ["", "Per case (Dice; tumour volume of the truth; lesion contrast in SDs of the other head voxels):",
                   "", "| case | truth mL | contrast SD | %s |" % " | ".join([floor] + models),
                   "|---|---|---|%s" % ("---|" * (1 + len(models)))]
@@ -314,8 +317,8 @@ def main(argv=None):
         d = parse_data_spec(spec)
         if d.get("seed") == args.train_seed:
             raise SystemExit("the held-out phantoms must use a seed other than the training seed %d" % args.train_seed)
-        if d["kind"] == "real" and d["split"] != "val":
-            raise SystemExit("only real:val is held out of training; %s is not" % spec)
+        if d["kind"] in ("real", "lgg") and d["split"] != "val":
+            raise SystemExit("only real:val and lgg:val are held out of training; %s is not" % spec)
     repo = ModelRepository(args.repository)
     models = args.models.split(",") if args.models else repo.names()
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in models}
