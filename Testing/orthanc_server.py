@@ -8,9 +8,13 @@ plugin is not installed, :func:`orthanc_missing` says why, so the tests skip wit
 
 import json
 import os
+import select
 import shutil
 import socket
+import socketserver
+import ssl
 import subprocess
+import threading
 import time
 
 import requests
@@ -50,6 +54,7 @@ class Orthanc(object):
     """One Orthanc process; ``url`` is its DICOMweb root, ``rest`` its native REST API."""
 
     def __init__(self, folder, lua=None):
+        """``lua``: the text of a Lua script Orthanc runs (e.g. a ReceivedInstanceFilter)."""
         self.folder = str(folder)
         os.makedirs(self.folder, exist_ok=True)
         self.port = _free_port()
@@ -127,3 +132,43 @@ class Orthanc(object):
             tags = self.get("/instances/%s/simplified-tags" % iid)
             out.setdefault(tags.get("Modality"), []).append(dict(tags, _id=iid))
         return out
+
+
+class TlsProxy(object):
+    """HTTPS on 127.0.0.1 in front of ``port``, with the certificate ``cert`` (and its ``key``).
+
+    Debian's Orthanc 1.10 crashes on an HTTPS connection (its civetweb with OpenSSL 3), so TLS
+    is terminated here, as an nginx in front of a PACS does; ``url`` is the DICOMweb root.
+    """
+
+    def __init__(self, cert, key, port):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert), str(key))
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self):
+                try:
+                    client = context.wrap_socket(self.request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return  # the client refused our certificate: what the tests expect of it
+                with client, socket.create_connection(("127.0.0.1", port)) as upstream:
+                    ends = {client: upstream, upstream: client}
+                    while True:
+                        ready, _, _ = select.select(list(ends), [], [], 5)
+                        if not ready:
+                            return
+                        for end in ready:
+                            data = end.recv(65536)
+                            if not data:
+                                return
+                            ends[end].sendall(data)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Pipe)
+        self.server.daemon_threads = True
+        self.url = "https://127.0.0.1:%d/dicom-web" % self.server.server_address[1]
+        self.host = "127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
