@@ -25,7 +25,7 @@ import re
 import secrets
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 from urllib.parse import quote, urlsplit
 
 __all__ = ["PacsError", "Auth", "load_auth", "PacsClient", "StoreResult", "StudyJob", "store_seg", "run_pacs",
@@ -392,7 +392,7 @@ class StudyJob(object):
         series, _ = dr.group_series(headers)
         contrast = card_contrast(self.engine.card)
         try:
-            self.chosen = dr.choose_series(series, contrast, self.series_uid, where="study %s" % self.study)
+            self.chosen = dr.choose_series(series, contrast, self.series_uid, where="the study")
         except dr.DicomReadError as exc:
             self.row.update(status="refused", message=str(exc).replace("pass --series UID", "pass --study UID "
                                                                            "--series UID"))
@@ -447,8 +447,7 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
              report: Optional[str] = None, auth: Optional[Auth] = None, ca_bundle: Optional[str] = None,
              force: bool = False, dry_run: bool = False, series_uid: Optional[str] = None,
              repository: Optional[str] = None, threads: int = 0, timeout: float = 30.0, retries: int = 3,
-             progress: bool = True, engine=None, backoff: float = 1.0,
-             on_row: Optional[Callable[[Dict[str, Any]], None]] = None) -> List[Dict[str, Any]]:
+             progress: bool = True, engine=None, backoff: float = 1.0) -> List[Dict[str, Any]]:
     """Segment every study matching ``filters`` on the server ``url``; returns one report row per study.
 
     ``report`` (a CSV, rewritten after every study; not written on a ``dry_run``) keeps rows of
@@ -463,6 +462,10 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
 
     if report and not dry_run and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
         raise PacsError("the folder of the report %s does not exist; create it or pass another --report" % report)
+    try:
+        import highdicom  # noqa: F401  (the SEG writer: fail before the first study, not in each)
+    except ImportError:
+        raise PacsError('writing DICOM-SEG needs the optional extra: pip install "LowResSegLib[dicom]"')
     client = PacsClient(url, auth, ca_bundle, timeout=timeout, retries=retries, backoff=backoff)
     scrub = auth.scrub if auth else (lambda text: text)
     try:
@@ -487,8 +490,6 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 job.row.update(status="failed", message=scrub(text))
             out.append(job.row)
-            if on_row:
-                on_row(job.row)
             if report and not dry_run:
                 rows[job.study] = job.row
                 write_report(report, rows, REPORT_FIELDS)
