@@ -200,8 +200,11 @@ class PacsClient(object):
         import requests
 
         if isinstance(exc, requests.exceptions.SSLError):
-            return self._error("%s: the TLS certificate of %s could not be verified; pass --ca-bundle with the PEM "
-                               "file of its CA (it is never skipped)" % (what, self.host))
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
+                return self._error("%s: the TLS certificate of %s could not be verified; pass --ca-bundle with the "
+                                   "PEM file of its CA (verification is never skipped)" % (what, self.host))
+            return self._error("%s: TLS with %s failed; check that the URL's scheme and port serve HTTPS"
+                               % (what, self.host))
         if isinstance(exc, requests.Timeout):
             return self._error("%s: %s did not answer within %.0f s; the server may be overloaded (try --timeout)"
                                % (what, self.host, self.timeout))
@@ -256,7 +259,7 @@ class PacsClient(object):
             return []
         try:
             return _datasets(response.json())
-        except ValueError:
+        except (ValueError, TypeError, KeyError, AttributeError):
             raise self._error("%s: the server's answer is not DICOM JSON; check the URL" % what)
 
     # ---------------------------------------------------------------- QIDO-RS / WADO-RS / STOW-RS
@@ -293,11 +296,16 @@ class PacsClient(object):
     def store(self, path: str) -> StoreResult:
         """STOW-RS the DICOM file ``path`` into its study; raises unless the server says it kept it."""
         import pydicom
+        import pydicom.errors
         import requests
         from pydicom import Dataset
 
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            study, series, sop = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+        except (pydicom.errors.InvalidDicomError, AttributeError, ValueError) as exc:
+            raise PacsError("%s is not a DICOM instance with study, series and instance UIDs (%s); store a SEG that "
+                            "LowResSeg wrote" % (path, str(exc).splitlines()[0][:100] if str(exc) else "unreadable"))
         what = "storing %s in study %s" % (os.path.basename(path), study)
         boundary = "lowresseg-" + secrets.token_hex(12)
         with open(path, "rb") as f:
