@@ -15,7 +15,7 @@ import re
 
 from LowResSegLib.io import detect_format
 
-__all__ = ["Case", "find_cases", "run_batch", "CSV_NAME", "CSV_FIELDS"]
+__all__ = ["Case", "find_cases", "run_batch", "read_report", "write_report", "CSV_NAME", "CSV_FIELDS"]
 
 CSV_NAME = "batch.csv"
 CSV_FIELDS = ["case", "status", "message", "volume_ml", "series", "series_description", "seconds", "warnings",
@@ -89,20 +89,22 @@ def find_cases(root, contrast=None):
     return cases
 
 
-def _read_csv(path):
+def read_report(path, key="case"):
+    """The rows of an earlier report by their ``key`` column ({} when there is none): what a rerun keeps."""
     if not os.path.exists(path):
         return {}
     with open(path, newline="") as f:
-        return {row["case"]: row for row in csv.DictReader(f)}
+        return {row[key]: row for row in csv.DictReader(f) if row.get(key)}
 
 
-def _write_csv(path, rows):
+def write_report(path, rows, fields=CSV_FIELDS):
+    """Rewrite the report whole (via a .part file), so an interrupted run leaves a complete one."""
     tmp = path + ".part"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for row in rows.values():
-            w.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+            w.writerow({k: row.get(k, "") for k in fields})
     os.replace(tmp, path)
 
 
@@ -128,7 +130,7 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
         raise ValueError("no images found under %s (NIfTI, NRRD, MetaImage files or DICOM series)" % root)
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, CSV_NAME)
-    rows = _read_csv(csv_path)
+    rows = read_report(csv_path)
     bar = tqdm(cases, desc="batch", unit="case", disable=not progress)
     for case in bar:
         bar.set_postfix_str(case.case_id[-40:])
@@ -153,5 +155,5 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
                 row.update(status="failed", message=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
                            warnings=" | ".join(run.warnings))
         rows[case.case_id] = row
-        _write_csv(csv_path, rows)
+        write_report(csv_path, rows)
     return list(rows.values())

@@ -1,4 +1,4 @@
-"""``lowresseg`` command line: models, segment, compare, demo, phantom, fetch-real, train, export.
+"""``lowresseg`` command line: models, segment, batch, pacs, compare, demo, phantom, fetch-real, train, export.
 
 Heavy imports (torch, SimpleITK) happen inside the subcommand that needs them, so
 ``lowresseg models`` starts fast and works without the training extra.
@@ -96,6 +96,43 @@ def cmd_batch(args):
         print("failed: %s: %s" % (r["case"], r.get("message", "")), file=sys.stderr)
     print("%d case(s) done, %d failed; summary in %s" % (len(done), len(failed), os.path.join(args.out, CSV_NAME)))
     return 1 if failed else 0
+
+
+def cmd_pacs(args):
+    import re
+
+    from LowResSegLib.pacs import PacsError, load_auth, run_pacs
+
+    if args.series and not args.study:
+        raise ValueError("--series picks a series of one study: give --study UID with it")
+    if args.study_date and not re.match(r"^(\d{8})?(-(\d{8})?)?$", args.study_date):
+        raise ValueError("--study-date %r must be YYYYMMDD or a range YYYYMMDD-YYYYMMDD (either end may be left "
+                         "out)" % args.study_date)
+    filters = {k: v for k, v in (("PatientID", args.patient_id), ("StudyInstanceUID", args.study),
+                                 ("StudyDate", args.study_date)) if v}
+    try:
+        auth = load_auth(args.auth_file, args.auth_env)
+        rows = run_pacs(args.url, args.model, filters, report=None if args.dry_run else args.report, auth=auth,
+                        ca_bundle=args.ca_bundle, force=args.force, dry_run=args.dry_run, series_uid=args.series,
+                        repository=args.repository, threads=args.threads, timeout=args.timeout,
+                        retries=args.retries)
+    except PacsError as e:
+        print("lowresseg pacs: error: %s" % e, file=sys.stderr)
+        return 2
+    count = {}
+    for r in rows:
+        count[r["status"]] = count.get(r["status"], 0) + 1
+        if args.dry_run or r["status"] in ("refused", "failed"):
+            print("%s: study %s (patient %s): %s" % (r["status"], r["study"], r["patient_id"] or "-", r["message"]),
+                  file=sys.stdout if args.dry_run else sys.stderr)
+    if args.dry_run:
+        print("dry run: %d study(ies) found, %d would be segmented; nothing retrieved, stored or written"
+              % (len(rows), count.get("planned", 0)))
+        return 0
+    print("%d study(ies): %d SEG(s) stored, %d skipped (already done), %d refused, %d failed; report in %s"
+          % (len(rows), count.get("done", 0), count.get("skipped", 0), count.get("refused", 0),
+             count.get("failed", 0), args.report))
+    return 1 if count.get("refused") or count.get("failed") else 0
 
 
 def cmd_compare(args):
@@ -258,6 +295,27 @@ def build_parser():
     bt.add_argument("--overwrite", action="store_true", help="redo cases already done and replace their outputs")
     bt.add_argument("--repository", default=default_repository())
     bt.set_defaults(func=cmd_batch)
+
+    pc = sub.add_parser("pacs", help="segment the FLAIR of each study on a DICOMweb server (PACS) and store the "
+                                     "DICOM-SEG back into the study (docs/pacs.md)")
+    pc.add_argument("url", help="the server's DICOMweb root, e.g. http://orthanc:8042/dicom-web")
+    pc.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
+    pc.add_argument("--patient-id", help="only studies of this PatientID")
+    pc.add_argument("--study", help="only the study with this StudyInstanceUID")
+    pc.add_argument("--series", help="with --study: the SeriesInstanceUID to read (else the FLAIR, docs/dicom.md)")
+    pc.add_argument("--study-date", help="only studies of this date, YYYYMMDD, or a range YYYYMMDD-YYYYMMDD")
+    pc.add_argument("--report", default="pacs.csv", help="CSV report, one row per study (default ./pacs.csv)")
+    pc.add_argument("--auth-file", help="file holding 'USER:PASSWORD' (HTTP basic) or 'bearer TOKEN'")
+    pc.add_argument("--auth-env", help="environment variable holding the same (default: LOWRESSEG_PACS_AUTH when set)")
+    pc.add_argument("--ca-bundle", help="PEM file of the CA that signed the server's TLS certificate")
+    pc.add_argument("--timeout", type=float, default=30.0, help="seconds a search or retrieve may wait (default 30)")
+    pc.add_argument("--retries", type=int, default=3, help="retries of a failed search or retrieve (default 3)")
+    pc.add_argument("--force", action="store_true", help="segment studies that already have a SEG of this model "
+                                                         "version (a new SEG is added; none is replaced)")
+    pc.add_argument("--dry-run", action="store_true", help="list what would be done; retrieve, store and write nothing")
+    pc.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
+    pc.add_argument("--repository", default=default_repository())
+    pc.set_defaults(func=cmd_pacs)
 
     sub.add_parser("serve", help="the edge inference server (KServe v2 / Triton-compatible): the options of "
                                  "`python3 -m LowResSegLib.server`, see `lowresseg serve --help`")

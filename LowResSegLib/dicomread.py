@@ -28,7 +28,7 @@ import struct
 
 import numpy as np
 
-__all__ = ["DICOM_EXTENSIONS", "DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
+__all__ = ["DICOM_EXTENSIONS", "DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "group_series", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
            "split_volumes", "stack_geometry", "read_series_pixels", "ORIENTATION_TOL", "SPACING_TOL"]
 
 ORIENTATION_TOL = 1e-3  # max difference of direction cosines treated as one orientation (~0.06 degrees)
@@ -238,7 +238,7 @@ def scan_files(paths):
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
 
-    series, ignored = {}, []
+    headers, ignored = [], []
     for path in paths:
         name = os.path.basename(path)
         with open(path, "rb") as f:
@@ -258,14 +258,32 @@ def scan_files(paths):
                 raise _unreadable(path, reason)
             ignored.append(name)
             continue
-        meta = getattr(ds, "file_meta", None)
-        sop_class = _text(ds.get("SOPClassUID")) or (_text(meta.get("MediaStorageSOPClassUID")) if meta else None)
-        if sop_class in _NON_IMAGE_CLASSES or "Rows" not in ds or not ds.get("SeriesInstanceUID"):
-            what = _NON_IMAGE_CLASSES.get(sop_class) or ("SOP class %s" % sop_class if sop_class else "no image")
-            ignored.append("%s (%s)" % (name, what))
-            continue
-        if _truncated(path, ds):
+        if _is_image(ds) and _truncated(path, ds):
             raise _unreadable(path, "the file is shorter than its own pixel data")
+        headers.append((path, ds))
+    series, more = group_series(headers)
+    return series, ignored + more
+
+
+def _sop_class(ds):
+    meta = getattr(ds, "file_meta", None)
+    return _text(ds.get("SOPClassUID")) or (_text(meta.get("MediaStorageSOPClassUID")) if meta else None)
+
+
+def _is_image(ds):
+    return _sop_class(ds) not in _NON_IMAGE_CLASSES and "Rows" in ds and bool(ds.get("SeriesInstanceUID"))
+
+
+def group_series(headers):
+    """(series by UID, ignored notes) from ``(path, dataset)`` pairs: headers read from files, or a
+    DICOMweb server's metadata (then ``path`` only names the instance). Non-image objects are noted."""
+    series, ignored = {}, []
+    for path, ds in headers:
+        if not _is_image(ds):
+            sop_class = _sop_class(ds)
+            what = _NON_IMAGE_CLASSES.get(sop_class) or ("SOP class %s" % sop_class if sop_class else "no image")
+            ignored.append("%s (%s)" % (os.path.basename(path), what))
+            continue
         uid = str(ds.SeriesInstanceUID)
         if uid not in series:
             series[uid] = Series(uid, ds)

@@ -36,7 +36,7 @@ import numpy as np
 from LowResSegLib.io import atomic_write
 from LowResSegLib.outputs import check_output_path
 
-__all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "read_dicom_seg", "run_dciodvfy",
+__all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "software_versions", "read_dicom_seg", "run_dciodvfy",
            "seg_errors_by_origin", "labels_for_source_files"]
 
 _INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
@@ -258,6 +258,11 @@ def _segment_description(number, cls, card, hd, codes):
 # --------------------------------------------------------------------------- write
 
 
+def software_versions(card):
+    """SoftwareVersions of a SEG made by this model version: how a PACS rerun recognises its own SEGs."""
+    return ("LowResSeg %s %s" % (card["name"], card["version"]))[:64]
+
+
 def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None,
                     source_frames=None, sources=None):
     """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG; return ``out_path``.
@@ -341,7 +346,7 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
                 instance_number=1,
                 manufacturer="LowResSeg",
                 manufacturer_model_name=name[:64],
-                software_versions=("LowResSeg %s %s" % (name, version))[:64],
+                software_versions=software_versions(card),
                 device_serial_number="none",
                 content_label="LOWRESSEG",
                 content_description=("%s %s automatic segmentation" % (name, version))[:64],

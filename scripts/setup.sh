@@ -55,6 +55,10 @@ if ! apt_install dicom3tools; then
 fi
 # the tests make a throw-away TLS certificate for the edge server with the openssl command
 if [ "$MODE" != runtime ]; then apt_install openssl || die "the tests need the openssl command (Debian package openssl)"; fi
+# the PACS tests (Testing/test_pacs.py) run a real Orthanc with its DICOMweb plugin on 127.0.0.1
+if [ "$MODE" != runtime ]; then
+  apt_install orthanc orthanc-dicomweb || say "continuing without Orthanc: the PACS tests will skip and say why"
+fi
 
 # --- the virtual environment ---------------------------------------------------------------------
 venv_ok() { [ -x "$VPY" ] && "$VPY" -c 'import pip' >/dev/null 2>&1; }
