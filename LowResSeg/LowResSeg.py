@@ -38,7 +38,11 @@ from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
 _RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
 _DICOM_PACKAGES = (("highdicom", "highdicom"),)
 _POLL_MS = 100
-_SETTINGS_URL, _SETTINGS_TOKEN_FILE = "LowResSeg/ServerURL", "LowResSeg/TokenFile"
+_PACS_PACKAGES = (("requests", "requests"),)
+# where each remembered server lives: (settings key of its URL, settings key of its secret's file, file name,
+# shortest secret accepted); the secret itself is only ever in that 0600 file
+_SERVERS = {"edge": ("LowResSeg/ServerURL", "LowResSeg/TokenFile", "server-token", 16),
+            "pacs": ("LowResSeg/PacsURL", "LowResSeg/PacsCredentialsFile", "pacs-credentials", 1)}
 _LEGACY_SETTINGS_TOKEN = "LowResSeg/Token"  # older versions kept the token itself in the .ini: removed on sight
 
 
@@ -150,8 +154,9 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTable.setColumnCount(6)
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
-        self.ui.serverUrlLineEdit.text = self.logic.savedServerUrl()
-        self.ui.tokenLineEdit.text = self.logic.savedToken()  # shown as dots; kept in a 0600 file, never logged
+        # shown as dots; kept in 0600 files, never in the settings or a log
+        self.ui.serverUrlLineEdit.text, self.ui.tokenLineEdit.text = self.logic.savedServer("edge")
+        self.ui.pacsUrlLineEdit.text, self.ui.pacsCredentialsLineEdit.text = self.logic.savedServer("pacs")
         self.ui.remoteRadioButton.connect("toggled(bool)", self.onProcessingChanged)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.onProcessingChanged()
@@ -205,8 +210,19 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.ui.remoteRadioButton.checked:
             return None
         url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.tokenLineEdit.text.strip()
-        self.logic.saveServer(url, token)
+        self.logic.saveServer("edge", url, token)
         return url, token or None
+
+    def pacs(self):
+        """(url, credentials) when the export should also store in the PACS, else None; remembered like the edge
+        server's."""
+        if not self.ui.sendToPacsCheckBox.checked:
+            return None
+        url, credentials = self.ui.pacsUrlLineEdit.text.strip(), self.ui.pacsCredentialsLineEdit.text.strip()
+        if not url:
+            raise ValueError(_("Enter the PACS's DICOMweb URL, e.g. https://pacs.hospital.org/dicom-web"))
+        self.logic.saveServer("pacs", url, credentials)
+        return url, credentials
 
     def onProcessingChanged(self, checked=None):
         remote = bool(self.ui.remoteRadioButton.checked)
@@ -354,11 +370,22 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if row < 0 or row >= len(models):
             slicer.util.errorDisplay(_("Select the run to export in the results table."))
             return
-        if not ensure_packages(_DICOM_PACKAGES, _("DICOM-SEG export")):
+        try:
+            pacs = self.pacs()
+        except (OSError, ValueError) as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        if not ensure_packages(_DICOM_PACKAGES + (_PACS_PACKAGES if pacs else ()), _("DICOM-SEG export")):
             return
         with slicer.util.tryWithErrorDisplay(_("DICOM-SEG export failed."), waitCursor=True):
             path = self.logic.exportDicomSeg(self._volumeNode, self._segmentations[models[row]])
             self.ui.statusLabel.text = _("DICOM-SEG added to the DICOM database: {path}").format(path=path)
+        if pacs:
+            with slicer.util.tryWithErrorDisplay(_("The DICOM-SEG is in the DICOM database, but storing it in the "
+                                                   "PACS failed."), waitCursor=True):
+                said = self.logic.storeInPacs(pacs[0], pacs[1], path)
+                self.ui.statusLabel.text = _("DICOM-SEG added to the DICOM database and {said}: {path}").format(
+                    said=said, path=path)
 
 
 class LowResSegLogic(ScriptedLoadableModuleLogic):
@@ -411,41 +438,45 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return BackgroundRuns(volume, models, engine, python=slicersupport.worker_python(),
                               pythonpath=[_bundle_root()]).start()
 
-    # ------------------------------------------------------------------ edge server settings
+    # ------------------------------------------------------------------ remembered servers
 
-    def _tokenFile(self):
-        return slicersupport.token_file_for(qt.QSettings().fileName())
-
-    def savedServerUrl(self):
-        return qt.QSettings().value(_SETTINGS_URL, "") or ""
-
-    def savedToken(self):
-        """The token kept in its private file, or "" (a missing or unreadable file is not an error here)."""
+    def savedServer(self, kind):
+        """(URL, secret) remembered for ``kind`` ("edge" or "pacs"); "" for what is not there or unreadable."""
         from LowResSegLib.tokens import read_token
 
+        urlKey, fileKey, _name, minChars = _SERVERS[kind]
         settings = qt.QSettings()
         settings.remove(_LEGACY_SETTINGS_TOKEN)  # never leave a token in the settings file
-        path = settings.value(_SETTINGS_TOKEN_FILE, "") or ""
+        path = settings.value(fileKey, "") or ""
         try:
-            return read_token(path) if path else ""
+            secret = read_token(path, minChars) if path else ""
         except (OSError, ValueError):
-            return ""
+            secret = ""
+        return settings.value(urlKey, "") or "", secret
 
-    def saveServer(self, url, token):
-        """Remember the URL in Slicer's settings and the token in a 0600 file; the settings keep only its path."""
+    def saveServer(self, kind, url, secret):
+        """Remember the URL in Slicer's settings and the secret in a 0600 file; the settings keep only its path."""
         from LowResSegLib.tokens import write_token
 
+        urlKey, fileKey, name, _minChars = _SERVERS[kind]
         settings = qt.QSettings()
-        settings.setValue(_SETTINGS_URL, url)
+        settings.setValue(urlKey, url)
         settings.remove(_LEGACY_SETTINGS_TOKEN)
-        path = self._tokenFile()
-        if token:
-            write_token(path, token)
-            settings.setValue(_SETTINGS_TOKEN_FILE, path)
+        path = slicersupport.secret_file_for(settings.fileName(), name)
+        if secret:
+            write_token(path, secret)
+            settings.setValue(fileKey, path)
         else:
             if os.path.exists(path):
                 os.remove(path)
-            settings.remove(_SETTINGS_TOKEN_FILE)
+            settings.remove(fileKey)
+
+    def storeInPacs(self, url, credentials, path):
+        """Store a DICOM-SEG file in its study on the DICOMweb server; one line for the user."""
+        from LowResSegLib.pacs import store_seg
+
+        result = store_seg(url, path, credentials or None)
+        return _("stored in the PACS, study {study}").format(study=result.study_uid)
 
     def testConnection(self, url, token=None):
         """One line for the UI: the server, its models and the round trip, or what went wrong."""

@@ -201,8 +201,9 @@ class PacsClient(object):
 
         if isinstance(exc, requests.exceptions.SSLError):
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
-                return self._error("%s: the TLS certificate of %s could not be verified; pass --ca-bundle with the "
-                                   "PEM file of its CA (verification is never skipped)" % (what, self.host))
+                return self._error("%s: the TLS certificate of %s could not be verified; give the PEM file of its "
+                                   "CA (lowresseg pacs --ca-bundle; for Slicer, set REQUESTS_CA_BUNDLE to it "
+                                   "before starting Slicer); verification is never skipped" % (what, self.host))
             return self._error("%s: TLS with %s failed; check that the URL's scheme and port serve HTTPS"
                                % (what, self.host))
         if isinstance(exc, requests.Timeout):

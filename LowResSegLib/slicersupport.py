@@ -10,7 +10,7 @@ import shutil
 import sys
 
 __all__ = ["terminology_tag", "segment_specs", "node_name", "card_summary", "side_by_side_layout",
-           "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "token_file_for"]
+           "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "secret_file_for"]
 
 _CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -98,6 +98,7 @@ def worker_python(executable=None, which=shutil.which):
                        "with your Slicer version" % executable)
 
 
-def token_file_for(settings_file):
-    """Where the module keeps the edge-server token: a private file beside Slicer's settings file."""
-    return os.path.join(os.path.dirname(os.path.abspath(settings_file)), "LowResSeg", "server-token")
+def secret_file_for(settings_file, name):
+    """Where the module keeps a secret (``server-token``, ``pacs-credentials``): a private file beside
+    Slicer's settings file, whose path, not content, goes into the settings."""
+    return os.path.join(os.path.dirname(os.path.abspath(settings_file)), "LowResSeg", name)

@@ -1,7 +1,8 @@
 """Bearer-token files: one private file per secret, never a command line or a settings file.
 
-The edge server reads its token with ``--token-file``; the Slicer module keeps the token a
-user typed in such a file (mode 0600) and stores only the file's path in Slicer's settings.
+The edge server reads its token with ``--token-file``; the Slicer module keeps the edge-server
+token and the PACS credentials a user typed in such files (mode 0600) and stores only their
+paths in Slicer's settings.
 Python 3.6 (the edge server's closure); stdlib only.
 """
 
@@ -12,16 +13,16 @@ __all__ = ["read_token", "write_token", "MIN_TOKEN_CHARS"]
 MIN_TOKEN_CHARS = 16
 
 
-def read_token(path):
-    """The bearer token in ``path`` (first line); refuses a file others may read."""
+def read_token(path, min_chars=MIN_TOKEN_CHARS):
+    """The secret in ``path`` (first line); refuses a file others may read, or a secret under ``min_chars``."""
     mode = os.stat(path).st_mode
     if os.name == "posix" and mode & 0o077:
         raise ValueError("token file %s is readable by others (mode %o); run: chmod 600 %s" % (path, mode & 0o777, path))
     with open(path) as f:
         token = f.readline().strip()
-    if len(token) < MIN_TOKEN_CHARS:
+    if len(token) < max(1, min_chars):
         raise ValueError("token in %s is shorter than %d characters; make one with: openssl rand -hex 32"
-                         % (path, MIN_TOKEN_CHARS))
+                         % (path, min_chars))
     return token
 
 

@@ -311,7 +311,7 @@ def test_store_seg_for_slicer_and_tls_is_verified(tmp_path, studies, repo):
     server = _server(tmp_path, studies, ["A"])
     proxy = TlsProxy(cert, key, server.port)
     try:
-        with pytest.raises(PacsError, match="TLS certificate of %s could not be verified; pass --ca-bundle"
+        with pytest.raises(PacsError, match="TLS certificate of %s could not be verified; give the PEM file of its CA"
                                             % proxy.host) as exc:
             store_seg(proxy.url, seg, "%s:%s" % (USER, PASSWORD))
         _no_secret(str(exc.value))

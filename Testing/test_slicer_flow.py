@@ -419,3 +419,44 @@ def test_the_self_test_runs_on_the_shipped_models(module, monkeypatch):
     test.test_segment_blob()
     test.setUp()
     test.test_compare_two_models()
+
+
+def test_export_also_stores_the_seg_in_the_pacs(module, tmp_path):
+    """The export step sends the SEG to a real Orthanc (DICOMweb STOW-RS), into the volume's study."""
+    import pydicom
+    import qt
+    from orthanc_server import PASSWORD, USER, Orthanc, orthanc_missing
+
+    if orthanc_missing():
+        pytest.skip(orthanc_missing())
+    node, vol, files = dicom_loaded_node(tmp_path)
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.upload(files)
+        widget = make_widget(module, node)
+        widget.ui.segmentButton.click()
+        pump(widget)
+        widget.ui.resultsTable.selected = 0
+        widget.ui.sendToPacsCheckBox.checked = True
+        widget.ui.pacsUrlLineEdit.text = server.url
+        widget.ui.pacsCredentialsLineEdit.text = "%s:wrong-password" % USER
+        widget.ui.exportDicomSegButton.click()
+        kind, text = slicer.util.messages[-1]
+        assert kind == "error" and "storing it in the PACS failed" in text and "wrong-password" not in text
+        assert len(DICOMUtils.imported) == 1  # the local export itself went through
+        slicer.util.slot_errors.clear()
+
+        widget.ui.pacsCredentialsLineEdit.text = "%s:%s" % (USER, PASSWORD)
+        widget.ui.exportDicomSegButton.click()
+        assert "stored in the PACS, study %s" % study in widget.ui.statusLabel.text, slicer.util.messages[-1]
+        segs = server.instances_by_modality().get("SEG", [])
+        assert len(segs) == 1 and segs[0]["StudyInstanceUID"] == study
+        assert not any(PASSWORD in str(v) for v in qt.QSettings.store.values())  # only the file's path
+        path = qt.QSettings().value("LowResSeg/PacsCredentialsFile")
+        assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+        again = make_widget(module, node)
+        assert (again.ui.pacsUrlLineEdit.text, again.ui.pacsCredentialsLineEdit.text) == (server.url,
+                                                                                          "%s:%s" % (USER, PASSWORD))
+    finally:
+        server.stop()
