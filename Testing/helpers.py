@@ -44,3 +44,19 @@ def cube_phantom(shape, brain, cube):
     truth = np.zeros(shape, np.uint8)
     truth[cube] = 1
     return img, truth
+
+
+def self_signed_cert(folder):
+    """A throw-away certificate for localhost / 127.0.0.1 made with the openssl command: (cert, key) paths."""
+    import subprocess
+
+    import pytest
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make the test certificate (Debian package openssl)")
+    cert, key = os.path.join(str(folder), "cert.pem"), os.path.join(str(folder), "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    return cert, key

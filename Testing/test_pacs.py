@@ -21,7 +21,7 @@ pytest.importorskip("requests")
 from LowResSegLib.cli import main  # noqa: E402
 from LowResSegLib.geometry import Volume  # noqa: E402
 
-from helpers import installed_tool  # noqa: E402
+from helpers import installed_tool, self_signed_cert  # noqa: E402
 from model_factory import add_threshold_model  # noqa: E402
 from orthanc_server import PASSWORD, USER, Orthanc, TlsProxy, orthanc_missing  # noqa: E402
 from test_cli_segment import MODEL, lps_affine, phantom  # noqa: E402
@@ -292,19 +292,11 @@ def _auth_file(tmp_path):
 @needs_orthanc
 def test_store_seg_for_slicer_and_tls_is_verified(tmp_path, studies, repo):
     """What the Slicer export step calls; over HTTPS with a self-signed certificate: refused, then pinned."""
-    import shutil
-
     from LowResSegLib.dicomseg import write_dicom_seg
     from LowResSegLib.modelstore import ModelRepository
     from LowResSegLib.pacs import PacsError, store_seg
 
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is needed to make the test certificate (Debian package openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    cert, key = self_signed_cert(tmp_path)
     _, truth = phantom()
     source = studies["A"]["files"]["Ax T2 FLAIR"]
     seg = write_dicom_seg(truth, source, ModelRepository(repo).card(MODEL), str(tmp_path / "seg.dcm"))

@@ -19,7 +19,7 @@ from LowResSegLib.engines import LocalEngine, RemoteEngine, RemoteError
 from LowResSegLib.geometry import Volume
 from LowResSegLib.pipeline import segment
 
-from helpers import cube_phantom
+from helpers import cube_phantom, self_signed_cert
 from model_factory import add_threshold_model
 
 MODEL = "threshold-16to64"
@@ -255,15 +255,7 @@ def test_probe_shows_server_models_and_round_trip(server, secured):
 
 
 def test_tls_is_verified_and_a_pinned_ca_is_accepted(repo, tmp_path):
-    import shutil as _shutil
-
-    openssl = _shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is needed to make the test certificate (Debian package openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    cert, key = self_signed_cert(tmp_path)
     s = start_server(repo, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         url = "https://127.0.0.1:%d" % s.port

@@ -219,16 +219,22 @@ def dicom_loaded_node(tmp_path):
     return node, vol, files
 
 
+def segmented_widget(module, node):
+    """The module after one run on ``node``, that run selected in the results table."""
+    widget = make_widget(module, node)
+    widget.ui.segmentButton.click()
+    pump(widget)
+    widget.ui.resultsTable.selected = 0
+    return widget
+
+
 def test_export_writes_a_dicom_seg_into_the_database(module, tmp_path):
     import pydicom
 
     from LowResSegLib.dicomseg import read_dicom_seg
 
     node, vol, files = dicom_loaded_node(tmp_path)
-    widget = make_widget(module, node)
-    widget.ui.segmentButton.click()
-    pump(widget)
-    widget.ui.resultsTable.selected = 0
+    widget = segmented_widget(module, node)
     widget.ui.exportDicomSegButton.click()
     assert len(DICOMUtils.imported) == 1, slicer.util.messages
     staging, copied = DICOMUtils.imported[0]
@@ -256,10 +262,7 @@ def test_export_writes_a_dicom_seg_into_the_database(module, tmp_path):
 def test_export_says_so_when_the_database_does_not_take_the_seg(module, tmp_path):
     """DICOMUtils.importDicom catches everything and returns False: the module must not report success."""
     node, _, _ = dicom_loaded_node(tmp_path)
-    widget = make_widget(module, node)
-    widget.ui.segmentButton.click()
-    pump(widget)
-    widget.ui.resultsTable.selected = 0
+    widget = segmented_widget(module, node)
     slicer.dicomDatabase.isOpen = False  # e.g. the database folder is gone
     widget.ui.exportDicomSegButton.click()
     kind, text = slicer.util.messages[-1]
@@ -434,10 +437,7 @@ def test_export_also_stores_the_seg_in_the_pacs(module, tmp_path):
     server = Orthanc(tmp_path / "orthanc").start()
     try:
         server.upload(files)
-        widget = make_widget(module, node)
-        widget.ui.segmentButton.click()
-        pump(widget)
-        widget.ui.resultsTable.selected = 0
+        widget = segmented_widget(module, node)
         widget.ui.sendToPacsCheckBox.checked = True
         widget.ui.pacsUrlLineEdit.text = server.url
         widget.ui.pacsCredentialsLineEdit.text = "%s:wrong-password" % USER
