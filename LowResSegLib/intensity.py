@@ -267,7 +267,8 @@ def _deep_inside(mask, spacing, depth_mm):
     """Voxels of ``mask`` more than ``depth_mm`` inside it, from a distance map on a grid twice as coarse."""
     import SimpleITK as sitk
 
-    factors = tuple(2 if n >= 8 and s * 2 <= depth_mm / 2 else 1 for n, s in zip(mask.shape, spacing))
+    # coarse voxels at most half the depth (with slack for spacings like 2.5000000000000004 mm)
+    factors = tuple(2 if n >= 8 and s * 2 <= depth_mm / 2 + 1e-6 else 1 for n, s in zip(mask.shape, spacing))
     coarse = _block_mean(mask.astype(np.float32), factors) >= 0.5
     img = sitk.GetImageFromArray(coarse.astype(np.uint8))
     img.SetSpacing([s * f for s, f in zip(spacing, factors)][::-1])

@@ -36,6 +36,11 @@ class Segmentation(object):
         return self.reference.with_array(self.labels, model=self.card["name"])
 
 
+THRESHOLD = 0.5  # tumour where the resampled probability exceeds this
+#: A slice whose model output peaks at or below this cannot reach THRESHOLD after resampling (a convex
+#: combination, up to float32 rounding); the 8-bit outputs step from 127/255 = 0.498 to 128/255 = 0.502.
+NO_LABEL_BELOW = THRESHOLD - 1e-3
+
 _ANISO_TOL = 1.5  # in-plane spacings further apart than this (a reformatted thick-slice scan) get square pixels
 _MAX_INPLANE = 1024
 
@@ -131,16 +136,22 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     slices, nk = prepared.slices, prepared.shape[0]
     t_pre = time.perf_counter() - t0
     t_inf = t_post = 0.0
-    prob = np.zeros(prepared.shape, np.float32)
+    prob = np.zeros(prepared.shape, np.float32)  # slices left at 0 hold no label (see below)
+    floor = 0.0 if keep_probabilities else NO_LABEL_BELOW
     for start in range(0, nk, chunk):
         if cancel is not None and cancel():
             return None
         t = time.perf_counter()
         x = low_res_inputs(slices[start:start + chunk], card)
         t1 = time.perf_counter()
-        p = engine.infer(x)
+        p = engine.infer(x)[:, 0]
         t2 = time.perf_counter()
-        prob[start:start + chunk] = prepared.to_slice_grid(p[:, 0])
+        # bilinear and area resampling average with non-negative weights, so a slice's peak bounds its
+        # resampled values: one below the threshold (by more than float rounding) cannot hold a label,
+        # and is not brought back to full resolution unless the probabilities are kept
+        busy = np.flatnonzero(p.reshape(len(p), -1).max(axis=1) > floor)
+        if len(busy):
+            prob[start + busy] = prepared.to_slice_grid(p[busy])
         t3 = time.perf_counter()
         t_pre += t1 - t
         t_inf += t2 - t1
@@ -150,9 +161,11 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     if cancel is not None and cancel():
         return None
     t = time.perf_counter()
-    prob = from_canonical(prob, volume.affine)
-    labels = (prob > 0.5).astype(np.uint8)
-    if post:
+    labels = from_canonical((prob > THRESHOLD).view(np.uint8), volume.affine)
+    weak_filter = post and labels.any()
+    if weak_filter or keep_probabilities:
+        prob = from_canonical(prob, volume.affine)
+    if weak_filter:
         labels = postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
                                                   post["min_component_peak"])
     t_post += time.perf_counter() - t
