@@ -65,16 +65,25 @@ def test_labels_identical_to_the_plain_path(volumes):
     assert found >= 2
 
 
-def test_slices_below_the_threshold_are_not_resampled(volumes, monkeypatch):
-    """The saving is real: only the slices that can hold a label go back to full resolution."""
+def test_only_what_can_hold_a_label_is_resampled(volumes, monkeypatch):
+    """The saving is real: only the slices, and in them the box, that can hold a label go back to full resolution."""
     from LowResSegLib import pipeline
 
     seen = []
-    original = pipeline.PreparedSlices.to_slice_grid
-    monkeypatch.setattr(pipeline.PreparedSlices, "to_slice_grid",
-                        lambda self, batch: seen.append(len(batch)) or original(self, batch))
+    original = pipeline.PreparedSlices.window_above
+    monkeypatch.setattr(pipeline.PreparedSlices, "to_slice_grid", None)  # the whole-slice path is not taken
+
+    def spy(self, batch, floor):
+        found = original(self, batch, floor)
+        if found is not None:
+            y0, y1, x0, x1 = found[1]
+            seen.append((len(batch), (y1 - y0) * (x1 - x0)))
+        return found
+
+    monkeypatch.setattr(pipeline.PreparedSlices, "window_above", spy)
     case = volumes["raw"]
     seg = segment(Volume(case.image, case.affine), LocalEngine("elunet-jhead-32to256", threads=1),
                   keep_probabilities=False)
     tumour_slices = int(np.count_nonzero(seg.labels.any(axis=(1, 2))))
-    assert 0 < tumour_slices <= sum(seen) < seg.timings["slices"]
+    assert 0 < tumour_slices <= sum(n for n, _ in seen) < seg.timings["slices"]
+    assert max(area for _, area in seen) < 0.5 * case.image.shape[1] * case.image.shape[2]
