@@ -59,16 +59,16 @@ def normalize_volume(volume, method=DEFAULT_METHOD, spacing_kji=(1.0, 1.0, 1.0))
     v = np.asarray(volume, dtype=np.float32)
     if method == ZSCORE_NONZERO:
         return _zscore_nonzero(v)
-    if v.size == 0 or float(v.max()) == float(v.min()):
+    lo = float(v.min()) if v.size else 0.0
+    if v.size == 0 or float(v.max()) == lo:
         return np.zeros(v.shape, np.float32)  # constant volume: nothing to find
-    lo = float(v.min())
     if lo < 0:
         v = v - lo
     m_small, factors, scale = _mask_and_scale_on_work_grid(v, spacing_kji)
     if scale <= 0:
         return np.zeros(v.shape, np.float32)
     out = _scaled_in_blocks(v, m_small.astype(np.float32) * np.float32(1.0 / scale), factors)
-    return np.clip(out, 0.0, _CLIP, out=out)
+    return np.minimum(out, _CLIP, out=out)  # v >= 0 here, so this is the clip to [0, 5]
 
 
 def _scaled_in_blocks(v, gain_small, factors):
@@ -110,21 +110,25 @@ def _zscore_nonzero(v):
 
 
 def _block_sum_axis(v, f, axis):
-    """Sums of ``f`` neighbours along ``axis``; a short last block is padded with its edge value."""
+    """Sums of ``f`` (>= 2) neighbours along ``axis``; a short last block is padded with its edge value."""
     n = v.shape[axis]
     q, r = divmod(n, f)
 
-    def part(a, b, step=None):
-        idx = [slice(None)] * v.ndim
+    def part(arr, a, b, step=None):
+        idx = [slice(None)] * arr.ndim
         idx[axis] = slice(a, b, step)
-        return v[tuple(idx)]
+        return arr[tuple(idx)]
 
-    out = part(0, q * f, f).astype(np.float32, copy=True)
-    for t in range(1, f):
-        out += part(t, q * f, f)
+    shape = list(v.shape)
+    shape[axis] = q + (1 if r else 0)
+    out = np.empty(shape, np.float32)
+    body = part(out, 0, q)
+    np.add(part(v, 0, q * f, f), part(v, 1, q * f, f), out=body, dtype=np.float32)
+    for t in range(2, f):
+        body += part(v, t, q * f, f)
     if r:
-        tail = part(q * f, n).sum(axis=axis, keepdims=True, dtype=np.float32) + (f - r) * part(n - 1, n)
-        out = np.concatenate([out, tail.astype(np.float32)], axis=axis)
+        part(out, q, q + 1)[...] = part(v, q * f, n).sum(axis=axis, keepdims=True, dtype=np.float32) + \
+            (f - r) * part(v, n - 1, n)
     return out
 
 
@@ -216,6 +220,7 @@ def _gaussian_kernel(variance, max_error=0.01, max_width=16):
 def _discrete_gaussian(a, variances):
     """Separable discrete Gaussian (variance per axis in voxels²), edges replicated: SimpleITK's
     ``DiscreteGaussian(img, var, 16, 0.01, useImageSpacing=True)``, about 3x faster in numpy."""
+    a = np.asarray(a, np.float32)
     for axis, var in enumerate(variances):
         kernel = _gaussian_kernel(var).astype(np.float32)
         r = len(kernel) // 2
@@ -223,12 +228,18 @@ def _discrete_gaussian(a, variances):
         pad = [(0, 0)] * a.ndim
         pad[axis] = (r, r)
         padded = np.pad(a, pad, mode="edge")
-        out = None
-        for t, w in enumerate(kernel):
+
+        def shifted(d):
             idx = [slice(None)] * a.ndim
-            idx[axis] = slice(t, t + n)
-            term = padded[tuple(idx)] * w
-            out = term if out is None else np.add(out, term, out=out)
+            idx[axis] = slice(r + d, r + d + n)
+            return padded[tuple(idx)]
+
+        out = shifted(0) * kernel[r]
+        pair = np.empty_like(out)
+        for d in range(1, r + 1):  # symmetric taps: one multiplication per pair
+            np.add(shifted(-d), shifted(d), out=pair)
+            pair *= kernel[r + d]
+            out += pair
         a = out
     return a
 
@@ -239,7 +250,10 @@ def otsu_threshold(a, bins=256):
     lo, hi = float(a.min()), float(a.max())
     if hi <= lo:
         return lo
-    counts, edges = np.histogram(a, bins=bins, range=(lo, hi))
+    width = (hi - lo) / bins
+    edges = lo + width * np.arange(bins + 1)
+    index = ((a - np.float32(lo)) * np.float32(1.0 / width)).astype(np.intp).ravel()
+    counts = np.bincount(np.minimum(index, bins - 1, out=index), minlength=bins)  # np.histogram, 2-3x faster
     p = counts / float(counts.sum())
     centres = 0.5 * (edges[:-1] + edges[1:])
     w0 = np.cumsum(p)
