@@ -36,7 +36,7 @@ def run_comparison(volume, engines, reference=None, progress=None, cancel=None):
     for eng in engines:
         name = eng.card["name"]
         cb = (lambda d, t, n=name: progress(n, d, t)) if progress else None
-        seg = segment(volume, eng, progress=cb, cancel=cancel)
+        seg = segment(volume, eng, progress=cb, cancel=cancel, keep_probabilities=False)
         if seg is None:
             raise Cancelled("comparison cancelled")
         segs[name] = seg

@@ -50,10 +50,16 @@ def choose_output(available, wanted, where):
 
 
 class LocalEngine(Engine):
-    """onnxruntime in this process; CUDA when the installed onnxruntime offers it."""
+    """onnxruntime in this process; CUDA when the installed onnxruntime offers it.
 
-    def __init__(self, name, repository=None, threads=0, providers=None, output=None):
+    ``optimise``: run the exact load-time rewrite of :mod:`LowResSegLib.graphopt` (when ``onnx``
+    is installed; ``optimised`` says whether it ran).
+    """
+
+    def __init__(self, name, repository=None, threads=0, providers=None, output=None, optimise=True):
         import onnxruntime as ort
+
+        from LowResSegLib.graphopt import optimised_model
 
         repo = ModelRepository(repository)
         self.card = repo.card(name)
@@ -68,9 +74,13 @@ class LocalEngine(Engine):
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         self.path = os.path.abspath(path)
-        self.output = choose_output([o.name for o in self.session.get_outputs()], output, "model %s" % name)
+        where = "model %s" % name
+        graph = optimised_model(path, lambda names: choose_output(names, output, where)) if optimise else None
+        self.optimised = graph is not None  # see LowResSegLib.graphopt: same numbers, less work
+        self.session = ort.InferenceSession(graph if graph is not None else path, sess_options=opts,
+                                            providers=providers)
+        self.output = choose_output([o.name for o in self.session.get_outputs()], output, where)
 
     def infer(self, batch):
         probs, = self.session.run([self.output], {"image": self.check_batch(batch)})

@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from LowResSegLib.geometry import (Volume, area_resample, bilinear_resample, crop_from_square, from_canonical,
-                                   pad_to_square, to_canonical)
+from LowResSegLib.geometry import (Volume, apply_separable, area_resample, bilinear_matrix, bilinear_resample,
+                                   crop_from_square, from_canonical, pad_to_square, square_pad_widths, to_canonical)
 from LowResSegLib import postprocess
 from LowResSegLib.intensity import normalize_volume
 
@@ -36,6 +36,11 @@ class Segmentation(object):
         return self.reference.with_array(self.labels, model=self.card["name"])
 
 
+THRESHOLD = 0.5  # tumour where the resampled probability exceeds this
+#: A slice whose model output peaks at or below this cannot reach THRESHOLD after resampling (a convex
+#: combination, up to float32 rounding); the 8-bit outputs step from 127/255 = 0.498 to 128/255 = 0.502.
+NO_LABEL_BELOW = THRESHOLD - 1e-3
+
 _ANISO_TOL = 1.5  # in-plane spacings further apart than this (a reformatted thick-slice scan) get square pixels
 _MAX_INPLANE = 1024
 
@@ -58,6 +63,44 @@ class PreparedSlices(object):
         if (h, w) != tuple(self.shape[1:]):
             out = area_resample(out, self.shape[1:])
         return out
+
+    def window_above(self, batch, floor):
+        """``(maps, (y0, y1, x0, x1))``: :meth:`to_slice_grid` of ``batch`` inside the box of the canonical
+        slices where it can exceed ``floor``, or None where it cannot anywhere.
+
+        A resampled pixel is a non-negative average of source pixels, so where it reads none above
+        ``floor`` it stays at or below it. The box is the bilinear matrices' reach of the source rows and
+        columns above ``floor``; inside it the numbers are those of :meth:`to_slice_grid`.
+        """
+        h, w = self.grid
+        big_h, big_w = self.shape[1:]
+        above = (batch > floor).any(axis=0)
+        if not above.any():
+            return None
+        if (h, w) != (big_h, big_w):  # non-square source pixels: the area step needs whole slices
+            return self.to_slice_grid(batch), (0, big_h, 0, big_w)
+        s = self.slices.shape[-1]
+        (top, _), (left, _) = square_pad_widths(h, w)
+        mr, mc = bilinear_matrix(batch.shape[-2], s), bilinear_matrix(batch.shape[-1], s)
+        box_r = _reach(mr, np.flatnonzero(above.any(axis=1)), top, top + h)
+        box_c = _reach(mc, np.flatnonzero(above.any(axis=0)), left, left + w)
+        if box_r is None or box_c is None:
+            return None
+        (o0, o1, r0, r1), (q0, q1, c0, c1) = box_r, box_c
+        maps = apply_separable(batch[:, r0:r1, c0:c1], mr[o0:o1, r0:r1], mc[q0:q1, c0:c1])
+        return maps, (o0 - top, o1 - top, q0 - left, q1 - left)
+
+
+def _reach(m, sources, keep0, keep1):
+    """(o0, o1, c0, c1): the outputs of ``m`` in [keep0, keep1) that read any of ``sources``, and every
+    input they read; None if there are none."""
+    reads = np.flatnonzero((m[:, sources] != 0).any(axis=1))
+    reads = reads[(reads >= keep0) & (reads < keep1)]
+    if not len(reads):
+        return None
+    o0, o1 = int(reads[0]), int(reads[-1]) + 1
+    used = np.flatnonzero((m[o0:o1] != 0).any(axis=0))
+    return o0, o1, int(used[0]), int(used[-1]) + 1
 
 
 def square_pixel_grid(h, w, row_mm, col_mm):
@@ -122,25 +165,33 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         raise TypeError("segment() needs a LowResSegLib.geometry.Volume")
     card = engine.card
     post = postprocessing_of(card)
-    arr = volume.array
-    if not np.all(np.isfinite(arr)):
+    t0 = time.perf_counter()
+    if not np.all(np.isfinite(volume.array)):
         raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.io.read_volume, "
                          "which replaces them by 0 and says so")
-    t0 = time.perf_counter()
     prepared = prepare_slices(volume, card)
     slices, nk = prepared.slices, prepared.shape[0]
     t_pre = time.perf_counter() - t0
     t_inf = t_post = 0.0
-    prob = np.zeros(prepared.shape, np.float32)
+    prob = np.zeros(prepared.shape, np.float32)  # slices left at 0 hold no label (see below)
     for start in range(0, nk, chunk):
         if cancel is not None and cancel():
             return None
         t = time.perf_counter()
         x = low_res_inputs(slices[start:start + chunk], card)
         t1 = time.perf_counter()
-        p = engine.infer(x)
+        p = engine.infer(x)[:, 0]
         t2 = time.perf_counter()
-        prob[start:start + chunk] = prepared.to_slice_grid(p[:, 0])
+        # resampling averages with non-negative weights: unless the probabilities are kept, only the slices,
+        # and in them the box, where the model output exceeds NO_LABEL_BELOW go back to full resolution
+        if keep_probabilities:
+            prob[start:start + len(p)] = prepared.to_slice_grid(p)
+        else:
+            busy = np.flatnonzero(p.reshape(len(p), -1).max(axis=1) > NO_LABEL_BELOW)
+            found = prepared.window_above(p[busy], NO_LABEL_BELOW) if len(busy) else None
+            if found is not None:
+                maps, (y0, y1, x0, x1) = found
+                prob[start + busy, y0:y1, x0:x1] = maps
         t3 = time.perf_counter()
         t_pre += t1 - t
         t_inf += t2 - t1
@@ -150,11 +201,13 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     if cancel is not None and cancel():
         return None
     t = time.perf_counter()
-    prob = from_canonical(prob, volume.affine)
-    labels = (prob > 0.5).astype(np.uint8)
-    if post:
+    labels = (prob > THRESHOLD).view(np.uint8)
+    if post:  # on the canonical grid: a permutation and flips of the axes keep every component as it is
         labels = postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
                                                   post["min_component_peak"])
+    labels = from_canonical(labels, volume.affine)
+    if keep_probabilities:
+        prob = from_canonical(prob, volume.affine)
     t_post += time.perf_counter() - t
     total = t_pre + t_inf + t_post
     timings = {

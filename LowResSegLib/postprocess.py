@@ -40,9 +40,16 @@ def component_stats(labels, prob):
 
 
 def drop_weak_components(labels, prob, voxel_ml, min_ml, min_peak):
-    """``labels`` without the components smaller than ``min_ml`` or less sure than ``min_peak``."""
+    """``labels`` without the components smaller than ``min_ml`` or less sure than ``min_peak``.
+
+    Only the bounding box of the labels is searched (no component reaches beyond it).
+    """
     if not labels.any() or (min_ml <= 0 and min_peak <= 0.5):
         return labels
-    ids, counts, peaks = component_stats(labels, prob)
+    box = tuple(slice(int(np.argmax(a)), len(a) - int(np.argmax(a[::-1])))
+                for a in (labels.any(axis=(1, 2)), labels.any(axis=(0, 2)), labels.any(axis=(0, 1))))
+    ids, counts, peaks = component_stats(labels[box], prob[box])
     keep = np.concatenate([[False], (counts * voxel_ml >= min_ml) & (peaks >= min_peak)])
-    return np.where(keep[ids], labels, 0).astype(labels.dtype)
+    out = np.zeros_like(labels)
+    out[box] = np.where(keep[ids], labels[box], 0)
+    return out

@@ -189,7 +189,8 @@ class SegmentationRun(object):
         if not self.planned:
             self.plan()
         t0 = time.perf_counter()
-        self.segmentation = segment(self.volume, self.engine, chunk=chunk, progress=progress, cancel=cancel)
+        self.segmentation = segment(self.volume, self.engine, chunk=chunk, progress=progress, cancel=cancel,
+                                    keep_probabilities=False)  # outputs need labels only
         self.seconds = time.perf_counter() - t0
         if self.segmentation is not None:
             self.warnings.extend(result_warnings(self.segmentation))

@@ -215,7 +215,7 @@ def test_nvidia_tritonclient_works_unchanged(server, repo):
     outputs = [httpclient.InferRequestedOutput("labels", binary_data=True),
                httpclient.InferRequestedOutput("probabilities", binary_data=False)]
     result = client.infer(MODEL, [inp], outputs=outputs, request_id="42")
-    labels, probs, probs_8bit = LocalEngine(MODEL, repo).session.run(None, {"image": x})
+    labels, probs, probs_8bit = LocalEngine(MODEL, repo, optimise=False).session.run(None, {"image": x})
     np.testing.assert_array_equal(result.as_numpy("labels"), labels)
     np.testing.assert_allclose(result.as_numpy("probabilities"), probs, atol=1e-6)
     assert result.get_response()["id"] == "42"
