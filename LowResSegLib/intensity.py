@@ -183,7 +183,7 @@ def _mask_and_scale_on_work_grid(v, spacing_kji):
     work_mm = [s * f for s, f in zip(spacing, factors)]
     smooth = _discrete_gaussian(small, [_SMOOTH_MM ** 2 / (s * s) for s in work_mm])
     threshold = otsu_threshold(smooth)
-    fg = _fill_slice_holes(_largest_component(smooth > threshold))
+    fg = _hull_where_the_fill_failed(_fill_slice_holes(_largest_component(_closed_at_the_edges(smooth > threshold))))
     m_small = fg.astype(bool)
     if not m_small.any():
         return m_small, factors, 0.0
@@ -315,6 +315,78 @@ def _fill_slice_holes(arr):
     cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(background), False))
     filled = cc != cc[0, 0]
     return np.stack([filled[tile] for tile in tiles]).astype(arr.dtype, copy=False)
+
+
+def _closed_at_the_edges(arr):
+    """Each slice with its mask joined along every image edge between the first and last pixel it touches.
+
+    A head wider than the field of view (common on clinical FLAIR) has its scalp ring cut open where
+    it leaves the image; the brain inside then reaches the border and no hole fill would close it.
+    Joining the ring along the edge it was cut at closes it again; a head that touches an edge in
+    one stretch, or not at all, is unchanged.
+    """
+    out = arr.copy()
+    for edge in (out[:, 0, :], out[:, -1, :], out[:, :, 0], out[:, :, -1]):  # views into out: (k, n) each
+        touched = edge != 0
+        any_ = touched.any(axis=1)
+        if not any_.any():
+            continue
+        n = touched.shape[1]
+        first = np.argmax(touched, axis=1)
+        last = n - 1 - np.argmax(touched[:, ::-1], axis=1)
+        idx = np.arange(n)
+        between = any_[:, None] & (idx[None, :] >= first[:, None]) & (idx[None, :] <= last[:, None])
+        edge[between] = 1
+    return out
+
+
+def _hull_where_the_fill_failed(mask, ring=0.5):
+    """Slices whose filled mask is still a ring (less than ``ring`` of its convex hull) take the hull.
+
+    On some clinical FLAIRs the scalp is much brighter than the brain, the brain falls below the
+    Otsu threshold, and a gap in the scalp ring (or a ring cut by the field of view) lets the hole
+    fill leak out: the mask would be the scalp alone, and brain and tumour would be zeroed. A head is
+    close to convex in axial slices, so its hull is then the better mask. Slices whose fill worked
+    (about 0.8-1 of their hull, even with nose and ears) are unchanged.
+    """
+    out = mask
+    for k in range(mask.shape[0]):
+        area = int(np.count_nonzero(mask[k]))
+        if area < 16:
+            continue
+        jj, ii = np.nonzero(mask[k])
+        if area >= ring * (np.ptp(jj) + 1) * (np.ptp(ii) + 1):  # a cheap bound: the hull lies in the box
+            continue
+        hull = _convex_hull_mask(jj, ii, mask.shape[1:])
+        if area < ring * np.count_nonzero(hull):
+            if out is mask:
+                out = mask.copy()
+            out[k] = hull.astype(mask.dtype)
+    return out
+
+
+def _convex_hull_mask(jj, ii, shape):
+    """The pixels of ``shape`` inside the convex hull of the points (jj, ii) (monotone chain)."""
+    pts = sorted(set(zip(jj.tolist(), ii.tolist())))
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower, upper = [], []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 0:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 0:
+            upper.pop()
+        upper.append(p)
+    hull = lower[:-1] + upper[:-1]  # counter-clockwise in (j, i)
+    gj, gi = np.mgrid[:shape[0], :shape[1]]
+    inside = np.ones(shape, bool)
+    for (aj, ai), (bj, bi) in zip(hull, hull[1:] + hull[:1]):
+        inside &= (bj - aj) * (gi - ai) - (bi - ai) * (gj - aj) >= 0
+    return inside
 
 
 def histogram_mode(values, bins=256):

@@ -83,3 +83,32 @@ def test_block_mean_pads_short_blocks_with_the_edge():
     padded = np.pad(v, [(0, 1), (0, 0), (0, 1)], mode="edge")
     expected = padded.reshape(4, 2, 5, 2, 5, 2).mean(axis=(1, 3, 5))
     np.testing.assert_allclose(intensity._block_mean(v, (2, 2, 2)), expected, rtol=1e-6)
+
+
+def _bright_scalp_head(gap=None, wider_than_fov=False):
+    """A clinical-looking FLAIR: a bright scalp ring around a darker brain (below Otsu), a tumour inside."""
+    k, j, i = 12, 120, 100
+    yy, xx = np.mgrid[:j, :i]
+    ri = 62.0 if wider_than_fov else 40.0  # 62: the ring leaves the image at the left and right edges
+    r = np.sqrt(((yy - 60) / 45.0) ** 2 + ((xx - 50) / ri) ** 2)
+    img = np.zeros((k, j, i), np.float32)
+    img[:] = np.where(r < 0.88, 60.0, 0.0) + np.where((r >= 0.88) & (r < 1.0), 400.0, 0.0)
+    if gap:
+        img[:, gap[0]:gap[1], 45:55] = 0.0  # the scalp ring is broken here
+    img[4:8, 50:65, 40:55] = 150.0
+    return img
+
+
+@pytest.mark.parametrize("case", ["gap in the scalp", "wider than the field of view"])
+def test_a_broken_scalp_ring_still_gives_the_whole_head(case):
+    """TCGA_FG_8189 (lgg:val) had its brain and tumour zeroed this way: the fill leaked through the ring."""
+    from LowResSegLib.intensity import head_mask
+
+    img = _bright_scalp_head(gap=(10, 20) if case.startswith("gap") else None,
+                             wider_than_fov=case.startswith("wider"))
+    mask = head_mask(img, (5.0, 0.94, 0.94))
+    assert mask[4:8, 50:65, 40:55].all()  # the tumour
+    assert mask[:, 60, 50].all()  # the brain
+    assert not mask[:, :3, :3].any()  # not the air in the corners
+    closed = head_mask(_bright_scalp_head(), (5.0, 0.94, 0.94))
+    assert closed[:, 60, 50].all() and not closed[:, :3, :3].any()  # an intact ring: filled as before
