@@ -111,12 +111,14 @@ def profile_lines(repo, j32, i32, chunk):
     fast = optimised_model(repo.onnx_path(j32), lambda names: PROBABILITIES_8BIT)
     if fast is not None:
         graphs.append(("%s, as engines run it" % j32, fast))
-        graphs.append(("%s, as engines run it" % i32, optimised_model(repo.onnx_path(i32), lambda n: PROBABILITIES_8BIT)))
+        graphs.append(("%s, as engines run it" % i32,
+                       optimised_model(repo.onnx_path(i32), lambda names: PROBABILITIES_8BIT)))
     else:
         graphs.append(("%s, as shipped" % i32, repo.onnx_path(i32)))
     profiles = [(label, node_profile(g, 32, chunk)) for label, g in graphs]
-    lines = ["### Where the graph time goes (onnxruntime profiling, %d slices 32² → 256², kernel time per run)" % chunk,
-             "", "| graph | all nodes ms | backbone ms | head + outputs ms | NCHWc reorders ms |", "|---|---|---|---|---|"]
+    lines = ["### Where the graph time goes (onnxruntime profiling, %d slices 32² → 256², kernel time per run)"
+             % chunk, "", "| graph | all nodes ms | backbone ms | head + outputs ms | NCHWc reorders ms |",
+             "|---|---|---|---|---|"]
     for label, prof in profiles:
         parts = {}
         for (node, op), ms in prof.items():
@@ -136,13 +138,15 @@ def profile_lines(repo, j32, i32, chunk):
                 if base in by_node and by_node[base][col + 1] is not None:
                     by_node[base][col + 1] += ms
                     continue
-                by_node.setdefault(base, ["ReorderInput/Output" if base.startswith("(") else op, None, None])[col + 1] = ms
+                shown_op = "ReorderInput/Output" if base.startswith("(") else op
+                by_node.setdefault(base, [shown_op, None, None])[col + 1] = ms
                 if col == 1 and op == "ConvTranspose" and base != node:
                     by_node[base][0] = "DepthToSpace → ConvTranspose"
     for node, (op, a, b) in sorted(by_node.items(), key=lambda kv: -max(v or 0 for v in kv[1][1:])):
         if max(a or 0, b or 0) >= 0.5:
-            lines.append("| %s | %s | %s | %s |" % (node if node.startswith("(") else "`%s`" % node, op, "%.2f" % a if a is not None else "–",
-                                                      "%.2f" % b if b is not None else "–"))
+            lines.append("| %s | %s | %s | %s |" % (node if node.startswith("(") else "`%s`" % node, op,
+                                                    "%.2f" % a if a is not None else "–",
+                                                    "%.2f" % b if b is not None else "–"))
     lines.append("")
     return lines
 
@@ -208,7 +212,8 @@ def main(argv=None):
                 "after the exact load-time rewrite of `LowResSegLib.graphopt`" if rewritten else
                 "without the load-time rewrite (no `onnx` package here)"), "",
              "| model | input | end-to-end s / volume | ms / slice | preprocess ms | inference ms | postprocess ms "
-             "| pre + post ms | speed-up vs %s, end to end | graph ms / %d slices | shipped graph ms | speed-up, graph |"
+             "| pre + post ms | speed-up vs %s, end to end | graph ms / %d slices | shipped graph ms "
+             "| speed-up, graph |"
              % (full or "full", args.chunk),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in names:
