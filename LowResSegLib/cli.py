@@ -67,10 +67,14 @@ def _print_warnings(volume):
 def cmd_segment(args):
     from LowResSegLib.run import SegmentationRun
 
+    _check_budget(args, args.model == "auto")
     run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
                           overwrite=args.overwrite, channel=args.channel, series=args.series,
-                          repository=args.repository, threads=args.threads)
+                          repository=args.repository, threads=args.threads, budget=args.budget, log=_log)
     run.plan()  # every check that needs no inference: a bad path or series fails here, in a second
+    if run.choice is not None:
+        print("model auto: %s" % run.choice.reason)
+        args.model = run.choice.name
     seg = run.execute(progress=_tqdm_progress(args.model))
     for path in run.commit():
         print("wrote %s" % path)
@@ -85,11 +89,42 @@ def cmd_segment(args):
     return 0
 
 
+def _log(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def _check_budget(args, auto):
+    if auto and args.budget is None:
+        raise ValueError("--model auto needs --budget: seconds per volume (1.5s, 800ms) or fastest, balanced, best")
+    if args.budget is not None and not auto:
+        raise ValueError("--budget applies to --model auto only")
+
+
+def _auto_choice(args, slices):
+    """The model ``auto`` stands for, on this machine, for a volume of ``slices`` axial slices."""
+    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.modelchoice import choose_model
+    from LowResSegLib.modelstore import ModelRepository
+
+    repo = ModelRepository(args.repository)
+    names = [n for n in repo.names() if repo.check(n)[0]]
+    choice = choose_model(names, args.budget, lambda n: LocalEngine(n, args.repository, threads=args.threads),
+                          slices=slices, log=_log)
+    print("model auto: %s" % choice.reason)
+    return choice
+
+
 def cmd_batch(args):
     from LowResSegLib.batch import CSV_NAME, run_batch
+    from LowResSegLib.modelchoice import BRATS_SLICES
 
+    _check_budget(args, args.model == "auto")
+    engine = None
+    if args.model == "auto":  # one model for the whole batch, sized for a 240x240x155 volume
+        choice = _auto_choice(args, BRATS_SLICES)
+        args.model, engine = choice.name, choice.engine
     rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                     repository=args.repository, threads=args.threads)
+                     repository=args.repository, threads=args.threads, engine=engine)
     done = [r for r in rows if r.get("status") == "done"]
     failed = [r for r in rows if r.get("status") == "failed"]
     for r in failed:
@@ -142,9 +177,13 @@ def cmd_compare(args):
     from LowResSegLib.outputs import labels_on_grid
     from LowResSegLib.run import card_contrast, commit_files
 
+    from LowResSegLib.modelchoice import axial_slices
+    from LowResSegLib.modelstore import ModelRepository
+
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
         raise ValueError("--models needs at least one model name (see `lowresseg models`)")
+    _check_budget(args, "auto" in names)
     out = os.path.abspath(args.out)
     targets = [os.path.join(out, f) for f in ("comparison.csv", "comparison.json", "comparison.png")]
     if os.path.exists(out) and not os.path.isdir(out):
@@ -152,9 +191,15 @@ def cmd_compare(args):
     for t in targets:
         if os.path.exists(t) and not args.overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % t)
-    engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
-    volume = read_volume(args.input, channel=args.channel, series=args.series, contrast=card_contrast(engines[0].card))
+    repo = ModelRepository(args.repository)
+    first = next((n for n in names if n != "auto"), None) or (repo.names() or [None])[0]
+    volume = read_volume(args.input, channel=args.channel, series=args.series,
+                         contrast=card_contrast(repo.card(first)) if first else None)
     _print_warnings(volume)
+    if "auto" in names:  # the model that fits the budget for this volume
+        choice = _auto_choice(args, axial_slices(volume))
+        names = list(dict.fromkeys(choice.name if n == "auto" else n for n in names))
+    engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
     ref = None
     if args.reference_label:
         ref_vol = read_volume(args.reference_label)
@@ -259,6 +304,10 @@ def cmd_tune_postprocess(args):
     return 0
 
 
+BUDGET_HELP = ("with --model auto: time per volume on this machine, e.g. 1.5s or 800ms, or fastest, balanced, best; "
+               "picks the best model in the cards that fits (timed once per engine and model, then cached)")
+
+
 def build_parser():
     from LowResSegLib.modelstore import default_repository
     from LowResSegLib.training.slices import AUGMENTATIONS, DEFAULT_AUGMENTATION
@@ -275,7 +324,8 @@ def build_parser():
 
     sg = sub.add_parser("segment", help="segment one MRI volume (NIfTI, NRRD, MHA or a DICOM series folder)")
     sg.add_argument("input")
-    sg.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
+    sg.add_argument("--model", required=True, help="model name (see `lowresseg models`), or auto with --budget")
+    sg.add_argument("--budget", default=None, help=BUDGET_HELP)
     sg.add_argument("--output", help="labels: OUT.nii.gz, OUT.nrrd, OUT.mha or a Slicer OUT.seg.nrrd")
     sg.add_argument("--dicom-seg", help="DICOM-SEG output (DICOM input only)")
     sg.add_argument("--channel", type=int, default=None,
@@ -288,7 +338,8 @@ def build_parser():
 
     bt = sub.add_parser("batch", help="segment every case under a folder tree (image files and DICOM studies)")
     bt.add_argument("root", help="folder tree: NIfTI/NRRD/MHA files and DICOM folders (the FLAIR of each study)")
-    bt.add_argument("--model", required=True, help="model name (see `lowresseg models`)")
+    bt.add_argument("--model", required=True, help="model name (see `lowresseg models`), or auto with --budget")
+    bt.add_argument("--budget", default=None, help=BUDGET_HELP + " (sized for a 240x240x155 volume)")
     bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz per case and batch.csv")
     bt.add_argument("--dicom-seg", action="store_true", help="also write <case>.seg.dcm for DICOM cases")
     bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
@@ -322,7 +373,9 @@ def build_parser():
 
     cp = sub.add_parser("compare", help="run several models (input resolutions) on one volume, side by side")
     cp.add_argument("input")
-    cp.add_argument("--models", required=True, help="comma-separated model names")
+    cp.add_argument("--models", required=True, help="comma-separated model names; auto (with --budget) is the "
+                                                    "model that fits the budget")
+    cp.add_argument("--budget", default=None, help=BUDGET_HELP)
     cp.add_argument("--reference-label", help="ground-truth label volume (else: agreement with the highest resolution)")
     cp.add_argument("--out", required=True, help="folder for comparison.csv/.json/.png")
     cp.add_argument("--channel", type=int, default=None, help="channel of a 4-D image / volume of a DICOM series")

@@ -74,7 +74,7 @@ class LocalEngine(Engine):
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.path = os.path.abspath(path)
+        self.path, self.threads = os.path.abspath(path), int(threads or 0)
         where = "model %s" % name
         graph = optimised_model(path, lambda names: choose_output(names, output, where)) if optimise else None
         self.optimised = graph is not None  # see LowResSegLib.graphopt: same numbers, less work

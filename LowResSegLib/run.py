@@ -24,8 +24,9 @@ import time
 from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path
 
 __all__ = ["RunError", "SegmentationRun", "card_contrast", "contrast_from_name", "contrast_warning", "result_warnings",
-           "commit_files", "IMPLAUSIBLE_ML"]
+           "commit_files", "IMPLAUSIBLE_ML", "AUTO"]
 
+AUTO = "auto"  # the model name that asks for LowResSegLib.modelchoice to pick one for a time budget
 IMPLAUSIBLE_ML = 400.0  # larger "tumours" than this (the largest of our real cases: ~350 mL) are flagged
 _CONTRAST_WORDS = (("FLAIR", re.compile(r"flair", re.I)), ("T1", re.compile(r"(^|[^a-z0-9])t1(ce|c|gd|w)?([^a-z0-9]|$)", re.I)),
                    ("T2", re.compile(r"(^|[^a-z0-9])t2w?([^a-z0-9]|$)", re.I)),
@@ -120,22 +121,25 @@ class SegmentationRun(object):
     ``engine`` may be given (e.g. a remote engine); else the model is loaded from
     ``repository``. ``channel`` and ``series`` pick a volume / a DICOM series (see
     :func:`LowResSegLib.io.read_volume`). ``volume``: a volume already in memory (Slicer's
-    worker), used instead of reading ``input_path``, which then only names it. After :meth:`run`, ``segmentation`` holds the
+    worker), used instead of reading ``input_path``, which then only names it. ``model="auto"`` with
+    ``budget`` (see :mod:`LowResSegLib.modelchoice`) picks the model in :meth:`plan`; ``choice.reason``
+    says which and why (``log(text)`` hears about calibrations). After :meth:`run`, ``segmentation`` holds the
     result, ``warnings`` what the user should know, ``written`` the output paths.
     """
 
     def __init__(self, input_path, model=None, labels_out=None, dicom_seg_out=None, overwrite=False, channel=None,
-                 series=None, repository=None, threads=0, engine=None, volume=None):
+                 series=None, repository=None, threads=0, engine=None, volume=None, budget=None, log=None):
         self.input_path = os.fspath(input_path)
         self.model, self.engine = model, engine
         self.labels_out = os.path.abspath(labels_out) if labels_out else None
         self.dicom_seg_out = os.path.abspath(dicom_seg_out) if dicom_seg_out else None
         self.overwrite, self.channel, self.series = overwrite, channel, series
         self.repository, self.threads = repository, threads
-        self.volume, self.given_volume = None, volume
+        self.volume = volume
         self.segmentation = self.seg_sources = None
         self.warnings, self.written, self.seconds = [], [], 0.0
         self.planned = False
+        self.budget, self.log, self.choice = budget, log, None  # model AUTO: chosen in plan() (modelchoice)
 
     # ------------------------------------------------------------------ plan
 
@@ -150,6 +154,8 @@ class SegmentationRun(object):
             check_output_path(self.dicom_seg_out, self.overwrite, (".dcm",))
         if len(set(os.path.normcase(p) for p in outs)) < len(outs):
             raise RunError("--output and --dicom-seg name the same file %s; give them different names" % outs[0])
+        if self.engine is None and self.model == AUTO:
+            self._choose_model(read_volume)
         if self.engine is None:
             from LowResSegLib.engines import LocalEngine
 
@@ -157,9 +163,7 @@ class SegmentationRun(object):
                 raise RunError("no model given; pick one of `lowresseg models`")
             self.engine = LocalEngine(self.model, self.repository, threads=self.threads)
         card = self.engine.card
-        if self.given_volume is not None:
-            self.volume = self.given_volume
-        else:
+        if self.volume is None:
             self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
                                       contrast=card_contrast(card))
         meta = self.volume.meta
@@ -179,6 +183,26 @@ class SegmentationRun(object):
             self.warnings.append(warning)
         self.planned = True
         return self
+
+    def _choose_model(self, read_volume):
+        """``--model auto``: read the volume, then pick the model whose time for it fits the budget."""
+        from LowResSegLib.engines import LocalEngine
+        from LowResSegLib.modelchoice import axial_slices, choose_model
+        from LowResSegLib.modelstore import ModelRepository
+
+        if self.budget is None:
+            raise RunError("--model auto needs a time budget: --budget 1.5s (seconds per volume), or "
+                           "fastest, balanced or best")
+        repo = ModelRepository(self.repository)
+        names = [n for n in repo.names() if repo.check(n)[0]]
+        if not names:
+            raise RunError("no usable models in %s; run `lowresseg models` to see why" % repo.root)
+        if self.volume is None:
+            self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
+                                      contrast=card_contrast(repo.card(names[0])))
+        self.choice = choose_model(names, self.budget, lambda n: LocalEngine(n, self.repository, threads=self.threads),
+                                   slices=axial_slices(self.volume), log=self.log)
+        self.engine, self.model = self.choice.engine, self.choice.name
 
     # ------------------------------------------------------------------ execute
 

@@ -1,0 +1,175 @@
+"""``--model auto --budget``: the choice among engines of known speed (a clock that only the engine moves,
+so nothing here asserts wall-clock time), the calibration cache, and the CLI on real models."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from LowResSegLib.engines import LocalEngine
+from LowResSegLib.geometry import Volume
+from LowResSegLib.modelchoice import (BRATS_SLICES, CalibrationCache, axial_slices, choose_model, parse_budget,
+                                      quality_of)
+from LowResSegLib.modelstore import ModelRepository
+
+# seconds per slice of each shipped model on the pretend engines (the card qualities are the real ones)
+PACE = {"elunet-full-256": 0.060, "elunet-jhead-64to256": 0.008, "elunet-jhead-32to256": 0.004,
+        "elunet-interp-32to256": 0.0035, "elunet-jhead-16to256": 0.003}
+
+
+class Clock(object):
+    """Time that passes only when an engine says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class PacedEngine(object):
+    """A real shipped model on onnxruntime whose time is ``pace`` seconds per slice on ``clock``."""
+
+    def __init__(self, name, pace, clock, counts):
+        self.inner, self.pace, self.clock, self.counts = LocalEngine(name, threads=1), pace, clock, counts
+        self.card, self.output = self.inner.card, self.inner.output
+
+    def infer(self, batch):
+        self.counts[self.card["name"]] = self.counts.get(self.card["name"], 0) + len(batch)
+        self.clock.now += self.pace * len(batch)
+        return self.inner.infer(batch)
+
+    def calibration_identity(self):
+        return "paced engine, %g s per slice" % self.pace
+
+
+def _choose(budget, pace=PACE, cache=False, clock=None, counts=None, names=None, slices=BRATS_SLICES):
+    clock = clock or Clock()
+    counts = {} if counts is None else counts
+    return choose_model(names or sorted(pace), budget, lambda n: PacedEngine(n, pace[n], clock, counts),
+                        slices=slices, cache=cache, clock=clock, calibration_slices=2)
+
+
+def test_budgets_are_read_in_seconds_or_as_presets():
+    assert parse_budget("1.5s") == 1.5 and parse_budget("800ms") == 0.8 and parse_budget("2") == 2.0
+    assert parse_budget(0.25) == 0.25 and parse_budget("best") == math.inf and parse_budget("Fastest") == 0.0
+    assert parse_budget("balanced") == "balanced"
+    for bad in ("soon", "-1s", "1.5 h"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
+
+
+def test_the_best_card_quality_that_fits_the_budget_is_chosen():
+    repo = ModelRepository()
+    quality = {n: quality_of(repo.card(n)) for n in PACE}
+    assert quality["elunet-full-256"] > quality["elunet-jhead-32to256"] > quality["elunet-interp-32to256"] \
+        > quality["elunet-jhead-64to256"] > quality["elunet-jhead-16to256"]
+    # 155 slices: full 9.3 s, jhead-64 1.24 s, jhead-32 0.62 s, interp 0.54 s, jhead-16 0.47 s
+    choice = _choose("1.5s")
+    assert choice.name == "elunet-jhead-32to256" and choice.engine.card["name"] == choice.name
+    assert choice.estimates["elunet-jhead-32to256"][0] == pytest.approx(0.004 * 155)
+    assert "Dice 0.725" in choice.reason and "elunet-full-256" in choice.reason and "1.5 s" in choice.reason
+    assert _choose("0.6s").name == "elunet-interp-32to256"
+    assert _choose("500ms").name == "elunet-jhead-16to256"
+    assert _choose("best").name == "elunet-full-256"
+    fastest = _choose("fastest")
+    assert fastest.name == "elunet-jhead-16to256" and "no model fits" not in fastest.reason
+    assert _choose("balanced").name == "elunet-jhead-32to256"  # within 2 x 0.47 s
+    slow = _choose("100ms")
+    assert slow.name == "elunet-jhead-16to256" and "no model fits" in slow.reason
+    # a faster engine (a GPU, say) fits the full-resolution model in the same budget
+    assert _choose("1.5s", pace={n: p / 10 for n, p in PACE.items()}).name == "elunet-full-256"
+    # a budget is per volume: a thin slab fits more
+    assert _choose("1.5s", slices=20).name == "elunet-full-256"
+
+
+def test_calibrations_are_cached_per_engine_and_model(tmp_path):
+    cache = CalibrationCache(str(tmp_path / "calibration.json"))
+    names = ["elunet-jhead-16to256", "elunet-interp-32to256"]
+    counts = {}
+    first = _choose("best", cache=cache, counts=counts, names=names)
+    assert first.name == "elunet-interp-32to256" and set(counts) == set(names)
+    assert len(json.load(open(cache.path))) == 2
+    counts.clear()
+    again = _choose("best", cache=cache, counts=counts, names=names)
+    assert counts == {} and again.estimates == first.estimates  # nothing ran: both came from the cache
+    # another engine (here: another speed) is measured anew, and so is a changed model
+    faster = dict(PACE, **{"elunet-jhead-16to256": 0.001})
+    _choose("best", pace=faster, cache=cache, counts=counts, names=names)
+    assert set(counts) == {"elunet-jhead-16to256"}
+    counts.clear()
+    engine = PacedEngine("elunet-interp-32to256", 0.0035, Clock(), counts)
+    assert cache.get(engine) == pytest.approx(0.0035)
+    engine.card = dict(engine.card, sha256="0" * 64)  # a re-exported model
+    assert cache.get(engine) is None
+
+
+def test_axial_slices_follow_the_canonical_orientation():
+    from LowResSegLib.geometry import to_canonical
+
+    arr = np.zeros((7, 20, 30), np.float32)  # (k, j, i)
+    assert axial_slices(Volume(arr, np.eye(4))) == 7
+    i_runs_s = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    assert axial_slices(Volume(arr, i_runs_s)) == 30
+    for perm in ([0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1]):
+        aff = np.eye(4)
+        aff[:3, :3] = np.eye(3)[perm] * [1, -1, 1]
+        assert axial_slices(Volume(arr, aff)) == to_canonical(arr, aff)[0].shape[0]
+
+
+def test_cli_segment_with_model_auto(tmp_path, monkeypatch, capsys):
+    from LowResSegLib.cli import main
+
+    repo = tmp_path / "models"
+    for name in ("elunet-jhead-16to256", "elunet-interp-32to256"):
+        shutil.copytree(os.path.join(ModelRepository().root, name), str(repo / name))
+    monkeypatch.setenv("LOWRESSEG_CACHE", str(tmp_path / "cache"))
+    sample = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "SampleData",
+                          "sample-flair.nii.gz")
+    out = tmp_path / "auto.nii.gz"
+    assert main(["segment", sample, "--model", "auto", "--budget", "best", "--output", str(out),
+                 "--repository", str(repo), "--threads", "1"]) == 0
+    text = capsys.readouterr()
+    assert "model auto: chose elunet-interp-32to256" in text.out and out.exists()
+    assert "calibrating" in text.err and os.path.exists(str(tmp_path / "cache" / "calibration.json"))
+    assert main(["segment", sample, "--model", "auto", "--budget", "best", "--repository", str(repo),
+                 "--threads", "1"]) == 0
+    assert "calibrating" not in capsys.readouterr().err  # the second run reads the cache
+    assert main(["segment", sample, "--model", "auto", "--repository", str(repo)]) == 2
+    assert "--model auto needs --budget" in capsys.readouterr().err
+    assert main(["segment", sample, "--model", "elunet-jhead-16to256", "--budget", "1s",
+                 "--repository", str(repo)]) == 2
+
+
+def test_cli_compare_and_batch_with_model_auto(tmp_path, monkeypatch, capsys):
+    from LowResSegLib.cli import main
+
+    repo = tmp_path / "models"
+    for name in ("elunet-jhead-16to256", "elunet-interp-32to256"):
+        shutil.copytree(os.path.join(ModelRepository().root, name), str(repo / name))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("LOWRESSEG_CACHE", str(cache))
+    # engines of known speed for the CLI: the cache holds their calibrations, so nothing is timed here
+    for name, pace in (("elunet-jhead-16to256", 0.5), ("elunet-interp-32to256", 0.01)):
+        CalibrationCache().put(LocalEngine(name, str(repo), threads=1), pace)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sample = os.path.join(root, "Resources", "SampleData", "sample-flair.nii.gz")
+    assert main(["compare", sample, "--models", "auto,elunet-jhead-16to256", "--budget", "fastest",
+                 "--out", str(tmp_path / "cmp"), "--repository", str(repo), "--threads", "1"]) == 0
+    text = capsys.readouterr()
+    assert "model auto: chose elunet-interp-32to256: the fastest" in text.out and "calibrating" not in text.err
+    rows = json.load(open(str(tmp_path / "cmp" / "comparison.json")))
+    models = [r["model"] for r in rows["runs"]]
+    assert models == ["elunet-interp-32to256", "elunet-jhead-16to256"]
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(sample, str(cases / "a.nii.gz"))
+    assert main(["batch", str(cases), "--model", "auto", "--budget", "2s", "--out", str(tmp_path / "batch"),
+                 "--repository", str(repo), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "model auto: chose elunet-interp-32to256" in out and "155 slices" in out
+    assert (tmp_path / "batch" / "a.nii.gz").exists()
