@@ -125,6 +125,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._runs = None
         self._timer = None
+        self._chosen = ""  # what "auto" chose, and why, for the status line
         self._resetResults()
 
     def _resetResults(self):
@@ -142,6 +143,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LowResSegLogic()
 
+        for entry, _budget in slicersupport.AUTO_CHOICES:
+            self.ui.modelSelector.addItem(entry)
         for name in self.logic.modelNames():
             self.ui.modelSelector.addItem(name)
             item = qt.QListWidgetItem(name)
@@ -149,8 +152,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             item.setCheckState(qt.Qt.Unchecked)
             self.ui.compareList.addItem(item)
         recommended = self.ui.modelSelector.findText(self.logic.recommendedModel())
-        if recommended >= 0:
-            self.ui.modelSelector.setCurrentIndex(recommended)
+        self.ui.modelSelector.setCurrentIndex(recommended if recommended >= 0 else len(slicersupport.AUTO_CHOICES))
         self.ui.resultsTable.setColumnCount(6)
         self.ui.resultsTable.setHorizontalHeaderLabels(
             [_("Model"), _("Input"), _("Time (s)"), _("Tumour (mL)"), _("Dice vs reference"), _("Warning")])
@@ -245,7 +247,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode is not None and name:
             self._parameterNode.model = name
         if name:
-            summary = self.logic.cardSummary(name)
+            summary = slicersupport.auto_summary(name) if slicersupport.auto_budget(name) else \
+                self.logic.cardSummary(name)
             self.ui.modelCardLabel.text = summary
             self.ui.modelSelector.toolTip = summary
 
@@ -275,14 +278,17 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if not remote and not ensure_packages(_RUNTIME_PACKAGES, _("Segmentation")):
             return
+        models, budget = self.selectedModels(), slicersupport.auto_budget(self.ui.modelSelector.currentText)
+        if budget:
+            models[0] = "auto"  # the worker picks it
         try:
-            self._runs = self.logic.startRuns(volumeNode, self.selectedModels(), remote=remote)
+            self._runs = self.logic.startRuns(volumeNode, models, remote=remote, budget=budget)
         except (ValueError, RuntimeError, OSError) as exc:
             self._runs = None
             slicer.util.errorDisplay(str(exc))
             return
         self._resetResults()
-        self._volumeNode = volumeNode
+        self._volumeNode, self._chosen = volumeNode, ""
         self.ui.resultsTable.setRowCount(0)
         self.ui.referenceSelector.clear()
         self.ui.segmentButton.text = _("Cancel")
@@ -309,7 +315,10 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._runs is None:
             return
         for event in self._runs.poll():
-            if event.kind == "progress":
+            if event.kind == "chosen":
+                self._chosen = " " + _("Auto {reason}.").format(reason=event.message)
+                self.ui.statusLabel.text = _("Segmenting...") + self._chosen
+            elif event.kind == "progress":
                 self.ui.progressBar.value = int(round(100 * event.fraction))
             elif event.kind == "result":
                 self._pending[event.model] = event.segmentation
@@ -330,7 +339,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._nodes = self.logic.addSegmentationNodes(self._volumeNode, self._pending)
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = _("Done: {n} segmentation(s) added; review and edit them in "
-                                                 "Segment Editor.").format(n=len(self._pending))
+                                                 "Segment Editor.").format(n=len(self._pending)) + self._chosen
                     self.updateReferenceSelector()
                 else:
                     self._segmentations = {}
@@ -419,8 +428,10 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
         return Volume.from_ras(np.array(array, dtype=np.float32), ijk_to_ras, {"source": volumeNode.GetName()})
 
-    def startRuns(self, volumeNode, models, remote=None):
-        """Start the runs of ``models`` on ``volumeNode`` in a worker process, locally or on ``remote`` (url, token)."""
+    def startRuns(self, volumeNode, models, remote=None, budget=None):
+        """Start the runs of ``models`` on ``volumeNode`` in a worker process, locally or on ``remote`` (url, token).
+
+        A model named ``auto`` is picked by the worker to fit ``budget`` (fastest, balanced, best or seconds)."""
         from LowResSegLib.background import BackgroundRuns
 
         if not models:
@@ -431,12 +442,13 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         else:
             repo = self.repository()
             for name in models:
-                repo.card(name)  # an unknown or damaged model fails here, before any work
+                if name != "auto":
+                    repo.card(name)  # an unknown or damaged model fails here, before any work
             engine = {"kind": "local", "repository": repo.root}
         volume = self.volumeFromNode(volumeNode)
         self._volume = volume
         return BackgroundRuns(volume, models, engine, python=slicersupport.worker_python(),
-                              pythonpath=[_bundle_root()]).start()
+                              pythonpath=[_bundle_root()], budget=budget).start()
 
     # ------------------------------------------------------------------ remembered servers
 

@@ -23,12 +23,13 @@ import tempfile
 
 __all__ = ["RunEvent", "BackgroundRuns", "event_line", "parse_event_line"]
 
-_KINDS = ("progress", "result", "error", "cancelled", "finished")
+_KINDS = ("chosen", "progress", "result", "error", "cancelled", "finished")
 
 
 class RunEvent(object):
     """What the worker reports: ``kind`` is one of
 
+    - ``"chosen"``: ``model`` picked for ``auto``, ``message`` why (LowResSegLib.modelchoice);
     - ``"progress"``: ``model``, ``fraction`` (0..1 over all runs);
     - ``"result"``: ``model``, ``segmentation`` (a :class:`LowResSegLib.pipeline.Segmentation`);
       on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``;
@@ -75,15 +76,17 @@ class BackgroundRuns(object):
     """Segment one volume with several models, one after another, in a child process.
 
     ``engine``: ``{"kind": "local", "repository": PATH, "threads": N}`` or ``{"kind": "remote",
-    "url": URL, "token": TOKEN}``. ``python``: the interpreter that runs the worker (in Slicer:
+    "url": URL, "token": TOKEN}``. A model named ``auto`` is chosen by the worker to fit ``budget``
+    (``fastest``, ``balanced``, ``best`` or seconds per volume). ``python``: the interpreter that runs the worker (in Slicer:
     ``PythonSlicer``), by default this one. ``pythonpath``: folders the child must import from
     (where ``LowResSegLib`` is), put before the inherited ``PYTHONPATH``.
     """
 
-    def __init__(self, volume, models, engine, chunk=32, python=None, pythonpath=()):
+    def __init__(self, volume, models, engine, chunk=32, python=None, pythonpath=(), budget=None):
         if not models:
             raise ValueError("no model to run")
         self.volume, self.models, self.engine, self.chunk = volume, list(models), dict(engine), int(chunk)
+        self.budget = budget
         self.python, self.pythonpath = python or sys.executable, list(pythonpath)
         self.folder = self.process = None
         self.finished = False
@@ -103,7 +106,7 @@ class BackgroundRuns(object):
         self.folder = tempfile.mkdtemp(prefix="LowResSeg-run-")  # mode 0700: the token stays private
         try:
             np.save(os.path.join(self.folder, VOLUME), np.ascontiguousarray(self.volume.array))
-            request = {"models": self.models, "engine": self.engine, "chunk": self.chunk,
+            request = {"models": self.models, "engine": self.engine, "chunk": self.chunk, "budget": self.budget,
                        "affine": [[float(v) for v in row] for row in self.volume.affine],
                        "name": str(self.volume.meta.get("source") or "")}
             fd = os.open(os.path.join(self.folder, REQUEST), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -10,7 +10,8 @@ import shutil
 import sys
 
 __all__ = ["terminology_tag", "segment_specs", "node_name", "card_summary", "side_by_side_layout",
-           "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "secret_file_for"]
+           "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "secret_file_for", "AUTO_CHOICES",
+           "auto_budget", "auto_summary"]
 
 _CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -37,6 +38,24 @@ def segment_specs(card):
             "terminology": terminology_tag(cls) if cls.get("category") and cls.get("type") else None,
         })
     return out
+
+
+# the model selector's automatic entries: the worker picks the model (LowResSegLib.modelchoice)
+AUTO_CHOICES = (("Auto: fastest", "fastest"), ("Auto: balanced", "balanced"), ("Auto: best quality", "best"))
+
+
+def auto_budget(entry):
+    """The modelchoice budget of a model-selector entry, or None for a model name."""
+    return dict(AUTO_CHOICES).get(entry)
+
+
+def auto_summary(entry):
+    """What an automatic entry does, for the label under the selector."""
+    budget = auto_budget(entry)
+    what = {"fastest": "the fastest model", "best": "the model of the best card quality",
+            "balanced": "the best card quality among the models that take at most twice the fastest's time"}[budget]
+    return ("%s: picks %s, timed on this computer or server (measured once per model, then cached); the status "
+            "line says which model and why." % (entry, what))
 
 
 def node_name(volume_name, model):

@@ -7,7 +7,10 @@ MONAIAuto3DSeg, SlicerNNUnet) therefore segment in a separate process, and so do
 ``FOLDER`` is a private temporary folder made by :class:`LowResSegLib.background.BackgroundRuns`:
 
 - ``request.json``: ``{"models": [...], "engine": {"kind": "local", "repository": PATH, "threads": N}
-  | {"kind": "remote", "url": URL, "token": TOKEN or null}, "chunk": 32, "affine": 4x4, "name": str}``
+  | {"kind": "remote", "url": URL, "token": TOKEN or null}, "chunk": 32, "affine": 4x4, "name": str,
+  "budget": "fastest" | "balanced" | "best" | seconds}``; a model named ``auto`` is chosen here by
+  :func:`LowResSegLib.modelchoice.choose_model` (calibrated on this engine, cached), reported as a
+  ``chosen`` event with its reason, then run;
   (the folder is readable by its owner only, so a token never appears on a command line);
 - ``volume.npy``: the voxels, (k, j, i).
 
@@ -22,9 +25,10 @@ import os
 import sys
 import time
 
-__all__ = ["main", "REQUEST", "VOLUME", "labels_file"]
+__all__ = ["main", "REQUEST", "VOLUME", "AUTO", "labels_file"]
 
 REQUEST, VOLUME = "request.json", "volume.npy"
+AUTO = "auto"  # the model name that asks for modelchoice
 
 
 def labels_file(folder, n):
@@ -38,6 +42,33 @@ def _engine(spec, name):
     if spec.get("kind") == "remote":
         return RemoteEngine(spec["url"], name, token=spec.get("token"))
     return LocalEngine(name, spec.get("repository"), threads=int(spec.get("threads") or 0))
+
+
+def _engine_models(spec):
+    """The models the engine can run: the repository's usable ones, or the server's."""
+    if spec.get("kind") == "remote":
+        from LowResSegLib.engines import RemoteServer
+
+        return list(RemoteServer(spec["url"], spec.get("token")).probe()["models"])
+    from LowResSegLib.modelstore import ModelRepository
+
+    repo = ModelRepository(spec.get("repository"))
+    return [n for n in repo.names() if repo.check(n)[0]]
+
+
+def _resolve_auto(models, request, volume, emit):
+    """``models`` with ``auto`` replaced by the chosen model (a chosen model already listed runs once)."""
+    from LowResSegLib.background import RunEvent
+    from LowResSegLib.modelchoice import axial_slices, choose_model
+
+    if AUTO not in models:
+        return models, {}
+    spec = request["engine"]
+    choice = choose_model(_engine_models(spec), request.get("budget") or "balanced",
+                          lambda n: _engine(spec, n), slices=axial_slices(volume))
+    emit(RunEvent("chosen", choice.name, message=choice.reason))
+    resolved = [choice.name if m == AUTO else m for m in models]
+    return list(dict.fromkeys(resolved)), {choice.name: choice.engine}
 
 
 def _save_atomic(path, array):
@@ -64,7 +95,11 @@ def run_request(folder, emit):
     with open(os.path.join(folder, REQUEST)) as f:
         request = json.load(f)
     volume = Volume(np.load(os.path.join(folder, VOLUME)), request["affine"], {"source": request.get("name", "")})
-    models = list(request["models"])
+    try:
+        models, engines = _resolve_auto(list(request["models"]), request, volume, emit)
+    except Exception as exc:
+        emit(RunEvent("error", AUTO, message="%s: %s" % (AUTO, _one_line(exc))))
+        return
     n = len(models)
     for i, name in enumerate(models):
         try:
@@ -72,8 +107,8 @@ def run_request(folder, emit):
                 emit(RunEvent("progress", name, fraction=(i + done / float(max(1, total))) / n))
 
             t0 = time.perf_counter()
-            run = SegmentationRun(request.get("name") or "volume", engine=_engine(request["engine"], name),
-                                  volume=volume)
+            engine = engines.get(name) or _engine(request["engine"], name)
+            run = SegmentationRun(request.get("name") or "volume", engine=engine, volume=volume)
             seg = run.execute(progress=progress, chunk=int(request.get("chunk") or 32))
             seg.timings.setdefault("wall_s", time.perf_counter() - t0)
             path = labels_file(folder, i)

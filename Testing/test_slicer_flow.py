@@ -48,6 +48,7 @@ def module(repo, monkeypatch, tmp_path):
     import qt
 
     monkeypatch.setenv("LOWRESSEG_MODELS", repo)
+    monkeypatch.setenv("LOWRESSEG_CACHE", str(tmp_path / "cache"))  # model-auto calibrations of this test only
     slicer.reset()
     DICOMUtils.imported.clear()
     slicer.util.slot_errors.clear()
@@ -460,3 +461,19 @@ def test_export_also_stores_the_seg_in_the_pacs(module, tmp_path):
                                                                                           "%s:%s" % (USER, PASSWORD))
     finally:
         server.stop()
+
+
+def test_auto_picks_the_model_in_the_worker_and_says_why(module, volume_node):
+    """The Fastest / Balanced / Best quality entries: the worker times each model on this engine and runs
+    the one that fits; the status line says which and why."""
+    node, _ = volume_node
+    widget = make_widget(module, node, "Auto: fastest")
+    assert widget.ui.modelSelector.items[:3] == ["Auto: fastest", "Auto: balanced", "Auto: best quality"]
+    assert "picks the fastest model" in widget.ui.modelCardLabel.text
+    widget.ui.segmentButton.click()
+    pump(widget)
+    (new,) = seg_nodes()
+    chosen = new.GetName().split(" \u00b7 ")[1]
+    assert chosen in ("low-16to64", "high-32to64")  # the tampered model cannot load, so it is not offered
+    assert "Auto chose %s: the fastest on this engine" % chosen in widget.ui.statusLabel.text
+    assert widget.ui.resultsTable.cells[(0, 0)] == chosen
