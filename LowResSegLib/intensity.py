@@ -350,15 +350,17 @@ def _hull_where_the_fill_failed(mask, ring=0.5):
     (about 0.8-1 of their hull, even with nose and ears) are unchanged.
     """
     out = mask
-    for k in range(mask.shape[0]):
-        area = int(np.count_nonzero(mask[k]))
-        if area < 16:
-            continue
-        jj, ii = np.nonzero(mask[k])
-        if area >= ring * (np.ptp(jj) + 1) * (np.ptp(ii) + 1):  # a cheap bound: the hull lies in the box
-            continue
+    m = mask != 0
+    area = m.sum(axis=(1, 2))
+    # a cheap bound on every slice at once: the hull holds each row's span from its first to its last pixel
+    n = m.shape[2]
+    first = np.argmax(m, axis=2)
+    last = n - 1 - np.argmax(m[:, :, ::-1], axis=2)
+    spans = np.where(m.any(axis=2), last - first + 1, 0).sum(axis=1)
+    for k in np.nonzero((area >= 16) & (area < ring * spans))[0]:
+        jj, ii = np.nonzero(m[k])
         hull = _convex_hull_mask(jj, ii, mask.shape[1:])
-        if area < ring * np.count_nonzero(hull):
+        if area[k] < ring * np.count_nonzero(hull):
             if out is mask:
                 out = mask.copy()
             out[k] = hull.astype(mask.dtype)
@@ -366,8 +368,16 @@ def _hull_where_the_fill_failed(mask, ring=0.5):
 
 
 def _convex_hull_mask(jj, ii, shape):
-    """The pixels of ``shape`` inside the convex hull of the points (jj, ii) (monotone chain)."""
-    pts = sorted(set(zip(jj.tolist(), ii.tolist())))
+    """The pixels of ``shape`` inside the convex hull of the points (jj, ii) (monotone chain).
+
+    Only each row's leftmost and rightmost point can be a hull vertex, so only those are walked.
+    """
+    rows = np.unique(jj)
+    left = np.full(shape[0], shape[1], np.int64)
+    right = np.full(shape[0], -1, np.int64)
+    np.minimum.at(left, jj, ii)
+    np.maximum.at(right, jj, ii)
+    pts = sorted(set(zip(rows.tolist(), left[rows].tolist())) | set(zip(rows.tolist(), right[rows].tolist())))
 
     def cross(o, a, b):
         return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
