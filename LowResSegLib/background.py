@@ -78,8 +78,8 @@ class BackgroundRuns(object):
     ``engine``: ``{"kind": "local", "repository": PATH, "threads": N}`` or ``{"kind": "remote",
     "url": URL, "token": TOKEN}``. A model named ``auto`` is chosen by the worker to fit ``budget``
     (``fastest``, ``balanced``, ``best`` or seconds per volume). ``python``: the interpreter that
-    runs the worker (in Slicer: ``PythonSlicer``), by default this one. ``pythonpath``: folders the child must import from
-    (where ``LowResSegLib`` is), put before the inherited ``PYTHONPATH``.
+    runs the worker (in Slicer: ``PythonSlicer``), by default this one. ``pythonpath``: folders the
+    child must import from (where ``LowResSegLib`` is), put before the inherited ``PYTHONPATH``.
     """
 
     def __init__(self, volume, models, engine, chunk=32, python=None, pythonpath=(), budget=None):
