@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-__all__ = ["ModelChoice", "CalibrationCache", "PRESETS", "parse_budget", "quality_of", "engine_identity",
+__all__ = ["cpu_name", "ModelChoice", "CalibrationCache", "PRESETS", "parse_budget", "quality_of", "engine_identity",
            "calibrate", "choose_model", "axial_slices", "CALIBRATION_SLICES", "BRATS_SLICES"]
 
 CALIBRATION_SLICES = 24  # one slab of a 240×240 head: long enough to time, ~1-2 s for the slowest model
@@ -62,7 +62,8 @@ def quality_of(card):
     return value if not math.isnan(value) else -math.inf
 
 
-def _cpu_name():
+def cpu_name():
+    """The processor's model name (Linux), else what the platform says: part of an engine's identity."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -85,14 +86,14 @@ def engine_identity(engine):
 
         return "local onnxruntime %s %s threads=%s optimised=%s; %s x%d; python %s" % (
             ort.__version__, ",".join(engine.session.get_providers()), getattr(engine, "threads", 0),
-            getattr(engine, "optimised", False), _cpu_name(), os.cpu_count() or 0, platform.python_version())
+            getattr(engine, "optimised", False), cpu_name(), os.cpu_count() or 0, platform.python_version())
     if isinstance(engine, RemoteEngine):
         try:
             meta = engine.server.get_json("/v2")
         except Exception:  # an old server without metadata: the URL alone
             meta = {}
         return "remote %s %s %s; client %s x%d" % (engine.url, meta.get("name"), meta.get("version"),
-                                                   _cpu_name(), os.cpu_count() or 0)
+                                                   cpu_name(), os.cpu_count() or 0)
     return "%s.%s" % (type(engine).__module__, type(engine).__name__)
 
 

@@ -15,7 +15,6 @@ onnxruntime profile of the 32→256 J-head graph (where its extra time at 256² 
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -27,21 +26,10 @@ sys.path.insert(0, ROOT)
 
 from LowResSegLib.engines import LocalEngine  # noqa: E402
 from LowResSegLib.geometry import Volume  # noqa: E402
+from LowResSegLib.modelchoice import cpu_name  # noqa: E402
 from LowResSegLib.modelstore import ModelRepository  # noqa: E402
 from LowResSegLib.pipeline import segment  # noqa: E402
 from bench.report import replace_section  # noqa: E402
-
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def bench_volume():
