@@ -14,7 +14,7 @@ from LowResSegLib.training import kaggle3m, lggdata, realdata
 from LowResSegLib.training.slices import SliceCache, cache_path, parse_data_spec, volume_to_slices
 
 PATIENTS = {"TCGA_DU_0001_19990101": 12, "TCGA_HT_A0B1_20000202": 9}
-RESERVED = "TCGA_CS_0002_19980303"
+RESERVED = "TCGA_CS_" + "XTEST_19000101"  # a made-up patient of the reserved institution (no real ID)
 
 
 def head_slice(n, size, tumour):
