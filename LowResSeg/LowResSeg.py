@@ -34,6 +34,7 @@ if _bundle_root() not in sys.path:
     sys.path.insert(0, _bundle_root())
 
 from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
+from LowResSegLib.run import AUTO  # noqa: E402  (stdlib only)
 
 _RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
 _DICOM_PACKAGES = (("highdicom", "highdicom"),)
@@ -280,7 +281,7 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         models, budget = self.selectedModels(), slicersupport.auto_budget(self.ui.modelSelector.currentText)
         if budget:
-            models[0] = "auto"  # the worker picks it
+            models[0] = AUTO  # the worker picks it
         try:
             self._runs = self.logic.startRuns(volumeNode, models, remote=remote, budget=budget)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -442,7 +443,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         else:
             repo = self.repository()
             for name in models:
-                if name != "auto":
+                if name != AUTO:
                     repo.card(name)  # an unknown or damaged model fails here, before any work
             engine = {"kind": "local", "repository": repo.root}
         volume = self.volumeFromNode(volumeNode)

@@ -11,6 +11,8 @@ import shutil
 import sys
 import tempfile
 
+from LowResSegLib.run import AUTO  # the model name that asks for a choice by time budget
+
 
 def cmd_models(args):
     from LowResSegLib.modelstore import ModelRepository, ModelStoreError
@@ -67,7 +69,7 @@ def _print_warnings(volume):
 def cmd_segment(args):
     from LowResSegLib.run import SegmentationRun
 
-    _check_budget(args, args.model == "auto")
+    _check_budget(args, args.model == AUTO)
     run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
                           overwrite=args.overwrite, channel=args.channel, series=args.series,
                           repository=args.repository, threads=args.threads, budget=args.budget, log=_log)
@@ -107,7 +109,7 @@ def _auto_choice(args, slices):
     from LowResSegLib.modelstore import ModelRepository
 
     repo = ModelRepository(args.repository)
-    names = [n for n in repo.names() if repo.check(n)[0]]
+    names = repo.usable_names()
     choice = choose_model(names, args.budget, lambda n: LocalEngine(n, args.repository, threads=args.threads),
                           slices=slices, log=_log)
     print("model auto: %s" % choice.reason)
@@ -118,9 +120,9 @@ def cmd_batch(args):
     from LowResSegLib.batch import CSV_NAME, run_batch
     from LowResSegLib.modelchoice import BRATS_SLICES
 
-    _check_budget(args, args.model == "auto")
+    _check_budget(args, args.model == AUTO)
     engine = None
-    if args.model == "auto":  # one model for the whole batch, sized for a 240x240x155 volume
+    if args.model == AUTO:  # one model for the whole batch, sized for a 240x240x155 volume
         choice = _auto_choice(args, BRATS_SLICES)
         args.model, engine = choice.name, choice.engine
     rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
@@ -183,7 +185,7 @@ def cmd_compare(args):
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
         raise ValueError("--models needs at least one model name (see `lowresseg models`)")
-    _check_budget(args, "auto" in names)
+    _check_budget(args, AUTO in names)
     out = os.path.abspath(args.out)
     targets = [os.path.join(out, f) for f in ("comparison.csv", "comparison.json", "comparison.png")]
     if os.path.exists(out) and not os.path.isdir(out):
@@ -192,13 +194,13 @@ def cmd_compare(args):
         if os.path.exists(t) and not args.overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % t)
     repo = ModelRepository(args.repository)
-    first = next((n for n in names if n != "auto"), None) or (repo.names() or [None])[0]
+    first = next((n for n in names if n != AUTO), None) or (repo.names() or [None])[0]
     volume = read_volume(args.input, channel=args.channel, series=args.series,
                          contrast=card_contrast(repo.card(first)) if first else None)
     _print_warnings(volume)
-    if "auto" in names:  # the model that fits the budget for this volume
+    if AUTO in names:  # the model that fits the budget for this volume
         choice = _auto_choice(args, axial_slices(volume))
-        names = list(dict.fromkeys(choice.name if n == "auto" else n for n in names))
+        names = list(dict.fromkeys(choice.name if n == AUTO else n for n in names))
     engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
     ref = None
     if args.reference_label:

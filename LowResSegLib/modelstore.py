@@ -191,6 +191,10 @@ class ModelRepository(object):
                     % (name, path, actual[:12], card["sha256"][:12]))
         return path
 
+    def usable_names(self):
+        """The models that load (their sha256 matches), for a choice among them."""
+        return [n for n in self.names() if self.check(n)[0]]
+
     def check(self, name):
         """(ok, message) for listings: never raises for a broken model."""
         try:

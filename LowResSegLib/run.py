@@ -194,7 +194,7 @@ class SegmentationRun(object):
             raise RunError("--model auto needs a time budget: --budget 1.5s (seconds per volume), or "
                            "fastest, balanced or best")
         repo = ModelRepository(self.repository)
-        names = [n for n in repo.names() if repo.check(n)[0]]
+        names = repo.usable_names()
         if not names:
             raise RunError("no usable models in %s; run `lowresseg models` to see why" % repo.root)
         if self.volume is None:

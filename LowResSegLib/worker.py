@@ -25,10 +25,9 @@ import os
 import sys
 import time
 
-__all__ = ["main", "REQUEST", "VOLUME", "AUTO", "labels_file"]
+__all__ = ["main", "REQUEST", "VOLUME", "labels_file"]
 
 REQUEST, VOLUME = "request.json", "volume.npy"
-AUTO = "auto"  # the model name that asks for modelchoice
 
 
 def labels_file(folder, n):
@@ -52,14 +51,14 @@ def _engine_models(spec):
         return list(RemoteServer(spec["url"], spec.get("token")).probe()["models"])
     from LowResSegLib.modelstore import ModelRepository
 
-    repo = ModelRepository(spec.get("repository"))
-    return [n for n in repo.names() if repo.check(n)[0]]
+    return ModelRepository(spec.get("repository")).usable_names()
 
 
 def _resolve_auto(models, request, volume, emit):
     """``models`` with ``auto`` replaced by the chosen model (a chosen model already listed runs once)."""
     from LowResSegLib.background import RunEvent
     from LowResSegLib.modelchoice import axial_slices, choose_model
+    from LowResSegLib.run import AUTO
 
     if AUTO not in models:
         return models, {}
@@ -90,7 +89,7 @@ def run_request(folder, emit):
 
     from LowResSegLib.background import RunEvent
     from LowResSegLib.geometry import Volume
-    from LowResSegLib.run import SegmentationRun
+    from LowResSegLib.run import AUTO, SegmentationRun
 
     with open(os.path.join(folder, REQUEST)) as f:
         request = json.load(f)
