@@ -21,6 +21,8 @@ their cards still run; it takes statistics over the non-zero voxels.
 
 import numpy as np
 
+from LowResSegLib import slabs
+
 ZSCORE_NONZERO = "zscore-nonzero-p0.5-99.5-clip5"
 HEAD_MODE_RATIO = "head-mode-ratio-v1"
 METHODS = (HEAD_MODE_RATIO, ZSCORE_NONZERO)
@@ -59,21 +61,34 @@ def normalize_volume(volume, method=DEFAULT_METHOD, spacing_kji=(1.0, 1.0, 1.0))
     v = np.asarray(volume, dtype=np.float32)
     if method == ZSCORE_NONZERO:
         return _zscore_nonzero(v)
-    lo = float(v.min()) if v.size else 0.0
-    if v.size == 0 or float(v.max()) == lo:
-        return np.zeros(v.shape, np.float32)  # constant volume: nothing to find
+    if v.size == 0:
+        return np.zeros(v.shape, np.float32)
+    lo = float(v.min())
     if lo < 0:
         v = v - lo
     m_small, factors, scale = _mask_and_scale_on_work_grid(v, spacing_kji)
-    if scale <= 0:
+    if scale <= 0:  # a constant volume, or one with nothing to find
         return np.zeros(v.shape, np.float32)
-    out = _scaled_in_blocks(v, m_small.astype(np.float32) * np.float32(1.0 / scale), factors)
-    return np.minimum(out, _CLIP, out=out)  # v >= 0 here, so this is the clip to [0, 5]
+    return _scaled_in_blocks(v, m_small.astype(np.float32) * np.float32(1.0 / scale), factors, _CLIP)
 
 
-def _scaled_in_blocks(v, gain_small, factors):
-    """``v`` times ``gain_small`` repeated over its blocks, in one pass (no full-size mask is made)."""
+def _scaled_in_blocks(v, gain_small, factors, clip):
+    """``min(v * gain, clip)`` with ``gain_small`` repeated over its blocks, in one pass per slab of slices
+    (no full-size mask is made); the slabs run side by side (:mod:`LowResSegLib.slabs`)."""
     out = np.empty(v.shape, np.float32)
+    f0 = factors[0]
+
+    def work(a, b):
+        part = out[a:b]
+        _scaled_slab(v[a:b], gain_small[a // f0:-(-b // f0)], factors, part)
+        np.minimum(part, clip, out=part)
+
+    slabs.run(work, v.shape[0], slabs.voxels_per_slice(v.shape), align=f0)
+    return out
+
+
+def _scaled_slab(v, gain_small, factors, out):
+    """``out = v * gain_small`` repeated over its blocks (``v`` starts at a block boundary)."""
     whole = [n // f for n, f in zip(v.shape, factors)]
     core = tuple(slice(0, w * f) for w, f in zip(whole, factors))
     # repeated along the last (contiguous) axis only, broadcast over the other two: fastest measured
@@ -93,7 +108,6 @@ def _scaled_in_blocks(v, gain_small, factors):
             last[axis] = slice(whole[axis], whole[axis] + 1)
             slab_factors = tuple(1 if a == axis else f for a, f in enumerate(factors))
             out[rest] = v[rest] * _upsampled(gain_small[tuple(last)], slab_factors, v[rest].shape)
-    return out
 
 
 def _zscore_nonzero(v):
@@ -133,14 +147,22 @@ def _block_sum_axis(v, f, axis):
 
 
 def _block_mean(v, factors):
-    """Mean over ``factors`` blocks (edge blocks padded by replication).
+    """Mean over ``factors`` blocks (edge blocks padded by replication), slabs of slices side by side.
 
     One strided sum per axis: a 6-D ``reshape(...).mean`` was ~6x slower on a 240x240x155 volume.
     """
-    for axis, f in enumerate(factors):
-        if f > 1:
-            v = _block_sum_axis(v, f, axis)
-    return np.asarray(v, np.float32) * np.float32(1.0 / np.prod(factors))
+    f0 = factors[0]
+    out = np.empty(tuple(-(-n // f) for n, f in zip(v.shape, factors)), np.float32)
+
+    def work(a, b):
+        part = v[a:b]
+        for axis, f in enumerate(factors):
+            if f > 1:
+                part = _block_sum_axis(part, f, axis)
+        np.multiply(part, np.float32(1.0 / np.prod(factors)), out=out[a // f0:-(-b // f0)])
+
+    slabs.run(work, v.shape[0], slabs.voxels_per_slice(v.shape), align=f0)
+    return out
 
 
 def head_mask(volume, spacing_kji=(1.0, 1.0, 1.0)):
@@ -176,10 +198,12 @@ def _mask_and_scale_on_work_grid(v, spacing_kji):
     result (Testing/test_intensity_fast_path.py holds them to the original SimpleITK pipeline):
     the Gaussian is ITK's discrete kernel applied in numpy, Otsu is computed from a numpy
     histogram, the 3-D hole fill is implied by the per-slice one, and the 10 mm core comes from
-    a distance map on a grid twice as coarse.
+    a dilated contour on a grid twice as coarse (the voxels of a distance map there).
     """
     spacing, factors = _work_factors(spacing_kji)
     small = _block_mean(v, factors)
+    if float(small.max()) <= float(small.min()):  # a constant volume: no head to find
+        return np.zeros(small.shape, bool), factors, 0.0
     work_mm = [s * f for s, f in zip(spacing, factors)]
     smooth = _discrete_gaussian(small, [_SMOOTH_MM ** 2 / (s * s) for s in work_mm])
     threshold = otsu_threshold(smooth)
@@ -219,29 +243,45 @@ def _gaussian_kernel(variance, max_error=0.01, max_width=16):
 
 def _discrete_gaussian(a, variances):
     """Separable discrete Gaussian (variance per axis in voxels²), edges replicated: SimpleITK's
-    ``DiscreteGaussian(img, var, 16, 0.01, useImageSpacing=True)``, about 3x faster in numpy."""
+    ``DiscreteGaussian(img, var, 16, 0.01, useImageSpacing=True)``, about 3x faster in numpy.
+
+    Each axis is filtered in slabs cut across another axis, side by side (:mod:`LowResSegLib.slabs`).
+    """
     a = np.asarray(a, np.float32)
     for axis, var in enumerate(variances):
         kernel = _gaussian_kernel(var).astype(np.float32)
-        r = len(kernel) // 2
-        n = a.shape[axis]
-        pad = [(0, 0)] * a.ndim
-        pad[axis] = (r, r)
-        padded = np.pad(a, pad, mode="edge")
+        out = np.empty_like(a)
+        cut = 1 if axis == 0 and a.ndim > 1 else 0
 
-        def shifted(d):
-            idx = [slice(None)] * a.ndim
-            idx[axis] = slice(r + d, r + d + n)
-            return padded[tuple(idx)]
+        def work(start, stop, src=a, dst=out, axis=axis, kernel=kernel, cut=cut):
+            idx = [slice(None)] * src.ndim
+            idx[cut] = slice(start, stop)
+            _gaussian_along(src[tuple(idx)], kernel, axis, dst[tuple(idx)])
 
-        out = shifted(0) * kernel[r]
-        pair = np.empty_like(out)
-        for d in range(1, r + 1):  # symmetric taps: one multiplication per pair
-            np.add(shifted(-d), shifted(d), out=pair)
-            pair *= kernel[r + d]
-            out += pair
+        slabs.run(work, a.shape[cut], a.size // max(1, a.shape[cut]))
         a = out
     return a
+
+
+def _gaussian_along(a, kernel, axis, out):
+    """``out`` = ``a`` convolved with the symmetric ``kernel`` along ``axis``, edges replicated."""
+    r = len(kernel) // 2
+    n = a.shape[axis]
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (r, r)
+    padded = np.pad(a, pad, mode="edge")
+
+    def shifted(d):
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(r + d, r + d + n)
+        return padded[tuple(idx)]
+
+    np.multiply(shifted(0), kernel[r], out=out)
+    pair = np.empty_like(out)
+    for d in range(1, r + 1):  # symmetric taps: one multiplication per pair
+        np.add(shifted(-d), shifted(d), out=pair)
+        pair *= kernel[r + d]
+        out += pair
 
 
 def otsu_threshold(a, bins=256):
@@ -270,25 +310,76 @@ def _largest_component(fg):
     import SimpleITK as sitk
 
     cc = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(fg.astype(np.uint8)), False))
-    if not cc.any():
+    n = int(cc.max())
+    if n <= 1:  # none, or one: no count needed
         return cc.astype(np.uint8)
-    counts = np.bincount(cc.ravel())
+    counts = np.bincount(cc.ravel(), minlength=n + 1)
     counts[0] = 0
     return (cc == int(np.argmax(counts))).astype(np.uint8)
 
 
 def _deep_inside(mask, spacing, depth_mm):
-    """Voxels of ``mask`` more than ``depth_mm`` inside it, from a distance map on a grid twice as coarse."""
-    import SimpleITK as sitk
+    """Voxels of ``mask`` more than ``depth_mm`` inside it, found on a grid twice as coarse.
 
+    "Inside by more than d" is the voxel set of SimpleITK's ``SignedMaurerDistanceMap(...) > d``
+    (tested): no voxel of the mask's contour (a mask voxel with a background voxel among its 26
+    neighbours) lies within d mm. That is the contour dilated by a ball: a few dozen shifted ORs
+    on the coarse grid, cheaper than the distance map.
+    """
     # coarse voxels at most half the depth (with slack for spacings like 2.5000000000000004 mm)
     factors = tuple(2 if n >= 8 and s * 2 <= depth_mm / 2 + 1e-6 else 1 for n, s in zip(mask.shape, spacing))
     coarse = _block_mean(mask.astype(np.float32), factors) >= 0.5
-    img = sitk.GetImageFromArray(coarse.astype(np.uint8))
-    img.SetSpacing([s * f for s, f in zip(spacing, factors)][::-1])
-    inside = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=True, squaredDistance=False,
-                                                                 useImageSpacing=True))
-    return _upsampled(inside > depth_mm, factors, mask.shape) & mask
+    step = [s * f for s, f in zip(spacing, factors)]
+    near = _dilated_by_ball(_contour(coarse), step, depth_mm)
+    return _upsampled(coarse & ~near, factors, mask.shape) & mask
+
+
+def _dilated_by_ball(mask, step, radius):
+    """``mask`` (k, j, i) dilated by the voxels within ``radius`` mm (spacing ``step``, k-j-i).
+
+    The ball is cut into rows along i: each (dk, dj) takes the mask grown along i by its row's
+    half-width, shifted by (dk, dj).
+    """
+    reach_k, reach_j = (int(np.floor(radius / s)) for s in step[:2])
+    rows = {}
+    for dk in range(-reach_k, reach_k + 1):
+        for dj in range(-reach_j, reach_j + 1):
+            left = radius ** 2 - (dk * step[0]) ** 2 - (dj * step[1]) ** 2
+            if left >= 0:
+                rows[(dk, dj)] = int(np.floor(np.sqrt(left) / step[2] + 1e-9))
+    grown = [mask]  # grown[w]: mask grown by w voxels along i
+    for w in range(1, max(rows.values()) + 1):
+        g = grown[-1].copy()
+        _or_shifted(g, mask, (0, 0, w))
+        _or_shifted(g, mask, (0, 0, -w))
+        grown.append(g)
+    out = grown[rows[(0, 0)]].copy()
+    for (dk, dj), w in rows.items():
+        if dk or dj:
+            _or_shifted(out, grown[w], (dk, dj, 0))
+    return out
+
+
+def _contour(mask):
+    """Voxels of a boolean ``mask`` with a background voxel among their 26 neighbours in the image."""
+    background = ~mask
+    for axis in range(mask.ndim):  # the 3x3x3 neighbourhood is a cube: grow one axis at a time
+        grown = background.copy()
+        for off in (-1, 1):
+            shift = [0] * mask.ndim
+            shift[axis] = off
+            _or_shifted(grown, background, shift)
+        background = grown
+    return mask & background
+
+
+def _or_shifted(dst, src, offset):
+    """``dst[x] |= src[x + offset]`` wherever ``x + offset`` is inside the array."""
+    to, frm = [], []
+    for o, n in zip(offset, src.shape):
+        to.append(slice(max(0, -o), n - max(0, o)))
+        frm.append(slice(max(0, o), n + min(0, o)))
+    dst[tuple(to)] |= src[tuple(frm)]
 
 
 def _fill_slice_holes(arr):
