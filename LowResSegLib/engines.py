@@ -26,6 +26,14 @@ class Engine(object):
     output = None
 
     def infer(self, batch):
+        return self.infer_native(batch).astype(np.float32, copy=False)
+
+    def infer_native(self, batch):
+        """The probabilities in the output's own type (FP16 for ``probabilities_8bit``).
+
+        The pipeline reads this: it converts only the few windows it resamples, where converting
+        every slice to FP32 took longer than the graph itself (docs/BENCHMARKS.md).
+        """
         raise NotImplementedError
 
     def check_batch(self, batch):
@@ -82,9 +90,9 @@ class LocalEngine(Engine):
                                             providers=providers)
         self.output = choose_output([o.name for o in self.session.get_outputs()], output, where)
 
-    def infer(self, batch):
+    def infer_native(self, batch):
         probs, = self.session.run([self.output], {"image": self.check_batch(batch)})
-        return probs.astype(np.float32, copy=False)
+        return probs
 
 
 class RemoteError(RuntimeError):
@@ -247,7 +255,7 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------ inference
 
-    def infer(self, batch):
+    def infer_native(self, batch):
         from LowResSegLib import protocol
 
         body, headers = protocol.encode_request([("image", self.check_batch(batch))], outputs=[self.output])
@@ -255,6 +263,6 @@ class RemoteEngine(Engine):
         self.server.check(status, data)
         try:
             outputs, _ = protocol.decode_response(data, reply.getheader(protocol.HEADER_LENGTH))
-            return outputs[self.output].astype(np.float32, copy=False)
+            return outputs[self.output]
         except (protocol.ProtocolError, KeyError) as exc:
             raise RemoteError("the server's answer could not be read (%s)" % exc)

@@ -167,10 +167,49 @@ def area_resample(batch: np.ndarray, size) -> np.ndarray:
 
     This is how a low-resolution acquisition sees the anatomy, and it is the one
     function that makes model inputs, in training and at inference alike.
+
+    When the sizes share a factor g (240 -> 32: g = 16), the area matrix is g copies of one
+    small block on its diagonal, and each axis is one product with that block: the same
+    weights, 2-16x fewer operations than the dense matrix (equal to it within float32 rounding).
     """
     h, w = _target_shape(size)
     batch = np.asarray(batch)
-    return apply_separable(batch, area_matrix(batch.shape[-2], h), area_matrix(batch.shape[-1], w))
+    if batch.ndim < 2:
+        raise ValueError("expected [..., H, W] slices, got shape %s" % (batch.shape,))
+    big_h, big_w = batch.shape[-2:]
+    dtype = np.result_type(batch.dtype, np.float32)
+    row_block, col_block = _area_block(big_h, h, dtype.str), _area_block(big_w, w, dtype.str)
+    if row_block is None and col_block is None:
+        return apply_separable(batch, area_matrix(big_h, h), area_matrix(big_w, w))
+    flat = np.ascontiguousarray(batch.reshape(-1, big_h, big_w), dtype=dtype)
+    n = flat.shape[0]
+    t = _along_last_axis(flat.reshape(n * big_h, big_w), col_block, area_matrix(big_w, w, dtype)).reshape(n, big_h, w)
+    t = np.ascontiguousarray(t.transpose(0, 2, 1)).reshape(n * w, big_h)
+    t = _along_last_axis(t, row_block, area_matrix(big_h, h, dtype)).reshape(n, w, h)
+    return np.ascontiguousarray(t.transpose(0, 2, 1)).reshape(batch.shape[:-2] + (h, w))
+
+
+@lru_cache(maxsize=64)
+def _area_block(n_in: int, n_out: int, dtype: str):
+    """The block the ``dtype`` area matrix repeats on its diagonal, or None when it does not."""
+    from math import gcd
+
+    g = gcd(n_in, n_out)
+    if g < 2:
+        return None
+    m = area_matrix(n_in, n_out, np.dtype(dtype))
+    block = np.ascontiguousarray(m[:n_out // g, :n_in // g])
+    if not np.array_equal(np.kron(np.eye(g, dtype=m.dtype), block), m):
+        return None
+    block.setflags(write=False)
+    return block
+
+
+def _along_last_axis(rows, block, dense):
+    """``rows @ dense.T`` for contiguous ``[M, n_in]`` rows, by ``block`` when the matrix repeats one."""
+    if block is None:
+        return np.dot(rows, dense.T)
+    return np.dot(rows.reshape(-1, block.shape[1]), block.T).reshape(rows.shape[0], dense.shape[0])
 
 
 def bilinear_resample(batch: np.ndarray, size) -> np.ndarray:

@@ -74,7 +74,7 @@ class PreparedSlices(object):
         """
         h, w = self.grid
         big_h, big_w = self.shape[1:]
-        above = (batch > floor).any(axis=0)
+        above = exceeds(batch, floor).any(axis=0)
         if not above.any():
             return None
         if (h, w) != (big_h, big_w):  # non-square source pixels: the area step needs whole slices
@@ -89,6 +89,27 @@ class PreparedSlices(object):
         (o0, o1, r0, r1), (q0, q1, c0, c1) = box_r, box_c
         maps = apply_separable(batch[:, r0:r1, c0:c1], mr[o0:o1, r0:r1], mc[q0:q1, c0:c1])
         return maps, (o0 - top, o1 - top, q0 - left, q1 - left)
+
+
+def exceeds(probabilities, floor):
+    """``probabilities > floor`` for FP32 or FP16 maps; FP16 is compared on its bits, which is exact
+    for values >= 0 and ~10x faster than converting (a negative value counts as above: harmless)."""
+    if probabilities.dtype == np.float16:
+        bound = np.float16(floor)
+        if float(bound) > floor:  # the largest FP16 at or below floor
+            bound = np.nextafter(bound, np.float16(0))
+        return probabilities.view(np.uint16) > bound.view(np.uint16)
+    return probabilities > floor
+
+
+def slices_above(probabilities, floor):
+    """Indices of the ``[N, ...]`` maps with any value above ``floor``."""
+    flat = probabilities.reshape(len(probabilities), -1)
+    if flat.dtype == np.float16:  # the largest bits hold the largest value >= 0 (see exceeds)
+        peaks = flat.view(np.uint16).max(axis=1).view(np.float16)
+    else:
+        peaks = flat.max(axis=1)
+    return np.flatnonzero(exceeds(peaks, floor))
 
 
 def _reach(m, sources, keep0, keep1):
@@ -174,24 +195,28 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     t_pre = time.perf_counter() - t0
     t_inf = t_post = 0.0
     prob = np.zeros(prepared.shape, np.float32)  # slices left at 0 hold no label (see below)
+    written = _Box()
+    run_graph = getattr(engine, "infer_native", engine.infer)  # FP16 stays FP16 until resampled
     for start in range(0, nk, chunk):
         if cancel is not None and cancel():
             return None
         t = time.perf_counter()
         x = low_res_inputs(slices[start:start + chunk], card)
         t1 = time.perf_counter()
-        p = engine.infer(x)[:, 0]
+        p = run_graph(x)[:, 0]
         t2 = time.perf_counter()
         # resampling averages with non-negative weights: unless the probabilities are kept, only the slices,
         # and in them the box, where the model output exceeds NO_LABEL_BELOW go back to full resolution
         if keep_probabilities:
             prob[start:start + len(p)] = prepared.to_slice_grid(p)
+            written.add(start, start + len(p), (0, prob.shape[1], 0, prob.shape[2]))
         else:
-            busy = np.flatnonzero(p.reshape(len(p), -1).max(axis=1) > NO_LABEL_BELOW)
+            busy = slices_above(p, NO_LABEL_BELOW)
             found = prepared.window_above(p[busy], NO_LABEL_BELOW) if len(busy) else None
             if found is not None:
                 maps, (y0, y1, x0, x1) = found
                 prob[start + busy, y0:y1, x0:x1] = maps
+                written.add(start + int(busy[0]), start + int(busy[-1]) + 1, (y0, y1, x0, x1))
         t3 = time.perf_counter()
         t_pre += t1 - t
         t_inf += t2 - t1
@@ -201,10 +226,13 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     if cancel is not None and cancel():
         return None
     t = time.perf_counter()
-    labels = (prob > THRESHOLD).view(np.uint8)
-    if post:  # on the canonical grid: a permutation and flips of the axes keep every component as it is
-        labels = postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
-                                                  post["min_component_peak"])
+    labels = np.zeros(prob.shape, np.uint8)  # outside the box written above, prob is 0
+    box = written.slices()
+    if box is not None:
+        labels[box] = prob[box] > THRESHOLD
+        if post:  # on the canonical grid: a permutation and flips of the axes keep every component as it is
+            labels[box] = postprocess.drop_weak_components(labels[box], prob[box], volume.voxel_ml,
+                                                           post["min_component_ml"], post["min_component_peak"])
     labels = from_canonical(labels, volume.affine)
     if keep_probabilities:
         prob = from_canonical(prob, volume.affine)
@@ -217,6 +245,22 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         "volumes_per_s": 1.0 / total if total > 0 else float("inf"),
     }
     return Segmentation(labels, prob if keep_probabilities else None, card, timings, volume)
+
+
+class _Box(object):
+    """The union of the (k, y, x) boxes written so far."""
+
+    def __init__(self):
+        self.lo = self.hi = None
+
+    def add(self, k0, k1, yx):
+        y0, y1, x0, x1 = yx
+        lo, hi = (k0, y0, x0), (k1, y1, x1)
+        self.lo = lo if self.lo is None else tuple(min(a, b) for a, b in zip(self.lo, lo))
+        self.hi = hi if self.hi is None else tuple(max(a, b) for a, b in zip(self.hi, hi))
+
+    def slices(self):
+        return None if self.lo is None else tuple(slice(a, b) for a, b in zip(self.lo, self.hi))
 
 
 def segment_array(image, affine, engine, chunk=32, progress=None):
