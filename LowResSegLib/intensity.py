@@ -19,6 +19,8 @@ in training and at inference (both call :func:`normalize_volume`).
 their cards still run; it takes statistics over the non-zero voxels.
 """
 
+from functools import lru_cache
+
 import numpy as np
 
 from LowResSegLib import slabs
@@ -219,6 +221,7 @@ def _mask_and_scale_on_work_grid(v, spacing_kji):
     return m_small, factors, histogram_mode(small[core])
 
 
+@lru_cache(maxsize=32)
 def _gaussian_kernel(variance, max_error=0.01, max_width=16):
     """ITK's ``GaussianOperator`` coefficients (e^-t I_n(t), cut where they hold 1 - max_error, normalised)."""
     from math import exp, factorial
@@ -238,7 +241,9 @@ def _gaussian_kernel(variance, max_error=0.01, max_width=16):
         n += 1
     c = np.array(coeff)
     c /= c[0] + 2 * c[1:].sum()
-    return np.concatenate([c[:0:-1], c])
+    kernel = np.concatenate([c[:0:-1], c])
+    kernel.setflags(write=False)  # cached: shared by every call
+    return kernel
 
 
 def _discrete_gaussian(a, variances):
@@ -250,6 +255,10 @@ def _discrete_gaussian(a, variances):
     a = np.asarray(a, np.float32)
     for axis, var in enumerate(variances):
         kernel = _gaussian_kernel(var).astype(np.float32)
+        if axis == a.ndim - 1:  # along the contiguous axis shifted views are slow: one banded matrix product
+            n = a.shape[-1]
+            a = np.dot(np.ascontiguousarray(a).reshape(-1, n), _replicated_band(n, kernel).T).reshape(a.shape)
+            continue
         out = np.empty_like(a)
         cut = 1 if axis == 0 and a.ndim > 1 else 0
 
@@ -261,6 +270,22 @@ def _discrete_gaussian(a, variances):
         slabs.run(work, a.shape[cut], a.size // max(1, a.shape[cut]))
         a = out
     return a
+
+
+def _replicated_band(n, kernel):
+    """``[n, n]`` matrix of the symmetric ``kernel`` with the edges replicated (rows: outputs)."""
+    return _band(n, tuple(float(c) for c in kernel)).astype(np.float32)
+
+
+@lru_cache(maxsize=32)
+def _band(n, kernel):
+    r = len(kernel) // 2
+    m = np.zeros((n, n), np.float32)
+    rows = np.arange(n)
+    for d in range(-r, r + 1):
+        np.add.at(m, (rows, np.clip(rows + d, 0, n - 1)), np.float32(kernel[r + d]))
+    m.setflags(write=False)
+    return m
 
 
 def _gaussian_along(a, kernel, axis, out):
