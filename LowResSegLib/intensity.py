@@ -402,6 +402,8 @@ def _or_shifted(dst, src, offset):
     """``dst[x] |= src[x + offset]`` wherever ``x + offset`` is inside the array."""
     to, frm = [], []
     for o, n in zip(offset, src.shape):
+        if abs(o) >= n:  # shifted out of the array
+            return
         to.append(slice(max(0, -o), n - max(0, o)))
         frm.append(slice(max(0, o), n + min(0, o)))
     dst[tuple(to)] |= src[tuple(frm)]

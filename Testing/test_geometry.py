@@ -394,3 +394,20 @@ def test_from_canonical_of_a_canonical_label():
 def test_geometry_all_exports_exist():
     for name in geometry.__all__:
         assert hasattr(geometry, name)
+
+
+@pytest.mark.parametrize("shape_in, size", [((3, 240, 240), 32), ((2, 240, 256), (32, 64)), ((4, 155, 240), 32),
+                                            ((1, 256, 256), 16), ((2, 240, 240), 256), ((2, 3, 30, 20), (10, 7)),
+                                            ((2, 97, 101), 32)])
+def test_area_by_repeating_block_equals_the_dense_matrix(shape_in, size):
+    """Sizes that share a factor take the block path; it must give the dense matrix's numbers (float32 rounding)."""
+    rng = np.random.default_rng(7)
+    x = (rng.random(shape_in) * 5).astype(np.float32)
+    got = area_resample(x, size)
+    h, w = (size, size) if np.isscalar(size) else size
+    dense = apply_separable(x, area_matrix(shape_in[-2], h), area_matrix(shape_in[-1], w))
+    assert got.shape == dense.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, dense, rtol=1e-6, atol=1e-6)
+    assert geometry._area_block(240, 32, "<f4").shape == (2, 15)  # 240 -> 32: 16 blocks of 15 -> 2
+    assert geometry._area_block(97, 32, "<f4") is None  # nothing shared: the dense product
+    np.testing.assert_allclose(area_resample(x.astype(np.float64), size), dense, rtol=1e-5, atol=1e-5)

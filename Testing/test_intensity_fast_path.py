@@ -112,3 +112,66 @@ def test_a_broken_scalp_ring_still_gives_the_whole_head(case):
     assert not mask[:, :3, :3].any()  # not the air in the corners
     closed = head_mask(_bright_scalp_head(), (5.0, 0.94, 0.94))
     assert closed[:, 60, 50].all() and not closed[:, :3, :3].any()  # an intact ring: filled as before
+
+
+def test_deep_inside_is_the_distance_maps_voxel_set():
+    """The dilated-contour core equals SimpleITK's SignedMaurerDistanceMap > depth, voxel for voxel."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(3)
+    for n, spacing in enumerate([(4.0, 4.0, 4.0), (4.0, 3.2, 3.3), (6.0, 2.67, 2.67), (5.0, 4.0, 4.0),
+                                 (2.0, 2.0, 2.0), (3.0, 1.5, 2.5)]):
+        x = rng.random((30, 50, 45))
+        for _ in range(12):  # smooth blobs, some cut by the image border, with holes and specks
+            for axis in range(3):
+                x = (x + np.roll(x, 1, axis) + np.roll(x, -1, axis)) / 3
+        mask = (x > np.quantile(x, 0.3 + 0.03 * n)) ^ (rng.random(x.shape) < 0.002)
+        img = sitk.GetImageFromArray(mask.astype(np.uint8))
+        img.SetSpacing(spacing[::-1])
+        dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=True, squaredDistance=False,
+                                                                   useImageSpacing=True))
+        near = intensity._dilated_by_ball(intensity._contour(mask), spacing, 10.0)
+        assert (dist > 10.0).any()
+        np.testing.assert_array_equal(mask & ~near, dist > 10.0, err_msg=str(spacing))
+
+
+def test_slab_threads_give_the_one_thread_result(monkeypatch):
+    """The normalised volume is the same, bit for bit, whether its slabs run side by side or in one thread."""
+    from LowResSegLib import slabs
+
+    rng = np.random.default_rng(4)
+    kk, jj, ii = np.indices((61, 90, 87))
+    r2 = ((kk - 30) / 61.0) ** 2 + ((jj - 45) / 90.0) ** 2 + ((ii - 43) / 87.0) ** 2
+    v = ((r2 < 0.12) * 100 + rng.random(r2.shape) * 20).astype(np.float32)
+    monkeypatch.setattr(slabs, "MIN_VOXELS_PER_SLAB", 1000)  # many slabs even on this small volume
+    monkeypatch.setattr(slabs, "worker_count", lambda: 3)
+    assert len(slabs.bounds(61, 90 * 87, align=2)) == 3
+    threaded = intensity.normalize_volume(v, spacing_kji=(1.0, 1.0, 1.0))
+    monkeypatch.setattr(slabs, "worker_count", lambda: 1)
+    np.testing.assert_array_equal(threaded, intensity.normalize_volume(v, spacing_kji=(1.0, 1.0, 1.0)))
+
+
+def test_slab_bounds_cover_the_axis_on_block_boundaries():
+    from LowResSegLib import slabs
+
+    for n, align, parts in [(155, 2, 2), (155, 3, 4), (7, 2, 8), (1, 1, 2), (64, 4, 3)]:
+        spans = slabs.bounds(n, 1, align=align, parts=parts)
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(b == c for (_, b), (c, _) in zip(spans, spans[1:]))
+        assert all(a % align == 0 for a, _ in spans) and len(spans) <= parts
+    assert slabs.run(lambda a, b: (a, b), 0, 1) == []
+
+
+def test_deep_inside_of_a_slab_thinner_than_the_ball():
+    """A 2-slice slab: the ball reaches past both ends of k; still the distance map's voxels."""
+    import SimpleITK as sitk
+
+    mask = np.zeros((2, 32, 32), bool)
+    mask[:, 4:28, 4:28] = True
+    img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    img.SetSpacing((1.0, 1.0, 5.0))
+    dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=True, squaredDistance=False,
+                                                               useImageSpacing=True))
+    near = intensity._dilated_by_ball(intensity._contour(mask), (5.0, 1.0, 1.0), 10.0)
+    assert (dist > 10.0).any()
+    np.testing.assert_array_equal(mask & ~near, dist > 10.0)

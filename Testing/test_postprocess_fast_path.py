@@ -87,3 +87,21 @@ def test_only_what_can_hold_a_label_is_resampled(volumes, monkeypatch):
     tumour_slices = int(np.count_nonzero(seg.labels.any(axis=(1, 2))))
     assert 0 < tumour_slices <= sum(n for n, _ in seen) < seg.timings["slices"]
     assert max(area for _, area in seen) < 0.5 * case.image.shape[1] * case.image.shape[2]
+
+
+def test_fp16_maps_are_compared_exactly_on_their_bits():
+    """Every FP16 value, compared on its bits, gives the FP32 answer (negatives count as above: only wider)."""
+    from LowResSegLib.pipeline import NO_LABEL_BELOW, THRESHOLD, exceeds, slices_above
+
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite_non_negative = np.isfinite(every) & ~np.signbit(every)
+    for floor in (NO_LABEL_BELOW, THRESHOLD, 0.0, 1.0 / 3.0):
+        want = every.astype(np.float32) > floor
+        got = exceeds(every, floor)
+        np.testing.assert_array_equal(got[finite_non_negative], want[finite_non_negative])
+        assert got[np.signbit(every) & np.isfinite(every)].all()  # negative: a wider window, never a lost label
+        values = np.random.default_rng(0).permutation(every[finite_non_negative])[:31700]
+        maps = np.sort(values.reshape(3170, 10), axis=1).reshape(317, 10, 10)  # some slices above, some not
+        np.testing.assert_array_equal(slices_above(maps, floor),
+                                      np.flatnonzero((maps.astype(np.float32) > floor).any(axis=(1, 2))))
+        np.testing.assert_array_equal(slices_above(maps.astype(np.float32), floor), slices_above(maps, floor))

@@ -17,7 +17,7 @@ from LowResSegLib.geometry import area_resample
 from LowResSegLib.intensity import DEFAULT_METHOD
 from LowResSegLib.pipeline import prepare_array
 
-CACHE_VERSION = 6  # bump when the phantom generator or slicing changes (6: the fast normalisation, issue 22)
+CACHE_VERSION = 7  # bump when the phantom generator or slicing changes (7: the slab-threaded normalisation and block area resampling, issue 22)
 
 
 DATA_HELP = ("phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all | lgg:train|val|all | lgg:PATH | msd:PATH | "
