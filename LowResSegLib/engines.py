@@ -16,24 +16,18 @@ MAX_REPLY_BYTES = 1 << 30
 
 
 class Engine(object):
-    """``card`` (the model card) and ``infer(batch[N,1,r,r] float32) -> probabilities [N,K,R,R] float32``.
+    """``card`` (the model card) and ``infer(batch[N,1,r,r] float32) -> probabilities [N,K,R,R]``.
 
     ``output`` is the graph output read: ``probabilities_8bit`` when the graph has it, so a local
-    and a remote run read the same tensor and give identical labels.
+    and a remote run read the same tensor and give identical labels. ``infer`` returns it in its own
+    type (FP16 for ``probabilities_8bit``): the pipeline converts only the few windows it resamples,
+    where converting every slice to FP32 took longer than the graph itself (docs/BENCHMARKS.md).
     """
 
     card = None
     output = None
 
     def infer(self, batch):
-        return self.infer_native(batch).astype(np.float32, copy=False)
-
-    def infer_native(self, batch):
-        """The probabilities in the output's own type (FP16 for ``probabilities_8bit``).
-
-        The pipeline reads this: it converts only the few windows it resamples, where converting
-        every slice to FP32 took longer than the graph itself (docs/BENCHMARKS.md).
-        """
         raise NotImplementedError
 
     def check_batch(self, batch):
@@ -90,7 +84,7 @@ class LocalEngine(Engine):
                                             providers=providers)
         self.output = choose_output([o.name for o in self.session.get_outputs()], output, where)
 
-    def infer_native(self, batch):
+    def infer(self, batch):
         probs, = self.session.run([self.output], {"image": self.check_batch(batch)})
         return probs
 
@@ -255,7 +249,7 @@ class RemoteEngine(Engine):
 
     # ------------------------------------------------------------------ inference
 
-    def infer_native(self, batch):
+    def infer(self, batch):
         from LowResSegLib import protocol
 
         body, headers = protocol.encode_request([("image", self.check_batch(batch))], outputs=[self.output])

@@ -196,14 +196,13 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     t_inf = t_post = 0.0
     prob = np.zeros(prepared.shape, np.float32)  # slices left at 0 hold no label (see below)
     written = _Box()
-    run_graph = getattr(engine, "infer_native", engine.infer)  # FP16 stays FP16 until resampled
     for start in range(0, nk, chunk):
         if cancel is not None and cancel():
             return None
         t = time.perf_counter()
         x = low_res_inputs(slices[start:start + chunk], card)
         t1 = time.perf_counter()
-        p = run_graph(x)[:, 0]
+        p = engine.infer(x)[:, 0]  # FP16 stays FP16 until resampled
         t2 = time.perf_counter()
         # resampling averages with non-negative weights: unless the probabilities are kept, only the slices,
         # and in them the box, where the model output exceeds NO_LABEL_BELOW go back to full resolution
