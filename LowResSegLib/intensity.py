@@ -68,10 +68,15 @@ def normalize_volume(volume, method=DEFAULT_METHOD, spacing_kji=(1.0, 1.0, 1.0))
     lo = float(v.min())
     if lo < 0:
         v = v - lo
-    m_small, factors, scale = _mask_and_scale_on_work_grid(v, spacing_kji)
+    m_small, factors, scale, box = _mask_scale_and_box(v, spacing_kji)
+    out = np.zeros(v.shape, np.float32)
     if scale <= 0:  # a constant volume, or one with nothing to find
-        return np.zeros(v.shape, np.float32)
-    return _scaled_in_blocks(v, m_small.astype(np.float32) * np.float32(1.0 / scale), factors, _CLIP)
+        return out
+    # 0 outside the head: only the head's box is scaled
+    full = tuple(slice(b.start * f, min(b.stop * f, n)) for b, f, n in zip(box, factors, v.shape))
+    gain = m_small[box].astype(np.float32) * np.float32(1.0 / scale)
+    out[full] = _scaled_in_blocks(v[full], gain, factors, _CLIP)
+    return out
 
 
 def _scaled_in_blocks(v, gain_small, factors, clip):
@@ -194,31 +199,67 @@ def _upsampled(mask_small, factors, shape):
 
 
 def _mask_and_scale_on_work_grid(v, spacing_kji):
-    """(mask on the ~2 mm work grid, block factors, tissue mode) of a non-negative volume.
+    """(mask on the ~2 mm work grid, block factors, tissue mode) of a non-negative volume."""
+    m_small, factors, scale, _ = _mask_scale_and_box(v, spacing_kji)
+    return m_small, factors, scale
+
+
+def _mask_scale_and_box(v, spacing_kji):
+    """(mask on the ~2 mm work grid, block factors, tissue mode, the mask's box there as slices or None).
 
     Every step runs on the work grid, and the costly ones are done the cheap way with the same
     result (Testing/test_intensity_fast_path.py holds them to the original SimpleITK pipeline):
     the Gaussian is ITK's discrete kernel applied in numpy, Otsu is computed from a numpy
     histogram, the 3-D hole fill is implied by the per-slice one, and the 10 mm core comes from
-    a dilated contour on a grid twice as coarse (the voxels of a distance map there).
+    a dilated contour on a grid twice as coarse (the voxels of a distance map there). The steps
+    after Otsu see only the box around the voxels above it (see :func:`_box_around`).
     """
     spacing, factors = _work_factors(spacing_kji)
     small = _block_mean(v, factors)
     if float(small.max()) <= float(small.min()):  # a constant volume: no head to find
-        return np.zeros(small.shape, bool), factors, 0.0
+        return np.zeros(small.shape, bool), factors, 0.0, None
     work_mm = [s * f for s, f in zip(spacing, factors)]
     smooth = _discrete_gaussian(small, [_SMOOTH_MM ** 2 / (s * s) for s in work_mm])
     threshold = otsu_threshold(smooth)
-    fg = _hull_where_the_fill_failed(_fill_slice_holes(_largest_component(_closed_at_the_edges(smooth > threshold))))
-    m_small = fg.astype(bool)
-    if not m_small.any():
-        return m_small, factors, 0.0
+    above = smooth > threshold
+    box = _box_around(above)
+    m_small = np.zeros(small.shape, bool)
+    if box is None:
+        return m_small, factors, 0.0, None
+    bright = above[box]
+    fg = _hull_where_the_fill_failed(_fill_slice_holes(_largest_component(_closed_at_the_edges(bright))))
+    mask = fg.view(bool)
+    if not mask.any():
+        return m_small, factors, 0.0, None
+    m_small[box] = mask
     # tissue = the bright Otsu class: parenchyma, not noise, CSF or bone (which the filled mask holds)
-    tissue = m_small & (smooth > threshold)
-    core = tissue & _deep_inside(m_small, work_mm, _CORE_MM)
-    if core.sum() < 0.05 * m_small.sum():  # a thin slab or a small FOV: all the tissue
-        core = tissue if tissue.any() else m_small
-    return m_small, factors, histogram_mode(small[core])
+    tissue = mask & bright
+    core = tissue & _deep_inside(mask, work_mm, _CORE_MM, small.shape)
+    if np.count_nonzero(core) < 0.05 * np.count_nonzero(mask):  # a thin slab or a small FOV: all the tissue
+        core = tissue if tissue.any() else mask
+    return m_small, factors, histogram_mode(small[box][core]), box
+
+
+def _box_around(mask, margin=2, align=2):
+    """Slices of the box around ``mask``'s voxels, widened by ``margin`` and out to multiples of ``align``
+    (or to the array's edges); None when the mask is empty.
+
+    The mask steps give the same voxels on this box as on the whole grid: every component lies in it;
+    where it stops short of an edge, its last ``margin`` rows are background, as the outside is, so edges,
+    contours and hole fills are those of the whole grid; and its start on a multiple of ``align`` keeps
+    the 2x coarser grid of :func:`_deep_inside` on the same blocks.
+    """
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not len(hit):
+            return None
+        n = mask.shape[axis]
+        lo = max(0, (int(hit[0]) - margin) // align * align)
+        hi = int(hit[-1]) + 1 + margin
+        hi = n if hi >= n else min(n, -(-hi // align) * align)
+        box.append(slice(lo, hi))
+    return tuple(box)
 
 
 @lru_cache(maxsize=32)
@@ -343,7 +384,7 @@ def _largest_component(fg):
     return (cc == int(np.argmax(counts))).astype(np.uint8)
 
 
-def _deep_inside(mask, spacing, depth_mm):
+def _deep_inside(mask, spacing, depth_mm, grid_shape=None):
     """Voxels of ``mask`` more than ``depth_mm`` inside it, found on a grid twice as coarse.
 
     "Inside by more than d" is the voxel set of SimpleITK's ``SignedMaurerDistanceMap(...) > d``
@@ -352,7 +393,9 @@ def _deep_inside(mask, spacing, depth_mm):
     on the coarse grid, cheaper than the distance map.
     """
     # coarse voxels at most half the depth (with slack for spacings like 2.5000000000000004 mm)
-    factors = tuple(2 if n >= 8 and s * 2 <= depth_mm / 2 + 1e-6 else 1 for n, s in zip(mask.shape, spacing))
+    # (grid_shape: the whole grid's, when ``mask`` is a box cut from it, so that the coarse grid is the same)
+    factors = tuple(2 if n >= 8 and s * 2 <= depth_mm / 2 + 1e-6 else 1
+                    for n, s in zip(grid_shape or mask.shape, spacing))
     coarse = _block_mean(mask.astype(np.float32), factors) >= 0.5
     step = [s * f for s, f in zip(spacing, factors)]
     near = _dilated_by_ball(_contour(coarse), step, depth_mm)

@@ -175,3 +175,28 @@ def test_deep_inside_of_a_slab_thinner_than_the_ball():
     near = intensity._dilated_by_ball(intensity._contour(mask), (5.0, 1.0, 1.0), 10.0)
     assert (dist > 10.0).any()
     np.testing.assert_array_equal(mask & ~near, dist > 10.0)
+
+
+def test_the_box_gives_the_whole_grids_mask_and_mode(volumes, monkeypatch):
+    """The steps after Otsu run on the box around the bright voxels: bit for bit the whole grid's mask and mode,
+    for heads inside the image, cut by its edges, or with a broken scalp ring."""
+    cases = [(name, v, spacing) for name, (v, spacing) in volumes] + [
+        ("scalp gap", _bright_scalp_head(gap=(10, 20)), (5.0, 0.94, 0.94)),
+        ("wider than the FOV", _bright_scalp_head(wider_than_fov=True), (5.0, 0.94, 0.94))]
+    boxes = []
+    original = intensity._box_around
+
+    def spy(mask, **kw):
+        box = original(mask, **kw)
+        boxes.append(np.prod([b.stop - b.start for b in box]) / float(mask.size))
+        return box
+
+    monkeypatch.setattr(intensity, "_box_around", spy)
+    boxed = [intensity.head_mask_and_scale(v, spacing) for _, v, spacing in cases]
+    assert min(boxes) < 0.7  # some box is much smaller than the grid, so the comparison below means something
+    monkeypatch.setattr(intensity, "_box_around",
+                        lambda mask, **kw: tuple(slice(0, n) for n in mask.shape) if mask.any() else None)
+    for (name, v, spacing), (mask, scale) in zip(cases, boxed):
+        whole_mask, whole_scale = intensity.head_mask_and_scale(v, spacing)
+        np.testing.assert_array_equal(mask, whole_mask, err_msg=name)
+        assert scale == whole_scale, name
