@@ -249,8 +249,10 @@ def main(argv=None):
         if full in med:
             up = med[full]["total_s"] / med[j32]["total_s"]
             pp = med[j32]["preprocess_ms"] + med[j32]["postprocess_ms"]
+            pp_low = min(t["preprocess_ms"] + t["postprocess_ms"] for t in runs[j32])  # the machine's noise aside
             checks = [("%s end to end ≥ 25× faster than %s" % (j32, full), "%.1f×" % up, up >= 25),
-                      ("pre + post ≤ 100 ms per volume (%s)" % j32, "%.0f ms" % pp, pp <= 100),
+                      ("pre + post ≤ 100 ms per volume (%s)" % j32,
+                       "%.0f ms (median; lowest of the %d rounds %.0f ms)" % (pp, len(runs[j32]), pp_low), pp <= 100),
                       ("head cost ≤ 1.15×, graph alone", "%.3f" % g, g <= 1.15),
                       ("head cost ≤ 1.05×, end to end", "%.3f" % e2e, e2e <= 1.05)]
             lines += ["Issue 22 targets, in this run:", "", "| target | measured | met |", "|---|---|---|"]
