@@ -93,7 +93,7 @@ class PreparedSlices(object):
 
 def exceeds(probabilities, floor):
     """``probabilities > floor`` for FP32 or FP16 maps; FP16 is compared on its bits, which is exact
-    for values >= 0 and ~10x faster than converting (a negative value counts as above: harmless)."""
+    for values >= 0 and far cheaper than converting (a negative value counts as above: harmless)."""
     if probabilities.dtype == np.float16:
         bound = np.float16(floor)
         if float(bound) > floor:  # the largest FP16 at or below floor
