@@ -20,6 +20,16 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+def _forget_the_pool():
+    """In a forked child the parent's pool threads do not exist: start afresh (training forks its workers)."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_pool)
+
+
 def worker_count():
     """Threads the slab work may use: the cores this process may run on (at most 8)."""
     try:

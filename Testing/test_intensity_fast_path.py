@@ -200,3 +200,22 @@ def test_the_box_gives_the_whole_grids_mask_and_mode(volumes, monkeypatch):
         whole_mask, whole_scale = intensity.head_mask_and_scale(v, spacing)
         np.testing.assert_array_equal(mask, whole_mask, err_msg=name)
         assert scale == whole_scale, name
+
+
+def test_slab_threads_work_in_a_forked_child(monkeypatch):
+    """Training forks its batch workers: a child must not wait on the parent's pool threads, which it lacks."""
+    import multiprocessing
+
+    from LowResSegLib import slabs
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    monkeypatch.setattr(slabs, "MIN_VOXELS_PER_SLAB", 1)
+    assert slabs.run(lambda a, b: b - a, 64, 1) == [32, 32] or len(slabs.bounds(64, 1)) == 1  # the pool exists now
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(slabs.run, (_slab_length, 64, 1))
+        assert sum(result.get(timeout=60)) == 64
+
+
+def _slab_length(a, b):
+    return b - a
