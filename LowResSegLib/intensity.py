@@ -298,10 +298,10 @@ def _discrete_gaussian(a, variances):
         kernel = _gaussian_kernel(var).astype(np.float32)
         if axis == a.ndim - 1:  # along the contiguous axis shifted views are slow: one banded matrix product
             n = a.shape[-1]
-            a = np.dot(np.ascontiguousarray(a).reshape(-1, n), _replicated_band(n, kernel).T).reshape(a.shape)
+            a = np.dot(np.ascontiguousarray(a).reshape(-1, n), _replicated_band(n, var).T).reshape(a.shape)
             continue
         out = np.empty_like(a)
-        cut = 1 if axis == 0 and a.ndim > 1 else 0
+        cut = 1 if axis == 0 else 0  # (the last axis took the branch above, so a has a second axis here)
 
         def work(start, stop, src=a, dst=out, axis=axis, kernel=kernel, cut=cut):
             idx = [slice(None)] * src.ndim
@@ -313,19 +313,16 @@ def _discrete_gaussian(a, variances):
     return a
 
 
-def _replicated_band(n, kernel):
-    """``[n, n]`` matrix of the symmetric ``kernel`` with the edges replicated (rows: outputs)."""
-    return _band(n, tuple(float(c) for c in kernel)).astype(np.float32)
-
-
 @lru_cache(maxsize=32)
-def _band(n, kernel):
+def _replicated_band(n, variance):
+    """``[n, n]`` matrix (rows: outputs) of the Gaussian kernel of ``variance``, edges replicated."""
+    kernel = _gaussian_kernel(variance).astype(np.float32)
     r = len(kernel) // 2
     m = np.zeros((n, n), np.float32)
     rows = np.arange(n)
     for d in range(-r, r + 1):
-        np.add.at(m, (rows, np.clip(rows + d, 0, n - 1)), np.float32(kernel[r + d]))
-    m.setflags(write=False)
+        np.add.at(m, (rows, np.clip(rows + d, 0, n - 1)), kernel[r + d])
+    m.setflags(write=False)  # cached: shared by every call
     return m
 
 
