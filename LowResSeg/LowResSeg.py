@@ -2,7 +2,7 @@
 
 A thin shell over LowResSegLib: node <-> Volume adapters, a new segmentation node per run,
 and the UI. Every decision and all computation live in LowResSegLib (pipeline, comparison
-table, DICOM-SEG). Segmentation runs in a child process (LowResSegLib.background / .worker),
+table, DICOM-SEG). Segmentation runs in a child process (LowResSegLib.frontends.background / .worker),
 as in peer extensions: Slicer's idle main loop holds the GIL, which would starve a thread.
 Targets Slicer 5.8 (Python 3.9) to 5.12.
 """
@@ -33,8 +33,8 @@ def _bundle_root():
 if _bundle_root() not in sys.path:
     sys.path.insert(0, _bundle_root())
 
-from LowResSegLib import slicersupport  # noqa: E402  (numpy only)
-from LowResSegLib.run import AUTO  # noqa: E402  (stdlib only)
+from LowResSegLib.frontends import slicersupport  # noqa: E402  (numpy only)
+from LowResSegLib.workflow.run import AUTO  # noqa: E402  (stdlib only)
 
 _RUNTIME_PACKAGES = (("onnxruntime", "onnxruntime"),)
 _DICOM_PACKAGES = (("highdicom", "highdicom"),)
@@ -402,7 +402,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
     """Node adapters and calls into LowResSegLib; usable without the widget."""
 
     def repository(self):
-        from LowResSegLib.modelstore import ModelRepository
+        from LowResSegLib.repository.modelstore import ModelRepository
 
         return ModelRepository()
 
@@ -417,7 +417,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
     def volumeFromNode(self, volumeNode):
         """A LowResSegLib Volume with a copy of the voxels (the worker never touches the node)."""
-        from LowResSegLib.geometry import Volume
+        from LowResSegLib.images.geometry import Volume
 
         matrix = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(matrix)
@@ -433,7 +433,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         """Start the runs of ``models`` on ``volumeNode`` in a worker process, locally or on ``remote`` (url, token).
 
         A model named ``auto`` is picked by the worker to fit ``budget`` (fastest, balanced, best or seconds)."""
-        from LowResSegLib.background import BackgroundRuns
+        from LowResSegLib.frontends.background import BackgroundRuns
 
         if not models:
             raise ValueError(_("Pick a model."))
@@ -455,7 +455,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
     def savedServer(self, kind):
         """(URL, secret) remembered for ``kind`` ("edge" or "pacs"); "" for what is not there or unreadable."""
-        from LowResSegLib.tokens import read_token
+        from LowResSegLib.edge.tokens import read_token
 
         urlKey, fileKey, _name, minChars = _SERVERS[kind]
         settings = qt.QSettings()
@@ -469,7 +469,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
     def saveServer(self, kind, url, secret):
         """Remember the URL in Slicer's settings and the secret in a 0600 file; the settings keep only its path."""
-        from LowResSegLib.tokens import write_token
+        from LowResSegLib.edge.tokens import write_token
 
         urlKey, fileKey, name, _minChars = _SERVERS[kind]
         settings = qt.QSettings()
@@ -486,14 +486,14 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
     def storeInPacs(self, url, credentials, path):
         """Store a DICOM-SEG file in its study on the DICOMweb server; one line for the user."""
-        from LowResSegLib.pacs import store_seg
+        from LowResSegLib.hospital.pacs import store_seg
 
         result = store_seg(url, path, credentials or None)
         return _("stored in the PACS, study {study}").format(study=result.study_uid)
 
     def testConnection(self, url, token=None):
         """One line for the UI: the server, its models and the round trip, or what went wrong."""
-        from LowResSegLib.engines import RemoteError, RemoteServer
+        from LowResSegLib.inference.engines import RemoteError, RemoteServer
 
         try:
             info = RemoteServer(url, token, read_timeout=10.0).probe()
@@ -510,11 +510,11 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
     def inputWarnings(self, volumeNode, card):
         """The library's check that the input looks like the model's contrast (DICOM headers or name)."""
-        from LowResSegLib.run import contrast_from_name, contrast_warning
+        from LowResSegLib.workflow.run import contrast_from_name, contrast_warning
 
         files = [f for f in self.sourceFiles(volumeNode) if f]
         if files:
-            from LowResSegLib.dicomread import contrast_of_files
+            from LowResSegLib.images.dicomread import contrast_of_files
 
             warning = contrast_warning(card, contrast_of_files(files), "its DICOM headers")
         else:
@@ -522,9 +522,9 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return [warning] if warning else []
 
     def tableRows(self, segmentations, reference, volumeNode=None):
-        """Comparison rows (LowResSegLib.compare) with each run's warnings."""
-        from LowResSegLib.compare import comparison_rows
-        from LowResSegLib.run import result_warnings
+        """Comparison rows (LowResSegLib.frontends.compare) with each run's warnings."""
+        from LowResSegLib.frontends.compare import comparison_rows
+        from LowResSegLib.workflow.run import result_warnings
 
         if not segmentations:
             return []
@@ -596,7 +596,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         import shutil
         import tempfile
 
-        from LowResSegLib.dicomseg import labels_for_source_files, write_dicom_seg
+        from LowResSegLib.results.dicomseg import labels_for_source_files, write_dicom_seg
 
         files = self.sourceFiles(volumeNode)
         if not files:
@@ -718,8 +718,8 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         import pydicom
         from DICOMLib import DICOMUtils
 
-        from LowResSegLib.dicomsynth import write_mr_series
-        from LowResSegLib.geometry import Volume
+        from LowResSegLib.images.dicomsynth import write_mr_series
+        from LowResSegLib.images.geometry import Volume
 
         self.delayDisplay("Export DICOM-SEG from a DICOM-loaded copy")
         blobNode, _blob = self._blob_volume()

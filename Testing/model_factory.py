@@ -11,8 +11,8 @@ Both go through the real modelstore layout (card, config.pbtxt, sha256) and real
 import json
 import os
 
-from LowResSegLib.intensity import normalization_card
-from LowResSegLib.modelstore import CARD_FORMAT_VERSION, sha256_file, triton_config, validate_card
+from LowResSegLib.images.intensity import normalization_card
+from LowResSegLib.repository.modelstore import CARD_FORMAT_VERSION, sha256_file, triton_config, validate_card
 
 TUMOUR = {
     "index": 1, "name": "Tumour", "color": [230, 60, 40],

@@ -7,7 +7,7 @@ largest component, 3-D and per-slice hole filling, and a distance map on the 2 m
 
 import numpy as np
 
-from LowResSegLib.intensity import histogram_mode
+from LowResSegLib.images.intensity import histogram_mode
 
 _WORK_MM, _SMOOTH_MM, _CORE_MM = 2.0, 2.0, 10.0
 

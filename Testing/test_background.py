@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from LowResSegLib.background import BackgroundRuns, RunEvent, event_line, parse_event_line
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.geometry import Volume
-from LowResSegLib.pipeline import segment
+from LowResSegLib.frontends.background import BackgroundRuns, RunEvent, event_line, parse_event_line
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.inference.pipeline import segment
 
 from helpers import cube_phantom
 from model_factory import add_threshold_model
@@ -92,8 +92,9 @@ def test_a_failing_model_reports_one_line_and_stops(repo, volume):
 
 
 def test_a_worker_that_dies_is_an_error_with_what_it_printed(repo, volume, tmp_path):
-    broken = tmp_path / "LowResSegLib"
-    broken.mkdir()
+    broken = tmp_path / "LowResSegLib" / "frontends"
+    broken.mkdir(parents=True)
+    (broken.parent / "__init__.py").write_text("")
     (broken / "__init__.py").write_text("")
     (broken / "worker.py").write_text("import sys\nsys.stderr.write('ImportError: no module named onnxruntime\\n')\n"
                                       "sys.exit(3)\n")

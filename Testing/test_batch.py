@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from LowResSegLib.cli import main
+from LowResSegLib.frontends.cli import main
 
 from model_factory import add_threshold_model
 from test_cli_segment import MODEL, phantom, write_dicom, write_nifti

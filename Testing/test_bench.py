@@ -100,7 +100,7 @@ def test_resolution_ceiling_follows_the_size_of_the_structure():
 
     sys.path.insert(0, ROOT)
     from bench.ceiling import through_resolution
-    from LowResSegLib.metrics import dice
+    from LowResSegLib.images.metrics import dice
 
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     yy, xx = np.mgrid[:128, :128]

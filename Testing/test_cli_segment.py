@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LowResSegLib.cli import main
-from LowResSegLib.geometry import Volume
-from LowResSegLib.io import read_volume
-from LowResSegLib.metrics import dice
-from LowResSegLib.modelstore import triton_config
+from LowResSegLib.frontends.cli import main
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.images.io import read_volume
+from LowResSegLib.images.metrics import dice
+from LowResSegLib.repository.modelstore import triton_config
 
 from model_factory import add_threshold_model
 from helpers import cube_phantom, installed_tool, snapshot
@@ -65,7 +65,7 @@ def write_nifti(path, data_kji, ras=None):
 
 
 def write_dicom(folder, data_kji):
-    from LowResSegLib.dicomsynth import write_mr_series
+    from LowResSegLib.images.dicomsynth import write_mr_series
 
     write_mr_series(Volume(np.asarray(data_kji), lps_affine()), str(folder), seed=3)
     return str(folder)
@@ -186,7 +186,7 @@ def test_nifti_to_nifti_and_seg_nrrd(capsys, inputs, out, common):
 
 
 def test_dicom_to_dicom_seg_and_labels(capsys, inputs, out, common):
-    from LowResSegLib.dicomseg import read_dicom_seg, run_dciodvfy
+    from LowResSegLib.results.dicomseg import read_dicom_seg, run_dciodvfy
 
     src_before = snapshot(inputs["dicom"])
     rc, stdout, err = run(capsys, inputs["dicom"], "--dicom-seg", out / "seg.dcm", "--output", out / "labels.nii.gz",
@@ -483,7 +483,7 @@ def test_unwritable_label_extension_refused_before_any_work(capsys, inputs, out,
 def test_failure_at_the_last_step_leaves_the_folder_as_it_was(capsys, monkeypatch, inputs, out, common):
     """All or nothing: the labels are written, then the SEG fails (a full disk): no file appears,
     and the existing result that --overwrite would replace is still there, byte for byte."""
-    import LowResSegLib.dicomseg as dicomseg
+    import LowResSegLib.results.dicomseg as dicomseg
 
     (out / "x.nii.gz").write_bytes(b"yesterday's result")
     before = snapshot(out)
@@ -502,7 +502,7 @@ def test_failure_at_the_last_step_leaves_the_folder_as_it_was(capsys, monkeypatc
 
 
 def test_commit_puts_back_what_it_replaced_when_a_rename_fails(tmp_path, monkeypatch):
-    from LowResSegLib import run as run_module
+    from LowResSegLib.workflow import run as run_module
 
     a, b = tmp_path / "a.nii.gz", tmp_path / "b.dcm"
     a.write_bytes(b"old a")

@@ -17,8 +17,8 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib.cli import main
-from LowResSegLib.io import read_volume
+from LowResSegLib.frontends.cli import main
+from LowResSegLib.images.io import read_volume
 
 from model_factory import add_threshold_model, add_untrained_model
 from helpers import cube_phantom, snapshot
@@ -172,7 +172,7 @@ def test_compare_unknown_model_writes_nothing(compare_setup):
 
 def test_compare_failing_at_the_figure_writes_no_table_either(compare_setup, monkeypatch):
     """The three files appear together or not at all (the old command left the tables behind)."""
-    import LowResSegLib.compare as compare
+    import LowResSegLib.frontends.compare as compare
 
     def broken_figure(*args, **kwargs):
         raise OSError("could not write the figure: No space left on device")
@@ -231,7 +231,7 @@ def demo_run(tmp_path_factory):
 
 
 def check_demo_folder(out):
-    from LowResSegLib.demo import SAMPLE_IMAGE
+    from LowResSegLib.frontends.demo import SAMPLE_IMAGE
 
     sample = read_volume(SAMPLE_IMAGE)
     for model in (LOW, DICOM_MODEL):
@@ -251,7 +251,7 @@ def check_demo_folder(out):
     dicom = read_volume(str(out / "sample-dicom"))
     assert dicom.shape == sample.shape and dicom.meta["modality"] == "MR"
 
-    from LowResSegLib.dicomseg import read_dicom_seg, run_dciodvfy
+    from LowResSegLib.results.dicomseg import read_dicom_seg, run_dciodvfy
 
     seg_path = out / ("%s.seg.dcm" % DICOM_MODEL)
     assert seg_path.is_file()

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib.io import VolumeReadError, read_volume
+from LowResSegLib.images.io import VolumeReadError, read_volume
 from helpers import snapshot
 
 pytest.importorskip("pydicom")

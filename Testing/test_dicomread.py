@@ -1,5 +1,5 @@
 """DICOM as scanners write it: several volumes per position, duplicates, missing geometry,
-mixed orientations, MOSAIC, tiny header jitter (LowResSegLib.dicomread through read_volume).
+mixed orientations, MOSAIC, tiny header jitter (LowResSegLib.images.dicomread through read_volume).
 
 Synthetic series (pydicom, from our own test phantom) show each rule; the real public series
 in Testing/data/dicom show the ones synthetic data cannot (test_dicom_corpus.py).
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib.io import VolumeReadError, read_volume
+from LowResSegLib.images.io import VolumeReadError, read_volume
 from test_io import ROW, COL, THICKNESS, listing, phantom, write_dicom_series
 
 pydicom = pytest.importorskip("pydicom")
@@ -134,7 +134,7 @@ def test_mosaic_is_refused(tmp_path):
     ("Product EPI Sag Ascending", None, "EPI"), ("localizer", None, None),
 ])
 def test_contrast_guess_from_headers(text, ti, expected):
-    from LowResSegLib.dicomread import Series, guess_contrast
+    from LowResSegLib.images.dicomread import Series, guess_contrast
 
     header = {"SeriesDescription": text, "ScanningSequence": "IR" if ti else "SE"}
     if ti:

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib.dicomseg import read_dicom_seg, run_dciodvfy, write_dicom_seg
-from LowResSegLib.dicomsynth import write_mr_series
-from LowResSegLib.geometry import Volume
+from LowResSegLib.results.dicomseg import read_dicom_seg, run_dciodvfy, write_dicom_seg
+from LowResSegLib.images.dicomsynth import write_mr_series
+from LowResSegLib.images.geometry import Volume
 
 NK, NJ, NI = 12, 56, 64
 SPACING = (0.9, 0.8, 3.0)  # i, j, k: i != j so a swapped PixelSpacing shows
@@ -127,7 +127,7 @@ def test_plane_position_fallback_matches(series, seg_path):
     import highdicom as hd
     import pydicom
 
-    from LowResSegLib.dicomseg import _masks_by_position
+    from LowResSegLib.results.dicomseg import _masks_by_position
 
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in series["files"]]
     masks = _masks_by_position(hd.seg.segread(seg_path), sources, [1])
@@ -270,7 +270,7 @@ def test_invalid_patient_sex_is_left_empty_and_said(series, tmp_path):
 
     import pydicom
 
-    from LowResSegLib.dicomseg import check_seg_sources
+    from LowResSegLib.results.dicomseg import check_seg_sources
 
     files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
     _rewrite(files, PatientSex="0000")
@@ -288,7 +288,7 @@ def test_orientation_jitter_within_tolerance_is_one_orientation(series, tmp_path
     """A GE 3-D series' cosines differ by ~6e-8: highdicom alone refuses ('shared orientation')."""
     import shutil
 
-    from LowResSegLib.dicomseg import check_seg_sources
+    from LowResSegLib.results.dicomseg import check_seg_sources
 
     files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
     for n, f in enumerate(files[1::2]):
@@ -309,7 +309,7 @@ def test_seg_on_an_enhanced_multiframe_source_references_its_frames(tmp_path):
     """The real Canon enhanced file (Testing/data/dicom): volume 1 = frames 41..80."""
     import pydicom
 
-    from LowResSegLib.io import read_volume
+    from LowResSegLib.images.io import read_volume
 
     vol = read_volume(os.path.join(os.path.dirname(__file__), "data", "dicom", "canon_enhanced_dti"), channel=1)
     labels = np.zeros(vol.shape, np.uint8)
@@ -331,7 +331,7 @@ def test_dciodvfy_errors_of_a_source_are_listed_as_inherited_not_ours(series, tm
     import shutil
     import warnings
 
-    from LowResSegLib.dicomseg import seg_errors_by_origin
+    from LowResSegLib.results.dicomseg import seg_errors_by_origin
 
     files = [shutil.copy(f, str(tmp_path / os.path.basename(f))) for f in series["files"]]
     with warnings.catch_warnings():
@@ -346,7 +346,7 @@ def test_dciodvfy_errors_of_a_source_are_listed_as_inherited_not_ours(series, tm
 
 
 def test_labels_for_source_files_follow_the_files_and_refuse_a_resampled_volume(series):
-    from LowResSegLib.dicomseg import labels_for_source_files
+    from LowResSegLib.results.dicomseg import labels_for_source_files
 
     vol, labels = series["vol"], series["labels"]
     files = list(reversed(series["files"]))  # a viewer's own order

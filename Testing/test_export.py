@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.repository.modelstore import ModelRepository
 from LowResSegLib.training.export import export_onnx
 from LowResSegLib.training.models import ExportWrapper, SegModel
 from LowResSegLib.training.tensorrt_ops import check_tensorrt82

@@ -1,4 +1,4 @@
-"""Tests for LowResSegLib.geometry: separable resampling, square FOV, canonical orientation.
+"""Tests for LowResSegLib.images.geometry: separable resampling, square FOV, canonical orientation.
 
 Conventions under test: slices are ``[N, H, W]`` (rows, columns); volumes are
 ``(k, j, i)`` arrays with a 4x4 IJK->LPS affine (``affine @ [i, j, k, 1]`` = LPS mm).
@@ -8,8 +8,8 @@ Asymmetric phantoms make any flipped or swapped axis visible.
 import numpy as np
 import pytest
 
-from LowResSegLib import geometry
-from LowResSegLib.geometry import (
+from LowResSegLib.images import geometry
+from LowResSegLib.images.geometry import (
     apply_separable,
     area_matrix,
     area_resample,

@@ -1,4 +1,4 @@
-"""The load-time graph rewrite (LowResSegLib.graphopt) on the shipped models: same numbers bit for bit,
+"""The load-time graph rewrite (LowResSegLib.inference.graphopt) on the shipped models: same numbers bit for bit,
 only the read output, no pixel shuffle left, still TensorRT 8.2-clean; and the engine uses it."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.graphopt import optimised_model
-from LowResSegLib.modelstore import PROBABILITIES_8BIT, ModelRepository
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.inference.graphopt import optimised_model
+from LowResSegLib.repository.modelstore import PROBABILITIES_8BIT, ModelRepository
 from LowResSegLib.training.tensorrt_ops import check_tensorrt82
 
 MODELS = ["elunet-jhead-32to256", "elunet-jhead-16to256", "elunet-interp-32to256"]

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib import intensity
-from LowResSegLib.geometry import to_canonical
-from LowResSegLib.metrics import dice
+from LowResSegLib.images import intensity
+from LowResSegLib.images.geometry import to_canonical
+from LowResSegLib.images.metrics import dice
 from reference_normalization import reference_mask_and_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ def _canonical(image, affine):
 
 def _volumes():
     pytest.importorskip("nilearn")
-    from LowResSegLib.io import read_volume
+    from LowResSegLib.images.io import read_volume
     from LowResSegLib.training.phantom import VARIANTS, cached_phantom
 
     # bench/speed.py's volume is the stripped twin of (1001, 0); bench/quality.py uses these twins
@@ -102,7 +102,7 @@ def _bright_scalp_head(gap=None, wider_than_fov=False):
 @pytest.mark.parametrize("case", ["gap in the scalp", "wider than the field of view"])
 def test_a_broken_scalp_ring_still_gives_the_whole_head(case):
     """TCGA_FG_8189 (lgg:val) had its brain and tumour zeroed this way: the fill leaked through the ring."""
-    from LowResSegLib.intensity import head_mask
+    from LowResSegLib.images.intensity import head_mask
 
     img = _bright_scalp_head(gap=(10, 20) if case.startswith("gap") else None,
                              wider_than_fov=case.startswith("wider"))
@@ -137,7 +137,7 @@ def test_deep_inside_is_the_distance_maps_voxel_set():
 
 def test_slab_threads_give_the_one_thread_result(monkeypatch):
     """The normalised volume is the same, bit for bit, whether its slabs run side by side or in one thread."""
-    from LowResSegLib import slabs
+    from LowResSegLib.images import slabs
 
     rng = np.random.default_rng(4)
     kk, jj, ii = np.indices((61, 90, 87))
@@ -152,7 +152,7 @@ def test_slab_threads_give_the_one_thread_result(monkeypatch):
 
 
 def test_slab_bounds_cover_the_axis_on_block_boundaries():
-    from LowResSegLib import slabs
+    from LowResSegLib.images import slabs
 
     for n, align, parts in [(155, 2, 2), (155, 3, 4), (7, 2, 8), (1, 1, 2), (64, 4, 3)]:
         spans = slabs.bounds(n, 1, align=align, parts=parts)
@@ -206,7 +206,7 @@ def test_slab_threads_work_in_a_forked_child(monkeypatch):
     """Training forks its batch workers: a child must not wait on the parent's pool threads, which it lacks."""
     import multiprocessing
 
-    from LowResSegLib import slabs
+    from LowResSegLib.images import slabs
 
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork here")

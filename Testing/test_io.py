@@ -1,4 +1,4 @@
-"""Tests for LowResSegLib.io: reading volumes, writing labels and .seg.nrrd.
+"""Tests for LowResSegLib.images.io: reading volumes, writing labels and .seg.nrrd.
 
 Every reader is checked with an asymmetric phantom (an off-centre bright cube in a
 non-cubic (k, j, i) volume) written with a non-trivial orientation: the cube's world
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LowResSegLib import io as lio
-from LowResSegLib.geometry import Volume
-from LowResSegLib.io import VolumeReadError, read_volume, write_labels, write_seg_nrrd
+from LowResSegLib.images import io as lio
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.images.io import VolumeReadError, read_volume, write_labels, write_seg_nrrd
 from helpers import rotation
 
 SHAPE = (6, 9, 13)  # (k, j, i): every axis a different length

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from LowResSegLib.intensity import normalize_volume
+from LowResSegLib.images.intensity import normalize_volume
 from LowResSegLib.training import kaggle3m, lggdata, realdata
 from LowResSegLib.training.slices import SliceCache, cache_path, parse_data_spec, volume_to_slices
 
@@ -262,7 +262,7 @@ def test_restore_refuses_a_changed_or_missing_file_and_writes_nothing(local_set,
 
 
 def test_fetch_real_command_restores_from_a_local_clone(local_set, tmp_path, capsys):
-    from LowResSegLib.cli import main
+    from LowResSegLib.frontends.cli import main
 
     repo, _ = local_set
     dest = str(tmp_path / "elsewhere")
@@ -295,7 +295,7 @@ def write_folder_source(root, size=40, n_cases=2):
 def test_mixed_in_plane_sizes_train_and_nothing_reserved_reaches_the_run(kaggle, tmp_path, capsys):
     """96² LGG slices next to 40² folder slices train together (numpy once refused to stack them), and the
     reserved patient is in no case id, cache file or run report."""
-    from LowResSegLib.cli import main
+    from LowResSegLib.frontends.cli import main
 
     folder = write_folder_source(tmp_path / "small")
     out, cache = tmp_path / "run", tmp_path / "cache"

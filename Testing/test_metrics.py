@@ -1,4 +1,4 @@
-"""LowResSegLib.metrics: analytic values, BraTS empty-mask conventions, and medpy parity."""
+"""LowResSegLib.images.metrics: analytic values, BraTS empty-mask conventions, and medpy parity."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from LowResSegLib import metrics as M
+from LowResSegLib.images import metrics as M
 
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 
@@ -146,6 +146,6 @@ def test_spacing_length_raises():
 
 def test_imports_without_scipy():
     code = ("import sys; sys.modules['scipy'] = None; "
-            "from LowResSegLib import metrics as M; import numpy as np; "
+            "from LowResSegLib.images import metrics as M; import numpy as np; "
             "assert M.dice(np.ones((2, 2)), np.ones((2, 2))) == 1.0")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[1]))

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.geometry import Volume
-from LowResSegLib.modelchoice import (BRATS_SLICES, CalibrationCache, axial_slices, choose_model, parse_budget,
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.inference.modelchoice import (BRATS_SLICES, CalibrationCache, axial_slices, choose_model, parse_budget,
                                       quality_of)
-from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.repository.modelstore import ModelRepository
 
 # seconds per slice of each shipped model on the pretend engines (the card qualities are the real ones)
 PACE = {"elunet-full-256": 0.060, "elunet-jhead-64to256": 0.008, "elunet-jhead-32to256": 0.004,
@@ -108,7 +108,7 @@ def test_calibrations_are_cached_per_engine_and_model(tmp_path):
 
 
 def test_axial_slices_follow_the_canonical_orientation():
-    from LowResSegLib.geometry import to_canonical
+    from LowResSegLib.images.geometry import to_canonical
 
     arr = np.zeros((7, 20, 30), np.float32)  # (k, j, i)
     assert axial_slices(Volume(arr, np.eye(4))) == 7
@@ -121,7 +121,7 @@ def test_axial_slices_follow_the_canonical_orientation():
 
 
 def test_cli_segment_with_model_auto(tmp_path, monkeypatch, capsys):
-    from LowResSegLib.cli import main
+    from LowResSegLib.frontends.cli import main
 
     repo = tmp_path / "models"
     for name in ("elunet-jhead-16to256", "elunet-interp-32to256"):
@@ -145,7 +145,7 @@ def test_cli_segment_with_model_auto(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_compare_and_batch_with_model_auto(tmp_path, monkeypatch, capsys):
-    from LowResSegLib.cli import main
+    from LowResSegLib.frontends.cli import main
 
     repo = tmp_path / "models"
     for name in ("elunet-jhead-16to256", "elunet-interp-32to256"):

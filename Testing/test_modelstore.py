@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from LowResSegLib.modelstore import (ModelCardError, ModelIntegrityError, ModelRepository, UnknownModelError,
+from LowResSegLib.repository.modelstore import (ModelCardError, ModelIntegrityError, ModelRepository, UnknownModelError,
                                      card_from_config, pbtxt_escape)
 
 NAME = "elunet-jhead-16to64"
@@ -71,7 +71,7 @@ def test_pbtxt_card_round_trip():
 
 
 def test_cli_models_lists_and_flags(repo_copy):
-    run = lambda: subprocess.run([sys.executable, "-m", "LowResSegLib.cli", "models", "--repository", repo_copy],
+    run = lambda: subprocess.run([sys.executable, "-m", "LowResSegLib.frontends.cli", "models", "--repository", repo_copy],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     res = run()
     assert res.returncode == 0, res.stdout

@@ -18,8 +18,8 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("requests")
 
-from LowResSegLib.cli import main  # noqa: E402
-from LowResSegLib.geometry import Volume  # noqa: E402
+from LowResSegLib.frontends.cli import main  # noqa: E402
+from LowResSegLib.images.geometry import Volume  # noqa: E402
 
 from helpers import installed_tool, self_signed_cert  # noqa: E402
 from model_factory import add_threshold_model  # noqa: E402
@@ -38,7 +38,7 @@ end"""
 
 
 def _series(folder, arr, description, patient, study, number):
-    from LowResSegLib.dicomsynth import write_mr_series
+    from LowResSegLib.images.dicomsynth import write_mr_series
 
     paths = write_mr_series(Volume(arr, lps_affine()), str(folder), patient_id=patient,
                             series_description=description, series_number=number)
@@ -133,8 +133,8 @@ def _cli(server, repo, tmp_path, *extra, auth="%s:%s" % (USER, PASSWORD)):
 def test_three_studies_two_segs_stored_one_refused_rerun_stores_nothing(orthanc, studies, repo, tmp_path):
     import highdicom as hd
 
-    from LowResSegLib.dicomseg import read_dicom_seg, seg_errors_by_origin
-    from LowResSegLib.metrics import dice
+    from LowResSegLib.results.dicomseg import read_dicom_seg, seg_errors_by_origin
+    from LowResSegLib.images.metrics import dice
 
     mr_before = sorted(i["SOPInstanceUID"] for i in orthanc.instances_by_modality()["MR"])
     dry = _cli(orthanc, repo, tmp_path, "--dry-run")
@@ -239,8 +239,8 @@ def test_server_going_down_mid_run_fails_each_study_clearly_and_the_run_goes_on(
                                                                                 monkeypatch):
     import tempfile
 
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.pacs import Auth, run_pacs
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.hospital.pacs import Auth, run_pacs
 
     server = _server(tmp_path, studies, ["A", "B"])
     work = tmp_path / "work"
@@ -292,9 +292,9 @@ def _auth_file(tmp_path):
 @needs_orthanc
 def test_store_seg_for_slicer_and_tls_is_verified(tmp_path, studies, repo):
     """What the Slicer export step calls; over HTTPS with a self-signed certificate: refused, then pinned."""
-    from LowResSegLib.dicomseg import write_dicom_seg
-    from LowResSegLib.modelstore import ModelRepository
-    from LowResSegLib.pacs import PacsError, store_seg
+    from LowResSegLib.results.dicomseg import write_dicom_seg
+    from LowResSegLib.repository.modelstore import ModelRepository
+    from LowResSegLib.hospital.pacs import PacsError, store_seg
 
     cert, key = self_signed_cert(tmp_path)
     _, truth = phantom()
@@ -321,7 +321,7 @@ def test_store_seg_for_slicer_and_tls_is_verified(tmp_path, studies, repo):
 
 
 def test_credentials_parse_and_scrub():
-    from LowResSegLib.pacs import Auth, PacsError
+    from LowResSegLib.hospital.pacs import Auth, PacsError
 
     basic = Auth.parse("someone:pass word:with colon\n")
     assert basic.scheme == "Basic" and basic.header() == "Basic c29tZW9uZTpwYXNzIHdvcmQ6d2l0aCBjb2xvbg=="
@@ -338,7 +338,7 @@ def test_the_client_never_deletes_or_replaces_anything():
     """Only GET (search, retrieve) and POST (store a new instance) are ever sent to a PACS."""
     import re
 
-    import LowResSegLib.pacs as pacs
+    import LowResSegLib.hospital.pacs as pacs
 
     source = open(pacs.__file__).read()
     methods = set(re.findall(r"session\.(\w+)\(", source))

@@ -28,7 +28,7 @@ def case():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """The CLI's phantom command, in process: it calls write_phantoms(OUT, 1, seed=0)."""
-    from LowResSegLib import cli
+    from LowResSegLib.frontends import cli
 
     out = tmp_path_factory.mktemp("phantoms") / "out"  # not there yet: the command creates it
     rc = cli.main(["phantom", str(out), "--n", "1", "--seed", str(SEED), "--style", "stripped", "--grid", "iso"])
@@ -159,9 +159,9 @@ def test_thick_slice_twin_is_the_slab_average(case):
 
 
 def test_raw_twin_has_a_head_and_a_noisy_background(case):
-    from LowResSegLib.intensity import head_mask
+    from LowResSegLib.images.intensity import head_mask
 
-    from LowResSegLib.intensity import head_mask_and_scale
+    from LowResSegLib.images.intensity import head_mask_and_scale
 
     raw = make_phantom(SEED, 0, style="raw", grid="iso")
     assert raw.params["style"] == "raw" and case.params["style"] == "stripped"

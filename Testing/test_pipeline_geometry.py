@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.geometry import Volume
-from LowResSegLib.io import read_volume, write_labels
-from LowResSegLib.metrics import dice
-from LowResSegLib.pipeline import prepare_slices, segment
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.images.io import read_volume, write_labels
+from LowResSegLib.images.metrics import dice
+from LowResSegLib.inference.pipeline import prepare_slices, segment
 
 from model_factory import add_threshold_model, add_untrained_model
 from helpers import cube_phantom as phantom, rotation
@@ -106,7 +106,7 @@ def write_sitk(path, data_kji, lps_affine):
 
 
 def write_dicom(path, data_kji, lps_affine):
-    from LowResSegLib.dicomsynth import write_mr_series
+    from LowResSegLib.images.dicomsynth import write_mr_series
 
     write_mr_series(Volume(np.asarray(data_kji), lps_affine), str(path), seed=7)
     return str(path)

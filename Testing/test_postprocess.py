@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from LowResSegLib.engines import LocalEngine, RemoteEngine
-from LowResSegLib.geometry import Volume
-from LowResSegLib.modelstore import ModelRepository
-from LowResSegLib.pipeline import segment
-from LowResSegLib.postprocess import component_stats, drop_weak_components, postprocessing_card
+from LowResSegLib.inference.engines import LocalEngine, RemoteEngine
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.repository.modelstore import ModelRepository
+from LowResSegLib.inference.pipeline import segment
+from LowResSegLib.inference.postprocess import component_stats, drop_weak_components, postprocessing_card
 from LowResSegLib.training.tune_postprocess import best_setting, case_score, grid_scores, write_tuned
 
 from model_factory import add_threshold_model

@@ -9,10 +9,10 @@ slice resampled, probabilities reoriented, then thresholded and filtered.
 import numpy as np
 import pytest
 
-from LowResSegLib import postprocess
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.geometry import Volume, from_canonical
-from LowResSegLib.pipeline import low_res_inputs, prepare_slices, segment
+from LowResSegLib.inference import postprocess
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.images.geometry import Volume, from_canonical
+from LowResSegLib.inference.pipeline import low_res_inputs, prepare_slices, segment
 
 pytest.importorskip("nilearn")
 
@@ -67,7 +67,7 @@ def test_labels_identical_to_the_plain_path(volumes):
 
 def test_only_what_can_hold_a_label_is_resampled(volumes, monkeypatch):
     """The saving is real: only the slices, and in them the box, that can hold a label go back to full resolution."""
-    from LowResSegLib import pipeline
+    from LowResSegLib.inference import pipeline
 
     seen = []
     original = pipeline.PreparedSlices.window_above
@@ -91,7 +91,7 @@ def test_only_what_can_hold_a_label_is_resampled(volumes, monkeypatch):
 
 def test_fp16_maps_are_compared_exactly_on_their_bits():
     """Every FP16 value, compared on its bits, gives the FP32 answer (negatives count as above: only wider)."""
-    from LowResSegLib.pipeline import NO_LABEL_BELOW, THRESHOLD, exceeds, slices_above
+    from LowResSegLib.inference.pipeline import NO_LABEL_BELOW, THRESHOLD, exceeds, slices_above
 
     every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     finite_non_negative = np.isfinite(every) & ~np.signbit(every)

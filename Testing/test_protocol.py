@@ -1,11 +1,11 @@
-"""KServe v2 messages (LowResSegLib.protocol): round trips, the wire format, and strict refusals."""
+"""KServe v2 messages (LowResSegLib.edge.protocol): round trips, the wire format, and strict refusals."""
 
 import json
 
 import numpy as np
 import pytest
 
-from LowResSegLib.protocol import (HEADER_LENGTH, ProtocolError, decode_request, decode_response, encode_request,
+from LowResSegLib.edge.protocol import (HEADER_LENGTH, ProtocolError, decode_request, decode_response, encode_request,
                                    encode_response, error_body)
 
 X = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4) / 7.0

@@ -5,7 +5,7 @@ import json
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from LowResSegLib.protocol import ProtocolError, decode_request, encode_request
+from LowResSegLib.edge.protocol import ProtocolError, decode_request, encode_request
 
 GOOD, HEADERS = encode_request([("image", np.zeros((2, 1, 4, 4), np.float32))], outputs=["labels"])
 

@@ -2,15 +2,15 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
 
 from helpers import installed_tool
+from importgraph import closure, import_graph, package_modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "LowResSegLib")
-SERVER = os.path.join(LIB, "server.py")
+SERVER = os.path.join(LIB, "edge", "server.py")
 # What the Jetson has besides the standard library (docs/jetson.md)
 JETSON_THIRD_PARTY = {"numpy", "onnxruntime"}
 TRAINING = os.path.join(LIB, "training")
@@ -20,46 +20,20 @@ def import_closure(entry, package_dir):
     """(files, third-party top-level modules) that ``entry`` imports, transitively, found with ast.
 
     Every import counts, also those inside functions: they run on the Jetson as well. Modules of
-    the package (``package_dir``'s name) are followed to their files, and the package's
-    ``__init__.py`` with them; everything else is reported by its top-level name unless it is
-    in the standard library.
+    the package (``package_dir``'s name) are followed to their files, with the ``__init__.py`` of
+    every package on the way; everything else is reported by its top-level name unless it is in
+    the standard library.
     """
-    import ast
-
-    package = os.path.basename(package_dir)
-    files, others, todo = set(), set(), [entry]
-    while todo:
-        path = todo.pop()
-        if path in files:
-            continue
-        files.add(path)
-        for node in ast.walk(ast.parse(open(path).read(), path)):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:  # relative: inside the package
-                    base = package + ("." + base if base else "")
-                names = [base] + [base + "." + a.name for a in node.names]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top != package:
-                    if top not in sys.stdlib_module_names:
-                        others.add(top)
-                    continue
-                todo.append(os.path.join(package_dir, "__init__.py"))
-                rel = name.split(".")[1:]
-                for candidate in (os.path.join(package_dir, *rel) + ".py",
-                                  os.path.join(package_dir, *(rel + ["__init__.py"]))):
-                    if rel and os.path.isfile(candidate):
-                        todo.append(candidate)
-    return sorted(files), others
+    modules = package_modules(package_dir)
+    graph, third_party = import_graph(package_dir)
+    entry_module = {path: module for module, path in modules.items()}[os.path.abspath(entry)]
+    reached, others = closure(graph, third_party, entry_module)
+    return sorted(modules[m] for m in reached), others
 
 
 def runtime_files():
-    return sorted(os.path.join(LIB, f) for f in os.listdir(LIB) if f.endswith(".py"))
+    """Every file of the library but ``training/`` (torch): what Slicer's Python 3.9 runs."""
+    return sorted(p for p in package_modules(LIB).values() if not p.startswith(TRAINING + os.sep))
 
 
 def vermin(target, files):
@@ -73,7 +47,8 @@ def vermin(target, files):
 def test_edge_server_import_closure_is_python36_and_needs_only_numpy_and_onnxruntime():
     files, third_party = import_closure(SERVER, LIB)
     names = sorted(os.path.relpath(f, LIB) for f in files)
-    assert {"__init__.py", "modelstore.py", "protocol.py", "server.py", "tokens.py"} <= set(names), names
+    assert {"__init__.py", "repository/modelstore.py", "edge/protocol.py", "edge/server.py", "edge/tokens.py"} <= set(
+        names), names
     assert not [n for n in names if n.startswith("training")], names
     assert third_party <= JETSON_THIRD_PARTY, "the server imports %s, which JetPack 4.6 does not have" % (
         third_party - JETSON_THIRD_PARTY)
@@ -97,7 +72,7 @@ def test_import_closure_follows_function_level_and_relative_imports(tmp_path):
 
 def test_runtime_is_python39():
     files = runtime_files()
-    assert os.path.join(LIB, "geometry.py") in files
+    assert os.path.join(LIB, "images", "geometry.py") in files
     code, out = vermin("3.9-", files)
     assert code == 0, out
 

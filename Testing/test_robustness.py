@@ -9,12 +9,12 @@
 import numpy as np
 import pytest
 
-from LowResSegLib.engines import LocalEngine
-from LowResSegLib.geometry import Volume
-from LowResSegLib.intensity import DEFAULT_METHOD, ZSCORE_NONZERO, head_mask_and_scale, normalize_volume
-from LowResSegLib.metrics import dice
-from LowResSegLib.modelstore import ModelRepository
-from LowResSegLib.pipeline import prepare_slices, segment
+from LowResSegLib.inference.engines import LocalEngine
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.images.intensity import DEFAULT_METHOD, ZSCORE_NONZERO, head_mask_and_scale, normalize_volume
+from LowResSegLib.images.metrics import dice
+from LowResSegLib.repository.modelstore import ModelRepository
+from LowResSegLib.inference.pipeline import prepare_slices, segment
 
 pytest.importorskip("nilearn")
 MODEL = "elunet-jhead-32to256"
@@ -65,8 +65,8 @@ def test_noise_background_gives_the_same_mask(stripped, engine):
     """The bundled sample (a raw head, 106 mL tumour) as scanned, and with its background set to exact 0."""
     import os
 
-    from LowResSegLib.intensity import head_mask
-    from LowResSegLib.io import read_volume
+    from LowResSegLib.images.intensity import head_mask
+    from LowResSegLib.images.io import read_volume
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "SampleData")
     noisy_vol, truth = read_volume(os.path.join(root, "sample-flair.nii.gz")), read_volume(
@@ -114,7 +114,7 @@ def test_slice_hole_filling_in_one_call_equals_one_fill_per_slice():
     holes that touch a slice's edge (an open FOV) included."""
     import SimpleITK as sitk
 
-    from LowResSegLib.intensity import _fill_slice_holes
+    from LowResSegLib.images.intensity import _fill_slice_holes
 
     rng = np.random.default_rng(0)
     for _ in range(20):

@@ -1,6 +1,6 @@
 """The edge server as a real process on 127.0.0.1, and RemoteEngine against it (no mocks).
 
-Models are tiny real ONNX graphs (model_factory); the server is `python -m LowResSegLib.server`.
+Models are tiny real ONNX graphs (model_factory); the server is `python -m LowResSegLib.edge.server`.
 """
 
 import json
@@ -15,9 +15,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from LowResSegLib.engines import LocalEngine, RemoteEngine, RemoteError
-from LowResSegLib.geometry import Volume
-from LowResSegLib.pipeline import segment
+from LowResSegLib.inference.engines import LocalEngine, RemoteEngine, RemoteError
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.inference.pipeline import segment
 
 from helpers import cube_phantom, self_signed_cert
 from model_factory import add_threshold_model
@@ -52,7 +52,7 @@ class Running(object):
 
 
 def start_server(repo, *extra):
-    cmd = [sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--port", "0"] + list(extra)
+    cmd = [sys.executable, "-m", "LowResSegLib.edge.server", "--repository", repo, "--port", "0"] + list(extra)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     lines = []
@@ -147,8 +147,8 @@ def _post(url, body, headers):
 
 
 def test_busy_queue_answers_503_with_retry_after(repo):
-    from LowResSegLib.protocol import decode_request, encode_request
-    from LowResSegLib.server import HttpError, ModelHost
+    from LowResSegLib.edge.protocol import decode_request, encode_request
+    from LowResSegLib.edge.server import HttpError, ModelHost
 
     host = ModelHost(repo, max_queue=1)
     body, headers = encode_request([("image", np.zeros((1, 1, 16, 16), np.float32))])
@@ -163,8 +163,8 @@ def test_busy_queue_answers_503_with_retry_after(repo):
 
 
 def test_a_large_request_runs_in_parts_of_max_batch_with_the_same_result(repo):
-    from LowResSegLib.protocol import decode_request, encode_request
-    from LowResSegLib.server import ModelHost
+    from LowResSegLib.edge.protocol import decode_request, encode_request
+    from LowResSegLib.edge.server import ModelHost
 
     x = np.random.default_rng(3).uniform(0, 4, (7, 1, 16, 16)).astype(np.float32)
     body, headers = encode_request([("image", x)])
@@ -177,13 +177,13 @@ def test_a_large_request_runs_in_parts_of_max_batch_with_the_same_result(repo):
 
 
 def test_refuses_a_network_address_without_a_token_and_a_loose_token_file(repo, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--host", "0.0.0.0"],
+    out = subprocess.run([sys.executable, "-m", "LowResSegLib.edge.server", "--repository", repo, "--host", "0.0.0.0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert out.returncode == 2 and "refusing to listen on 0.0.0.0 without a token" in out.stderr
     loose = tmp_path / "token"
     loose.write_text(TOKEN)
     os.chmod(str(loose), 0o644)
-    out = subprocess.run([sys.executable, "-m", "LowResSegLib.server", "--repository", repo, "--token-file",
+    out = subprocess.run([sys.executable, "-m", "LowResSegLib.edge.server", "--repository", repo, "--token-file",
                           str(loose)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                          timeout=60)
     assert out.returncode == 2 and "chmod 600" in out.stderr
@@ -243,7 +243,7 @@ def test_lowresseg_serve_is_the_same_server(repo):
 
 
 def test_probe_shows_server_models_and_round_trip(server, secured):
-    from LowResSegLib.engines import RemoteServer
+    from LowResSegLib.inference.engines import RemoteServer
 
     info = RemoteServer(server.url).probe()
     assert info["name"] == "lowresseg" and info["models"] == [MODEL] and info["ms"] > 0
@@ -318,7 +318,7 @@ def _raw(server, method, path, headers, body=b""):
 
 def _image_request(x=None, outputs=None, edit=None, tail=None):
     """A real binary infer request, optionally with its JSON header edited or its binary tail replaced."""
-    from LowResSegLib.protocol import encode_request
+    from LowResSegLib.edge.protocol import encode_request
 
     x = np.zeros((2, 1, 16, 16), np.float32) if x is None else x
     body, headers = encode_request([("image", x)], outputs=outputs)
@@ -461,7 +461,7 @@ def test_a_server_that_never_answers_times_out(repo):
 
 def test_cancel_during_a_remote_run_leaves_no_result_and_the_server_fine(server):
     """The worker process is killed mid-request stream (Cancel in Slicer): the server keeps serving."""
-    from LowResSegLib.background import BackgroundRuns
+    from LowResSegLib.frontends.background import BackgroundRuns
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     img, _ = cube_phantom((150,) + SHAPE[1:], (slice(1, 149),) + BRAIN[1:], CUBE)
@@ -479,7 +479,7 @@ def test_cancel_during_a_remote_run_leaves_no_result_and_the_server_fine(server)
 
 def test_fuzzed_bodies_never_get_a_5xx_and_the_server_survives(server):
     """Random and mutated bodies against the real server: 4xx every time, never 5xx, never a crash."""
-    from LowResSegLib.protocol import encode_request
+    from LowResSegLib.edge.protocol import encode_request
 
     rng = np.random.default_rng(0)
     good, headers = encode_request([("image", np.zeros((1, 1, 16, 16), np.float32))])
@@ -583,7 +583,7 @@ def _one_reply_server(reply):
 def test_a_bad_compressed_reply_is_a_clear_client_error(monkeypatch, encoding, payload, message):
     import zlib
 
-    import LowResSegLib.engines as engines
+    import LowResSegLib.inference.engines as engines
 
     if payload is None:  # a reply that inflates past the client's cap
         monkeypatch.setattr(engines, "MAX_REPLY_BYTES", 1 << 16)

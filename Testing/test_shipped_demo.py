@@ -3,9 +3,9 @@
 import json
 import os
 
-from LowResSegLib.cli import main
-from LowResSegLib.dicomseg import run_dciodvfy
-from LowResSegLib.modelstore import ModelRepository
+from LowResSegLib.frontends.cli import main
+from LowResSegLib.results.dicomseg import run_dciodvfy
+from LowResSegLib.repository.modelstore import ModelRepository
 
 SHIPPED = ["elunet-full-256", "elunet-interp-32to256", "elunet-jhead-16to256", "elunet-jhead-32to256",
            "elunet-jhead-64to256"]

@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.join(ROOT, "LowResSeg"))
 import slicer  # noqa: E402  (the stand-in)
 from DICOMLib import DICOMUtils  # noqa: E402
 
-from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import Volume  # noqa: E402
-from LowResSegLib.pipeline import segment  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.images.geometry import Volume  # noqa: E402
+from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from helpers import cube_phantom  # noqa: E402
 from model_factory import add_threshold_model  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     widget.ui.segmentButton.click()
     assert widget.ui.segmentButton.text == "Cancel"
     runs = widget._runs
-    assert runs.process.pid != os.getpid() and runs.process.args[1:3] == ["-m", "LowResSegLib.worker"]
+    assert runs.process.pid != os.getpid() and runs.process.args[1:3] == ["-m", "LowResSegLib.frontends.worker"]
     progress = pump(widget)
     assert any(0 < v for v in progress) and widget.ui.segmentButton.text == "Segment"
     assert widget.ui.progressBar.value == 100
@@ -206,8 +206,8 @@ def test_side_by_side_again_with_more_runs(module, volume_node):
 
 def dicom_loaded_node(tmp_path):
     """A volume node as Slicer's DICOM module loads one: instance UIDs attribute, files in the database."""
-    from LowResSegLib.dicomsynth import write_mr_series
-    from LowResSegLib.io import read_volume
+    from LowResSegLib.images.dicomsynth import write_mr_series
+    from LowResSegLib.images.io import read_volume
 
     img, truth = cube_phantom(SHAPE, BRAIN, CUBE)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ IJK_TO_RAS
@@ -232,7 +232,7 @@ def segmented_widget(module, node):
 def test_export_writes_a_dicom_seg_into_the_database(module, tmp_path):
     import pydicom
 
-    from LowResSegLib.dicomseg import read_dicom_seg
+    from LowResSegLib.results.dicomseg import read_dicom_seg
 
     node, vol, files = dicom_loaded_node(tmp_path)
     widget = segmented_widget(module, node)

@@ -19,7 +19,10 @@ def test_every_runtime_file_and_resource_is_listed():
         text = f.read()
     scripts = cmake_list(text, "LOWRESSEG_LIBRARY_SCRIPTS")
     resources = cmake_list(text, "LOWRESSEG_RESOURCES")
-    runtime = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "LowResSegLib", "*.py")))
+    runtime = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "LowResSegLib", "**", "*.py"),
+                                                                   recursive=True)
+                     if os.sep + "training" + os.sep not in p and "__pycache__" not in p)
+    assert "LowResSegLib/edge/server.py" in runtime and "LowResSegLib/images/io.py" in runtime
     assert sorted(scripts) == runtime  # LowResSegLib/training (torch) stays out of Slicer
     shipped = sorted(os.path.relpath(p, ROOT) for folder in ("Models", "UI", "Icons")
                      for p in glob.glob(os.path.join(ROOT, "Resources", folder, "**", "*"), recursive=True)

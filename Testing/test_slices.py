@@ -13,7 +13,7 @@ import pytest
 sitk = pytest.importorskip("SimpleITK")
 pytest.importorskip("tqdm")
 
-from LowResSegLib.geometry import area_resample  # noqa: E402
+from LowResSegLib.images.geometry import area_resample  # noqa: E402
 from LowResSegLib.training import slices  # noqa: E402
 from LowResSegLib.training.slices import SliceCache, make_batch, parse_data_spec  # noqa: E402
 

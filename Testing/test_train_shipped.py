@@ -13,7 +13,7 @@ import shlex
 
 import pytest
 
-from LowResSegLib.cli import build_parser
+from LowResSegLib.frontends.cli import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "train_shipped.sh")

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from LowResSegLib.cli import main
+from LowResSegLib.frontends.cli import main
 from LowResSegLib.training.trainer import deep_supervision_loss
 
 

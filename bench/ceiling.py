@@ -21,10 +21,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.geometry import area_resample, to_canonical  # noqa: E402
-from LowResSegLib.intensity import DEFAULT_METHOD  # noqa: E402
-from LowResSegLib.metrics import dice  # noqa: E402
-from LowResSegLib.pipeline import prepare_array  # noqa: E402
+from LowResSegLib.images.geometry import area_resample, to_canonical  # noqa: E402
+from LowResSegLib.images.intensity import DEFAULT_METHOD  # noqa: E402
+from LowResSegLib.images.metrics import dice  # noqa: E402
+from LowResSegLib.inference.pipeline import prepare_array  # noqa: E402
 from bench.quality import held_out_cases  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 

@@ -1,6 +1,6 @@
 """How much normal tissue around a tumour a model needs: one case's tumour slices, edited.
 
-The slices are prepared the way inference prepares them (``LowResSegLib.pipeline``), edited,
+The slices are prepared the way inference prepares them (``LowResSegLib.inference.pipeline``), edited,
 and each model's per-slice Dice against the (equally edited) truth is averaged over the
 slices that hold at least 1 cm² of tumour:
 
@@ -26,10 +26,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import area_resample, to_canonical  # noqa: E402
-from LowResSegLib.metrics import dice  # noqa: E402
-from LowResSegLib.pipeline import low_res_inputs, prepare_array  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.images.geometry import area_resample, to_canonical  # noqa: E402
+from LowResSegLib.images.metrics import dice  # noqa: E402
+from LowResSegLib.inference.pipeline import low_res_inputs, prepare_array  # noqa: E402
 from LowResSegLib.training.slices import zero_beyond  # noqa: E402
 
 EDITS = ("as is", "rim 20", "rim 10", "rim 5", "ring 20", "zoom 0.7")

@@ -1,7 +1,7 @@
 """Peak memory of one clinical-size segmentation (512×512×200), the way Slicer's worker runs it.
 
 Measures, with ``tracemalloc`` (numpy reports its buffers to it), the peak of Python/numpy memory
-allocated during :func:`LowResSegLib.pipeline.segment` above what was held before, as a multiple of
+allocated during :func:`LowResSegLib.inference.pipeline.segment` above what was held before, as a multiple of
 the float32 input volume. A full float64 copy of the volume alone would add 2×; the pipeline should
 stay near the few float32 working copies it needs. onnxruntime's own arena is not seen by tracemalloc,
 so the process's peak RSS growth is reported beside it.
@@ -21,9 +21,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import Volume  # noqa: E402
-from LowResSegLib.pipeline import segment  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.images.geometry import Volume  # noqa: E402
+from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Segmentation quality of every shipped model on labelled data, against a threshold floor.
 
 Each model runs through the real inference path (onnxruntime on the shipped ONNX,
-``LowResSegLib.pipeline``); masks are scored per volume, in 3-D, on the source grid
+``LowResSegLib.inference.pipeline``); masks are scored per volume, in 3-D, on the source grid
 with its spacing. Data sets (``--data``, comma-separated, each its own section of
 docs/BENCHMARKS.md):
 
@@ -33,12 +33,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import Volume, to_canonical  # noqa: E402
-from LowResSegLib.intensity import head_mask  # noqa: E402
-from LowResSegLib.metrics import dice, hd95, volume_ml  # noqa: E402
-from LowResSegLib.modelstore import ModelRepository  # noqa: E402
-from LowResSegLib.pipeline import segment  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.images.geometry import Volume, to_canonical  # noqa: E402
+from LowResSegLib.images.intensity import head_mask  # noqa: E402
+from LowResSegLib.images.metrics import dice, hd95, volume_ml  # noqa: E402
+from LowResSegLib.repository.modelstore import ModelRepository  # noqa: E402
+from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from LowResSegLib.training.phantom import VARIANTS, cached_phantom  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
@@ -204,7 +204,7 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
     lines = ["## Quality on %s" % title, "",
              "Produced by `%s` on %s: %d case(s) of `%s`. %s" % (command, time.strftime("%Y-%m-%d"), n_cases, spec,
                                                                   k_info),
-             "Every model runs the real inference path (onnxruntime, `LowResSegLib.pipeline`); Dice and HD95 are per "
+             "Every model runs the real inference path (onnxruntime, `LowResSegLib.inference.pipeline`); Dice and HD95 are per "
              "volume in 3-D on the source grid, averaged over the cases with a tumour. *worst* and *fails* look at "
              "tumours of ≥ %g mL (*fails*: Dice < 0.5)." % BIG_ML, ""]
     variants = list(dict.fromkeys(r["variant"] for r in rows))

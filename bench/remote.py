@@ -1,6 +1,6 @@
 """The edge server, measured: remote vs local, bytes on the wire, wire tolerance, load, fuzz, an emulated Nano.
 
-Starts ``python -m LowResSegLib.server`` on 127.0.0.1 (a real process), then, side by side in one run:
+Starts ``python -m LowResSegLib.edge.server`` on 127.0.0.1 (a real process), then, side by side in one run:
 
 * the same volume segmented with LocalEngine and RemoteEngine (interleaved repeats, median):
   the remote/local time ratio over loopback (goal <= 1.2x);
@@ -36,17 +36,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.engines import LocalEngine, RemoteEngine  # noqa: E402
-from LowResSegLib.metrics import dice  # noqa: E402
-from LowResSegLib.modelstore import ModelRepository  # noqa: E402
-from LowResSegLib.pipeline import low_res_inputs, prepare_slices, segment  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine, RemoteEngine  # noqa: E402
+from LowResSegLib.images.metrics import dice  # noqa: E402
+from LowResSegLib.repository.modelstore import ModelRepository  # noqa: E402
+from LowResSegLib.inference.pipeline import low_res_inputs, prepare_slices, segment  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 NANO_MEMORY_GIB = 2.0  # of the Nano's 4 GB, shared with the GPU and the OS
 
 
 def start_server(repository, pin_core=None, memory_gib=None):
-    cmd = [sys.executable, "-m", "LowResSegLib.server", "--repository", repository, "--port", "0", "--max-queue", "16"]
+    cmd = [sys.executable, "-m", "LowResSegLib.edge.server", "--repository", repository, "--port", "0", "--max-queue", "16"]
     if pin_core is not None:
         cmd = ["taskset", "-c", str(pin_core)] + cmd
 
@@ -165,7 +165,7 @@ def load_test(url, proc, model, chunk, clients, requests):
 
 def fuzz(url, proc, model, cases, seed=0):
     """Mutated and random bodies with true or random header lengths: status counts, 5xx, server alive."""
-    from LowResSegLib.protocol import encode_request
+    from LowResSegLib.edge.protocol import encode_request
 
     rng = np.random.default_rng(seed)
     good, headers = encode_request([("image", np.zeros((1, 1, 32, 32), np.float32))])
@@ -220,7 +220,7 @@ def emulated_nano(repository, volume, chunk_size=32, seconds=5.0):
 
 def main(argv=None):
     from LowResSegLib.training.phantom import cached_phantom
-    from LowResSegLib.geometry import Volume
+    from LowResSegLib.images.geometry import Volume
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="elunet-jhead-32to256")

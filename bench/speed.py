@@ -4,7 +4,7 @@ All models run in one process, interleaved round-robin over the repeats, so mach
 noise hits them alike; ratios (not absolute times) are the result. Reported per model:
 preprocess / inference / postprocess, the speed-up over the full-resolution model end to
 end and for the ONNX graph alone (as engines run it, after the exact load-time rewrite of
-LowResSegLib.graphopt, and as shipped); the head cost ratio time(jhead)/time(interp) at
+LowResSegLib.inference.graphopt, and as shipped); the head cost ratio time(jhead)/time(interp) at
 32→256, end to end and for the graph alone; the issue-22 targets; and a per-node
 onnxruntime profile of the 32→256 J-head graph (where its extra time at 256² goes).
 
@@ -24,11 +24,11 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from LowResSegLib.engines import LocalEngine  # noqa: E402
-from LowResSegLib.geometry import Volume  # noqa: E402
-from LowResSegLib.modelchoice import cpu_name  # noqa: E402
-from LowResSegLib.modelstore import ModelRepository  # noqa: E402
-from LowResSegLib.pipeline import segment  # noqa: E402
+from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.images.geometry import Volume  # noqa: E402
+from LowResSegLib.inference.modelchoice import cpu_name  # noqa: E402
+from LowResSegLib.repository.modelstore import ModelRepository  # noqa: E402
+from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 
@@ -108,8 +108,8 @@ def _part(node, op):
 
 def profile_lines(repo, j32, i32, chunk):
     """The per-node profile section: the 32→256 J-head (as shipped and as engines run it) and interp."""
-    from LowResSegLib.graphopt import optimised_model
-    from LowResSegLib.modelstore import PROBABILITIES_8BIT
+    from LowResSegLib.inference.graphopt import optimised_model
+    from LowResSegLib.repository.modelstore import PROBABILITIES_8BIT
 
     graphs = [("%s, as shipped" % j32, repo.onnx_path(j32))]
     fast = optimised_model(repo.onnx_path(j32), lambda names: PROBABILITIES_8BIT)
@@ -170,7 +170,7 @@ def main(argv=None):
     names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
     if args.volume:
-        from LowResSegLib.io import read_volume
+        from LowResSegLib.images.io import read_volume
 
         vol = read_volume(args.volume)
     else:
@@ -206,14 +206,14 @@ def main(argv=None):
              "Produced by `python bench/speed.py %s` on %s: %s, %d cores, onnxruntime %s, %s threads, chunk %d "
              "slices. Volume: %s. Median of %d interleaved repeats "
              "(every model once per round) after a warm-up run. End to end = preprocess + inference + "
-             "postprocess of `LowResSegLib.pipeline.segment` (labels only, as the CLI and Slicer run it). "
+             "postprocess of `LowResSegLib.inference.pipeline.segment` (labels only, as the CLI and Slicer run it). "
              "*graph*: `engine.infer` on one chunk, %s; *shipped graph*: the model file as it is."
              % (" ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
                 time.strftime("%Y-%m-%d"), cpu_name(), os.cpu_count(), __import__("onnxruntime").__version__,
                 args.threads or "all", args.chunk,
                 "`%s`, %s voxels (k, j, i)" % (args.volume, "×".join(map(str, vol.shape))) if args.volume else
                 "a held-out phantom, 240×240×155 at 1 mm (seed 1001)", args.repeats,
-                "after the exact load-time rewrite of `LowResSegLib.graphopt`" if rewritten else
+                "after the exact load-time rewrite of `LowResSegLib.inference.graphopt`" if rewritten else
                 "without the load-time rewrite (no `onnx` package here)"), "",
              "| model | input | end-to-end s / volume | ms / slice | preprocess ms | inference ms | postprocess ms "
              "| pre + post ms | speed-up vs %s, end to end | graph ms / %d slices | shipped graph ms "

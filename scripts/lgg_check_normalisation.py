@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from LowResSegLib.intensity import normalize_volume  # noqa: E402
+from LowResSegLib.images.intensity import normalize_volume  # noqa: E402
 from LowResSegLib.training import kaggle3m, lggdata  # noqa: E402
 
 COLUMNS = ("head share of volume", "tumour inside head mask", "tumour median (normalised)",

@@ -12,10 +12,10 @@ import os
 import torch
 
 from LowResSegLib import __version__
-from LowResSegLib.intensity import ZSCORE_NONZERO, normalization_card
-from LowResSegLib.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, LABELS, ONNX_RELPATH, PROBABILITIES,
+from LowResSegLib.images.intensity import ZSCORE_NONZERO, normalization_card
+from LowResSegLib.repository.modelstore import (CARD_FILE, CARD_FORMAT_VERSION, CONFIG_FILE, LABELS, ONNX_RELPATH, PROBABILITIES,
                                      PROBABILITIES_8BIT, sha256_file, triton_config, validate_card)
-from LowResSegLib.outputs import staged_folder
+from LowResSegLib.results.outputs import staged_folder
 from LowResSegLib.training.models import ExportWrapper, SegModel, model_stats
 from LowResSegLib.training.phantom import MNI_NOTICE
 
@@ -118,7 +118,7 @@ def build_card(model, info, ck, sha256, metrics=None):
         "orientation": "axial; slices in canonical LPS order (i: L, j: P), square FOV by zero padding",
         "input_size": c["input_size"],
         "output_size": c["output_size"],
-        "input_resampling": "area (box) average of the square slice to input_size (LowResSegLib.geometry.area_resample)",
+        "input_resampling": "area (box) average of the square slice to input_size (LowResSegLib.images.geometry.area_resample)",
         "classes": [dict(TUMOUR_CLASS)],
         "normalization": normalization_card(tc.get("normalization", ZSCORE_NONZERO)),
         "backbone": {"name": c["backbone"], "width": c["width"]},

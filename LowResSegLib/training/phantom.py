@@ -60,7 +60,7 @@ def _smooth_field(rng, shape, cell):
     Coarse white noise, linearly up-sampled one axis at a time (three small matrix
     products: ~10x faster than scipy.ndimage.zoom on a 240x240x155 grid).
     """
-    from LowResSegLib.geometry import bilinear_matrix
+    from LowResSegLib.images.geometry import bilinear_matrix
 
     f = rng.standard_normal([max(2, int(np.ceil(s / cell)) + 1) for s in shape]).astype(np.float32)
     for axis, n in enumerate(shape):
@@ -438,8 +438,7 @@ def cached_phantom(seed, idx, variant):
     """make_phantom(seed, idx, **VARIANTS[variant]), kept on disk beside the slice cache (~5 s a case)."""
     import json
 
-    from LowResSegLib.training.slices import CACHE_VERSION  # bumped whenever the generator changes
-    from LowResSegLib.training.trainer import default_cache_dir
+    from LowResSegLib.training.cache import CACHE_VERSION, default_cache_dir  # the version is bumped whenever the generator changes
 
     path = os.path.join(default_cache_dir(), "bench-phantoms-v%d" % CACHE_VERSION, "%d_%04d_%s.npz" % (seed, idx, variant))
     if os.path.exists(path):

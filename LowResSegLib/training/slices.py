@@ -1,7 +1,7 @@
 """Axial-slice training data: volumes -> canonical, normalised, square slices, cached on disk.
 
 The cache holds each case at its native square in-plane size S. Inputs and targets
-are made per batch from those S×S slices with :func:`LowResSegLib.geometry.area_resample`,
+are made per batch from those S×S slices with :func:`LowResSegLib.images.geometry.area_resample`,
 the same function inference uses, so the model sees exactly what it will see later:
 input = area(S -> r), target at each head scale s = area(label, S -> s) (soft at the
 coarse scales, as in the paper's deep supervision).
@@ -13,11 +13,10 @@ import os
 
 import numpy as np
 
-from LowResSegLib.geometry import area_resample
-from LowResSegLib.intensity import DEFAULT_METHOD
-from LowResSegLib.pipeline import prepare_array
-
-CACHE_VERSION = 7  # bump when the phantom generator or slicing changes (7: the slab-threaded normalisation and block area resampling, issue 22)
+from LowResSegLib.images.geometry import area_resample
+from LowResSegLib.images.intensity import DEFAULT_METHOD
+from LowResSegLib.inference.pipeline import prepare_array
+from LowResSegLib.training.cache import CACHE_VERSION
 
 
 DATA_HELP = ("phantom:N[:seed[:faint|healthy|capped]] | real:train|val|all | lgg:train|val|all | lgg:PATH | msd:PATH | "

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from LowResSegLib.intensity import DEFAULT_METHOD
+from LowResSegLib.images.intensity import DEFAULT_METHOD
+from LowResSegLib.training.cache import default_cache_dir
 from LowResSegLib.training.models import SegModel, model_stats
 from LowResSegLib.training.slices import DEFAULT_AUGMENTATION, SliceCache, augmentation_plan, make_batch
 
@@ -117,10 +118,6 @@ class WeightAverage(object):
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.steps = int(state["steps"])
-
-
-def default_cache_dir():
-    return os.environ.get("LOWRESSEG_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lowresseg"))
 
 
 def _device(name):

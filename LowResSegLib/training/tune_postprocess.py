@@ -10,7 +10,7 @@ Seed 7 is neither the training seed (1) nor the benchmark seed (1001).
 
 import numpy as np
 
-from LowResSegLib.postprocess import component_stats, postprocessing_card
+from LowResSegLib.inference.postprocess import component_stats, postprocessing_card
 
 # Size thresholds are off the grid: tuned on seed 7 they picked 3-5 mL for the jhead models, and on the
 # held-out seed-1001 phantoms and the real validation cases that cost Dice (it drops partial detections of
@@ -24,7 +24,7 @@ TUNE_SEED = 7
 
 def case_components(volume, truth, engine):
     """Per component of the unfiltered mask: (mL, peak probability, mL inside ``truth``), and the truth's mL."""
-    from LowResSegLib.pipeline import segment
+    from LowResSegLib.inference.pipeline import segment
 
     seg = segment(volume, engine)
     ids, counts, peaks = component_stats(seg.labels, seg.probabilities)
@@ -56,8 +56,8 @@ def tune(model, repository=None, seed=TUNE_SEED, n=8, progress=True):
     """(card entry, {grid point: mean score}) for ``model``, from ``n`` phantoms in every variant."""
     from tqdm import tqdm
 
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.geometry import Volume
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.images.geometry import Volume
     from LowResSegLib.training.phantom import VARIANTS, cached_phantom
 
     engine = LocalEngine(model, repository)
@@ -78,7 +78,7 @@ def tune(model, repository=None, seed=TUNE_SEED, n=8, progress=True):
 
 def write_tuned(model, repository, entry):
     """Put ``entry`` into the model's card (lowresseg.json and config.pbtxt), the folder swapped whole."""
-    from LowResSegLib.modelstore import ModelRepository
+    from LowResSegLib.repository.modelstore import ModelRepository
     from LowResSegLib.training.export import replace_card
 
     repo = ModelRepository(repository)

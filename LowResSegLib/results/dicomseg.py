@@ -33,8 +33,8 @@ import subprocess
 
 import numpy as np
 
-from LowResSegLib.io import atomic_write
-from LowResSegLib.outputs import check_output_path
+from LowResSegLib.images.io import atomic_write
+from LowResSegLib.results.outputs import check_output_path
 
 __all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "software_versions", "read_dicom_seg", "run_dciodvfy",
            "seg_errors_by_origin", "labels_for_source_files"]
@@ -112,7 +112,7 @@ def check_seg_sources(source_files, source_frames=None):
     ``dicomread.ORIENTATION_TOL`` (a GE 3-D series: ~6e-8) are one orientation; the SEG uses
     the first slice's. Raises ValueError when the series cannot carry a SEG.
     """
-    from LowResSegLib.dicomread import ORIENTATION_TOL
+    from LowResSegLib.images.dicomread import ORIENTATION_TOL
 
     hd, pydicom = _import_dicom()
     if isinstance(source_files, (str, bytes)) or not hasattr(source_files, "__len__"):

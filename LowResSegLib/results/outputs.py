@@ -56,7 +56,7 @@ def labels_on_grid(labels, label_affine, volume):
     """
     import numpy as np
 
-    from LowResSegLib.geometry import from_canonical, to_canonical
+    from LowResSegLib.images.geometry import from_canonical, to_canonical
 
     if labels.shape == volume.shape and np.allclose(label_affine, volume.affine, atol=1e-3):
         return labels
@@ -69,8 +69,8 @@ def labels_on_grid(labels, label_affine, volume):
 
 
 def write_segmentation(seg, path, overwrite=False):
-    """Labels of a :class:`~LowResSegLib.pipeline.Segmentation` as NIfTI/NRRD/MHA or Slicer .seg.nrrd."""
-    from LowResSegLib.io import write_labels, write_seg_nrrd
+    """Labels of a :class:`~LowResSegLib.inference.pipeline.Segmentation` as NIfTI/NRRD/MHA or Slicer .seg.nrrd."""
+    from LowResSegLib.images.io import write_labels, write_seg_nrrd
 
     if path.lower().endswith(".seg.nrrd"):
         write_seg_nrrd(seg.labels, seg.reference, path, seg.card["classes"], overwrite=overwrite)

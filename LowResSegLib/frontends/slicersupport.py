@@ -40,7 +40,7 @@ def segment_specs(card):
     return out
 
 
-# the model selector's automatic entries: the worker picks the model (LowResSegLib.modelchoice)
+# the model selector's automatic entries: the worker picks the model (LowResSegLib.inference.modelchoice)
 AUTO_CHOICES = (("Auto: fastest", "fastest"), ("Auto: balanced", "balanced"), ("Auto: best quality", "best"))
 
 
@@ -97,7 +97,7 @@ def side_by_side_layout(n):
 
 
 def worker_python(executable=None, which=shutil.which):
-    """The interpreter that runs :mod:`LowResSegLib.worker` beside Slicer.
+    """The interpreter that runs :mod:`LowResSegLib.frontends.worker` beside Slicer.
 
     Inside Slicer ``sys.executable`` is the Slicer application, so the worker needs ``PythonSlicer``
     (on Slicer's PATH, or beside the executable), as ``slicer.util.pip_install`` does. Outside

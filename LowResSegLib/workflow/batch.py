@@ -2,9 +2,9 @@
 
 A case is an image file (NIfTI, NRRD, MetaImage) or a DICOM study (StudyInstanceUID), whose
 series may sit in one folder or in one folder each, as PACS exports do. A study is read
-from the series that :func:`LowResSegLib.dicomread.choose_series` picks for the model's
+from the series that :func:`LowResSegLib.images.dicomread.choose_series` picks for the model's
 contrast; a study where it cannot pick fails with the list of its series, and the batch
-goes on. Each case is one :class:`LowResSegLib.run.SegmentationRun` (all or nothing).
+goes on. Each case is one :class:`LowResSegLib.workflow.run.SegmentationRun` (all or nothing).
 ``batch.csv`` in the output folder gets one row per case and is rewritten after every case,
 so an interrupted batch keeps what it did, and a rerun skips the cases already done.
 """
@@ -13,7 +13,7 @@ import csv
 import os
 import re
 
-from LowResSegLib.io import detect_format
+from LowResSegLib.images.io import detect_format
 
 __all__ = ["Case", "find_cases", "run_batch", "read_report", "write_report", "CSV_NAME", "CSV_FIELDS"]
 
@@ -38,7 +38,7 @@ def _case_id(root, path):
 
 def find_cases(root, contrast=None):
     """Every case under ``root``, in a stable order (see the module docstring)."""
-    from LowResSegLib import dicomread as dr
+    from LowResSegLib.images import dicomread as dr
 
     root = os.path.abspath(root)
     if not os.path.isdir(root):
@@ -118,8 +118,8 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
     """
     from tqdm import tqdm
 
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.run import SegmentationRun, card_contrast
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.workflow.run import SegmentationRun, card_contrast
 
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):

@@ -3,7 +3,7 @@
 canonical axial orientation -> normalisation -> square pixels -> per slice: square FOV,
 area-resample to r -> engine -> probabilities at R -> bilinear back to the square slice ->
 crop -> (area back to the source pixels) -> undo orientation -> threshold -> drop weak components
-(when the model card asks for it, :mod:`LowResSegLib.postprocess`). Pre- and post-processing run
+(when the model card asks for it, :mod:`LowResSegLib.inference.postprocess`). Pre- and post-processing run
 here, on the client, for every engine (local or remote), so both give identical labels.
 """
 
@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 
-from LowResSegLib.geometry import (Volume, apply_separable, area_resample, bilinear_matrix, bilinear_resample,
+from LowResSegLib.images.geometry import (Volume, apply_separable, area_resample, bilinear_matrix, bilinear_resample,
                                    crop_from_square, from_canonical, pad_to_square, square_pad_widths, to_canonical)
-from LowResSegLib import postprocess
-from LowResSegLib.intensity import normalize_volume
+from LowResSegLib.inference import postprocess
+from LowResSegLib.images.intensity import normalize_volume
 
 
 class Segmentation(object):
@@ -183,12 +183,12 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     polled between chunks, and a cancelled run returns None having written nothing.
     """
     if not isinstance(volume, Volume):
-        raise TypeError("segment() needs a LowResSegLib.geometry.Volume")
+        raise TypeError("segment() needs a LowResSegLib.images.geometry.Volume")
     card = engine.card
     post = postprocessing_of(card)
     t0 = time.perf_counter()
     if not np.all(np.isfinite(volume.array)):
-        raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.io.read_volume, "
+        raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.images.io.read_volume, "
                          "which replaces them by 0 and says so")
     prepared = prepare_slices(volume, card)
     slices, nk = prepared.slices, prepared.shape[0]

@@ -1,4 +1,4 @@
-"""Write a :class:`~LowResSegLib.geometry.Volume` as a synthetic single-frame MR DICOM series.
+"""Write a :class:`~LowResSegLib.images.geometry.Volume` as a synthetic single-frame MR DICOM series.
 
 Used to make a DICOM version of a bundled sample volume (demo) and DICOM fixtures for
 tests; pydicom ships only a single-slice MR, so a series must be synthesised.

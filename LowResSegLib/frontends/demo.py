@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from LowResSegLib.modelstore import default_repository
+from LowResSegLib.repository.modelstore import default_repository
 
 SAMPLE_DIR = os.path.join(os.path.dirname(default_repository()), "SampleData")
 SAMPLE_IMAGE = os.path.join(SAMPLE_DIR, "sample-flair.nii.gz")
@@ -20,11 +20,11 @@ MARKER = ".lowresseg-demo"  # only folders carrying it may be replaced by a late
 def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     from tqdm import tqdm
 
-    from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.io import read_volume
-    from LowResSegLib.modelstore import ModelRepository
-    from LowResSegLib.outputs import staged_folder, write_segmentation
+    from LowResSegLib.frontends.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.images.io import read_volume
+    from LowResSegLib.repository.modelstore import ModelRepository
+    from LowResSegLib.results.outputs import staged_folder, write_segmentation
 
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
@@ -105,11 +105,11 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
 
 def _dicom_outputs(volume, staging, repository, threads, written):
     """The sample as an MR series, segmented from DICOM, saved as DICOM-SEG, validated."""
-    from LowResSegLib.dicomseg import run_dciodvfy, write_dicom_seg
-    from LowResSegLib.dicomsynth import write_mr_series
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.io import read_volume
-    from LowResSegLib.pipeline import segment
+    from LowResSegLib.results.dicomseg import run_dciodvfy, write_dicom_seg
+    from LowResSegLib.images.dicomsynth import write_mr_series
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.images.io import read_volume
+    from LowResSegLib.inference.pipeline import segment
 
     series_dir = os.path.join(staging, "sample-dicom")
     write_mr_series(volume, series_dir, series_description="LowResSeg sample (phantom)", seed=2024)

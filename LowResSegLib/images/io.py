@@ -1,6 +1,6 @@
 """Volumes in, labels out: NIfTI / NRRD / MetaImage / DICOM series, and Slicer ``.seg.nrrd``.
 
-Everything read leaves as a :class:`~LowResSegLib.geometry.Volume`: ``array`` in (k, j, i)
+Everything read leaves as a :class:`~LowResSegLib.images.geometry.Volume`: ``array`` in (k, j, i)
 order (SimpleITK's ``GetArrayFromImage`` order) and ``affine`` mapping (i, j, k, 1) to
 LPS mm. ITK's physical space is LPS, so NIfTI's RAS is converted by ITK itself and the
 affine is simply ``direction @ diag(spacing)`` plus the origin.
@@ -15,10 +15,8 @@ Runs on Python 3.9+; needs only numpy and SimpleITK. ``.seg.nrrd`` output needs
 slicerio (the ``[dicom]`` extra), imported only when used.
 """
 
-import contextlib
 import gzip
 import os
-import re
 import secrets
 import struct
 import zlib
@@ -26,8 +24,9 @@ import zlib
 import numpy as np
 import SimpleITK as sitk
 
-from LowResSegLib.dicomread import DICOM_EXTENSIONS
-from LowResSegLib.geometry import Volume
+from LowResSegLib.images.dicomread import DICOM_EXTENSIONS
+from LowResSegLib.images.geometry import Volume
+from LowResSegLib.images.itkmessages import itk_reason, quiet_itk
 
 __all__ = [
     "VolumeReadError",
@@ -105,7 +104,7 @@ def read_volume(path, channel=None, series=None, contrast=None):
         raise VolumeReadError("--series picks a DICOM series, but %s is a %s file" % (path, FORMAT_NAMES[fmt]))
     meta = {"source": path, "format": fmt, "modality": None, "warnings": []}
     if fmt == "dicom":
-        from LowResSegLib.dicomread import DicomReadError
+        from LowResSegLib.images.dicomread import DicomReadError
 
         try:
             array, affine = _read_dicom(path, meta, channel, series, contrast)
@@ -113,20 +112,6 @@ def read_volume(path, channel=None, series=None, contrast=None):
             raise VolumeReadError(str(exc))
         return _finish_volume(array, affine, meta)
     return _to_volume(_read_file(path, fmt, meta), path, channel, meta)
-
-
-def _itk_reason(exc):
-    """The one informative line of a multi-line ITK exception."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    nrrd_lines = [line for line in lines if line.startswith("[nrrd]")]
-    if nrrd_lines:
-        return nrrd_lines[-1][len("[nrrd]"):].strip()[:200]
-    for line in lines:
-        if "ERROR:" in line:
-            line = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", line.split("ERROR:", 1)[1].strip())
-            line = re.sub(r"^File cannot be read: .* for reading\.?$", "its header or data could not be read", line)
-            return line.rstrip(".")[:200]
-    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 def _corrupt(path, fmt, reason):
@@ -144,7 +129,7 @@ def _read_file(path, fmt, meta):
         with quiet_itk():
             return reader.Execute()
     except RuntimeError as exc:
-        raise _corrupt(path, fmt, _itk_reason(exc))
+        raise _corrupt(path, fmt, itk_reason(exc))
 
 
 def _check_nifti_payload(path):
@@ -275,23 +260,9 @@ def _has_dicom_preamble(path):
     return os.path.isfile(path) and _read_head(path, 132)[128:132] == b"DICM"
 
 
-@contextlib.contextmanager
-def quiet_itk():
-    """Keep ITK's raw 'WARNING: In /tmp/SimpleITK-build/...' lines off the user's terminal.
-
-    Whatever they report that matters is checked and said in our own words instead.
-    """
-    was = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(was)
-
-
 def _read_dicom(path, meta, channel, series_uid, contrast):
     """A DICOM folder (or one multi-frame file) as (array, affine), by the rules of dicomread."""
-    from LowResSegLib import dicomread as dr
+    from LowResSegLib.images import dicomread as dr
 
     if os.path.isdir(path):
         series, ignored = dr.scan_folder(path)
@@ -338,7 +309,7 @@ def _read_dicom(path, meta, channel, series_uid, contrast):
         array = dr.read_series_pixels(frames)
     except RuntimeError as exc:
         raise VolumeReadError("the pixel data of %s could not be decoded: %s; check the files or re-export the "
-                              "series uncompressed" % (what, _itk_reason(exc)))
+                              "series uncompressed" % (what, itk_reason(exc)))
     guessed = dr.guess_contrast(chosen)
     meta.update({
         "modality": chosen.modality,
@@ -417,7 +388,7 @@ def atomic_write(path, overwrite, write):
         try:
             write(tmp)
         except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
-            raise OSError("could not write %s: %s; check the disk space and the folder" % (path, _itk_reason(exc)))
+            raise OSError("could not write %s: %s; check the disk space and the folder" % (path, itk_reason(exc)))
         if os.path.lexists(path) and not overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
         os.replace(tmp, path)

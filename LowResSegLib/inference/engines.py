@@ -1,6 +1,6 @@
 """Engines run a model's ONNX graph on a batch of prepared slices.
 
-Pre- and post-processing live in :mod:`LowResSegLib.pipeline`, one implementation
+Pre- and post-processing live in :mod:`LowResSegLib.inference.pipeline`, one implementation
 for every engine, so a local and a remote run of the same model agree exactly.
 """
 
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from LowResSegLib.modelstore import PROBABILITY_OUTPUTS, ModelRepository
+from LowResSegLib.repository.modelstore import PROBABILITY_OUTPUTS, ModelRepository
 
 #: Largest decompressed reply accepted from a server (a gzip bomb must not exhaust memory).
 MAX_REPLY_BYTES = 1 << 30
@@ -54,14 +54,14 @@ def choose_output(available, wanted, where):
 class LocalEngine(Engine):
     """onnxruntime in this process; CUDA when the installed onnxruntime offers it.
 
-    ``optimise``: run the exact load-time rewrite of :mod:`LowResSegLib.graphopt` (when ``onnx``
+    ``optimise``: run the exact load-time rewrite of :mod:`LowResSegLib.inference.graphopt` (when ``onnx``
     is installed; ``optimised`` says whether it ran).
     """
 
     def __init__(self, name, repository=None, threads=0, providers=None, output=None, optimise=True):
         import onnxruntime as ort
 
-        from LowResSegLib.graphopt import optimised_model
+        from LowResSegLib.inference.graphopt import optimised_model
 
         repo = ModelRepository(repository)
         self.card = repo.card(name)
@@ -79,7 +79,7 @@ class LocalEngine(Engine):
         self.path, self.threads = os.path.abspath(path), int(threads or 0)
         where = "model %s" % name
         graph = optimised_model(path, lambda names: choose_output(names, output, where)) if optimise else None
-        self.optimised = graph is not None  # see LowResSegLib.graphopt: same numbers, less work
+        self.optimised = graph is not None  # see LowResSegLib.inference.graphopt: same numbers, less work
         self.session = ort.InferenceSession(graph if graph is not None else path, sess_options=opts,
                                             providers=providers)
         self.output = choose_output([o.name for o in self.session.get_outputs()], output, where)
@@ -237,7 +237,7 @@ class RemoteEngine(Engine):
         self.server.close()
 
     def _card(self):
-        from LowResSegLib.modelstore import validate_card
+        from LowResSegLib.repository.modelstore import validate_card
 
         config = self.server.get_json("/v2/models/%s/config" % self.model)
         try:
@@ -250,7 +250,7 @@ class RemoteEngine(Engine):
     # ------------------------------------------------------------------ inference
 
     def infer(self, batch):
-        from LowResSegLib import protocol
+        from LowResSegLib.edge import protocol
 
         body, headers = protocol.encode_request([("image", self.check_batch(batch))], outputs=[self.output])
         status, reply, data = self.server.request("POST", "/v2/models/%s/infer" % self.model, body, headers)

@@ -1,20 +1,20 @@
-"""The child process that segments for a user interface: ``python -m LowResSegLib.worker FOLDER``.
+"""The child process that segments for a user interface: ``python -m LowResSegLib.frontends.worker FOLDER``.
 
 Inside 3D Slicer the main thread holds Python's GIL while its Qt event loop idles, so a
 worker *thread* would run only while the UI runs Python. Peer extensions (TotalSegmentator,
 MONAIAuto3DSeg, SlicerNNUnet) therefore segment in a separate process, and so does LowResSeg.
 
-``FOLDER`` is a private temporary folder made by :class:`LowResSegLib.background.BackgroundRuns`:
+``FOLDER`` is a private temporary folder made by :class:`LowResSegLib.frontends.background.BackgroundRuns`:
 
 - ``request.json``: ``{"models": [...], "engine": {"kind": "local", "repository": PATH, "threads": N}
   | {"kind": "remote", "url": URL, "token": TOKEN or null}, "chunk": 32, "affine": 4x4, "name": str,
   "budget": "fastest" | "balanced" | "best" | seconds}``; a model named ``auto`` is chosen here by
-  :func:`LowResSegLib.modelchoice.choose_model` (calibrated on this engine, cached), reported as a
+  :func:`LowResSegLib.inference.modelchoice.choose_model` (calibrated on this engine, cached), reported as a
   ``chosen`` event with its reason, then run;
   (the folder is readable by its owner only, so a token never appears on a command line);
 - ``volume.npy``: the voxels, (k, j, i).
 
-The worker writes one JSON line per event to stdout (:func:`LowResSegLib.background.event_line`)
+The worker writes one JSON line per event to stdout (:func:`LowResSegLib.frontends.childprotocol.event_line`)
 and each run's labels to ``<n>.labels.npy`` in ``FOLDER`` before it reports the result. It
 stops at the first failing model. Cancel is the parent killing this process.
 Python 3.9+; numpy + onnxruntime.
@@ -25,9 +25,9 @@ import os
 import sys
 import time
 
-__all__ = ["main", "REQUEST", "VOLUME", "labels_file"]
+from LowResSegLib.frontends.childprotocol import REQUEST, VOLUME
 
-REQUEST, VOLUME = "request.json", "volume.npy"
+__all__ = ["main", "REQUEST", "VOLUME", "labels_file"]
 
 
 def labels_file(folder, n):
@@ -36,7 +36,7 @@ def labels_file(folder, n):
 
 
 def _engine(spec, name):
-    from LowResSegLib.engines import LocalEngine, RemoteEngine
+    from LowResSegLib.inference.engines import LocalEngine, RemoteEngine
 
     if spec.get("kind") == "remote":
         return RemoteEngine(spec["url"], name, token=spec.get("token"))
@@ -46,19 +46,19 @@ def _engine(spec, name):
 def _engine_models(spec):
     """The models the engine can run: the repository's usable ones, or the server's."""
     if spec.get("kind") == "remote":
-        from LowResSegLib.engines import RemoteServer
+        from LowResSegLib.inference.engines import RemoteServer
 
         return list(RemoteServer(spec["url"], spec.get("token")).probe()["models"])
-    from LowResSegLib.modelstore import ModelRepository
+    from LowResSegLib.repository.modelstore import ModelRepository
 
     return ModelRepository(spec.get("repository")).usable_names()
 
 
 def _resolve_auto(models, request, volume, emit):
     """``models`` with ``auto`` replaced by the chosen model (a chosen model already listed runs once)."""
-    from LowResSegLib.background import RunEvent
-    from LowResSegLib.modelchoice import axial_slices, choose_model
-    from LowResSegLib.run import AUTO
+    from LowResSegLib.frontends.childprotocol import RunEvent
+    from LowResSegLib.inference.modelchoice import axial_slices, choose_model
+    from LowResSegLib.workflow.run import AUTO
 
     if AUTO not in models:
         return models, {}
@@ -87,9 +87,9 @@ def run_request(folder, emit):
     """Every model of the request in turn; ``emit(event)`` for each :class:`RunEvent`."""
     import numpy as np
 
-    from LowResSegLib.background import RunEvent
-    from LowResSegLib.geometry import Volume
-    from LowResSegLib.run import AUTO, SegmentationRun
+    from LowResSegLib.frontends.childprotocol import RunEvent
+    from LowResSegLib.images.geometry import Volume
+    from LowResSegLib.workflow.run import AUTO, SegmentationRun
 
     with open(os.path.join(folder, REQUEST)) as f:
         request = json.load(f)
@@ -119,11 +119,11 @@ def run_request(folder, emit):
 
 
 def main(argv=None):
-    from LowResSegLib.background import RunEvent, event_line
+    from LowResSegLib.frontends.childprotocol import RunEvent, event_line
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not os.path.isdir(argv[0]):
-        sys.stderr.write("usage: python -m LowResSegLib.worker FOLDER (a folder made by BackgroundRuns)\n")
+        sys.stderr.write("usage: python -m LowResSegLib.frontends.worker FOLDER (a folder made by BackgroundRuns)\n")
         return 2
 
     def emit(event):

@@ -2,7 +2,7 @@
 
 Inside 3D Slicer the main thread keeps Python's GIL while the Qt event loop idles (PythonQt
 never releases it), so a worker thread would run only while the UI runs Python. The runs
-therefore go to a child process (:mod:`LowResSegLib.worker`), as peer extensions do.
+therefore go to a child process (:mod:`LowResSegLib.frontends.worker`), as peer extensions do.
 
 The parent side here starts no thread either: the child's stdout (one JSON line per
 :class:`RunEvent`) goes to a file in a private temporary folder, and :meth:`BackgroundRuns.poll`,
@@ -21,56 +21,9 @@ import subprocess
 import sys
 import tempfile
 
+from LowResSegLib.frontends.childprotocol import REQUEST, VOLUME, RunEvent, event_line, parse_event_line
+
 __all__ = ["RunEvent", "BackgroundRuns", "event_line", "parse_event_line"]
-
-_KINDS = ("chosen", "progress", "result", "error", "cancelled", "finished")
-
-
-class RunEvent(object):
-    """What the worker reports: ``kind`` is one of
-
-    - ``"chosen"``: ``model`` picked for ``auto``, ``message`` why (LowResSegLib.modelchoice);
-    - ``"progress"``: ``model``, ``fraction`` (0..1 over all runs);
-    - ``"result"``: ``model``, ``segmentation`` (a :class:`LowResSegLib.pipeline.Segmentation`);
-      on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``;
-    - ``"error"``: ``model``, ``message`` (one line for the user); the remaining runs are skipped;
-    - ``"cancelled"``: the user cancelled; no further results;
-    - ``"finished"``: always the last event.
-    """
-
-    __slots__ = ("kind", "model", "fraction", "segmentation", "message", "path", "card", "timings")
-
-    def __init__(self, kind, model=None, fraction=None, segmentation=None, message=None, path=None, card=None,
-                 timings=None):
-        if kind not in _KINDS:
-            raise ValueError("unknown run event %r" % (kind,))
-        self.kind, self.model, self.fraction = kind, model, fraction
-        self.segmentation, self.message = segmentation, message
-        self.path, self.card, self.timings = path, card, timings
-
-    def __repr__(self):
-        return "RunEvent(%s, %s)" % (self.kind, self.model)
-
-
-def event_line(event):
-    """One JSON line for the wire (no newline); the segmentation itself travels as a file."""
-    body = {"event": event.kind}
-    for key in ("model", "fraction", "message", "path", "card", "timings"):
-        value = getattr(event, key)
-        if value is not None:
-            body[key] = value
-    return json.dumps(body, sort_keys=True)
-
-
-def parse_event_line(line):
-    """The :class:`RunEvent` of one line; ValueError for anything else (a stray print, half a line)."""
-    body = json.loads(line)
-    if not isinstance(body, dict) or body.get("event") not in _KINDS:
-        raise ValueError("not a run event: %r" % (line[:80],))
-    return RunEvent(body["event"], model=body.get("model"), fraction=body.get("fraction"),
-                    message=body.get("message"), path=body.get("path"), card=body.get("card"),
-                    timings=body.get("timings"))
-
 
 class BackgroundRuns(object):
     """Segment one volume with several models, one after another, in a child process.
@@ -99,7 +52,6 @@ class BackgroundRuns(object):
         """Write the request into a private folder and start the worker; returns self."""
         import numpy as np
 
-        from LowResSegLib.worker import REQUEST, VOLUME
 
         if self.folder is not None:
             raise RuntimeError("these runs were already started")
@@ -119,7 +71,7 @@ class BackgroundRuns(object):
             if paths:
                 env["PYTHONPATH"] = os.pathsep.join(paths)
             flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window on Windows
-            self.process = subprocess.Popen([self.python, "-m", "LowResSegLib.worker", self.folder],
+            self.process = subprocess.Popen([self.python, "-m", "LowResSegLib.frontends.worker", self.folder],
                                             stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
                                             env=env, cwd=self.folder, creationflags=flags)
         except BaseException:
@@ -192,7 +144,7 @@ class BackgroundRuns(object):
     def _segmentation(self, event):
         import numpy as np
 
-        from LowResSegLib.pipeline import Segmentation
+        from LowResSegLib.inference.pipeline import Segmentation
 
         labels = np.load(event.path)
         if labels.shape != tuple(self.volume.shape):

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from LowResSegLib import slabs
+from LowResSegLib.images import slabs
 
 ZSCORE_NONZERO = "zscore-nonzero-p0.5-99.5-clip5"
 HEAD_MODE_RATIO = "head-mode-ratio-v1"
@@ -81,7 +81,7 @@ def normalize_volume(volume, method=DEFAULT_METHOD, spacing_kji=(1.0, 1.0, 1.0))
 
 def _scaled_in_blocks(v, gain_small, factors, clip):
     """``min(v * gain, clip)`` with ``gain_small`` repeated over its blocks, in one pass per slab of slices
-    (no full-size mask is made); the slabs run side by side (:mod:`LowResSegLib.slabs`)."""
+    (no full-size mask is made); the slabs run side by side (:mod:`LowResSegLib.images.slabs`)."""
     out = np.empty(v.shape, np.float32)
     f0 = factors[0]
 
@@ -291,7 +291,7 @@ def _discrete_gaussian(a, variances):
     """Separable discrete Gaussian (variance per axis in voxels²), edges replicated: SimpleITK's
     ``DiscreteGaussian(img, var, 16, 0.01, useImageSpacing=True)``, about 3x faster in numpy.
 
-    Each axis is filtered in slabs cut across another axis, side by side (:mod:`LowResSegLib.slabs`).
+    Each axis is filtered in slabs cut across another axis, side by side (:mod:`LowResSegLib.images.slabs`).
     """
     a = np.asarray(a, np.float32)
     for axis, var in enumerate(variances):

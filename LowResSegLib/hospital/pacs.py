@@ -4,12 +4,12 @@ In a hospital the images sit in a PACS, so this module talks to it the standard 
 search, WADO-RS to retrieve, STOW-RS to store. Each study found is one :class:`StudyJob`:
 
 1. its series are listed and their headers read (WADO-RS metadata: no pixels);
-2. the series to read is chosen by the folder rule (:func:`LowResSegLib.dicomread.choose_series`,
+2. the series to read is chosen by the folder rule (:func:`LowResSegLib.images.dicomread.choose_series`,
    docs/dicom.md); a study where it cannot choose is refused with the same reason;
 3. a study whose chosen series already has a LowResSeg SEG of this model version is skipped
    (``force`` adds a new SEG; nothing in the PACS is ever replaced or deleted);
 4. the series' instances are retrieved into a private temporary folder, removed whatever happens;
-5. :class:`LowResSegLib.run.SegmentationRun` (all or nothing) writes a DICOM-SEG there;
+5. :class:`LowResSegLib.workflow.run.SegmentationRun` (all or nothing) writes a DICOM-SEG there;
 6. the SEG is stored with STOW-RS under its own study, and the server's answer is checked.
 
 The client sends only GET and POST. GETs have a timeout and are retried; a store is sent once and
@@ -388,9 +388,9 @@ class StudyJob(object):
 
     def plan(self) -> bool:
         """Choose the series and look for an earlier SEG; True when there is something to do."""
-        from LowResSegLib import dicomread as dr
-        from LowResSegLib.dicomseg import software_versions
-        from LowResSegLib.run import card_contrast
+        from LowResSegLib.images import dicomread as dr
+        from LowResSegLib.results.dicomseg import software_versions
+        from LowResSegLib.workflow.run import card_contrast
 
         headers, segs = [], []
         for s in self.client.search_series(self.study):
@@ -426,7 +426,7 @@ class StudyJob(object):
         """Retrieve the chosen series into a temporary folder, segment it, store the SEG; the folder goes."""
         from tqdm import tqdm
 
-        from LowResSegLib.run import SegmentationRun
+        from LowResSegLib.workflow.run import SegmentationRun
 
         sops = list(dict.fromkeys(f.sop_uid for f in self.chosen.frames))
         with tempfile.TemporaryDirectory(prefix="lowresseg-pacs-") as tmp:
@@ -465,9 +465,9 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
     """
     from tqdm import tqdm
 
-    from LowResSegLib import dicomread as dr
-    from LowResSegLib.batch import read_report, write_report
-    from LowResSegLib.engines import LocalEngine
+    from LowResSegLib.images import dicomread as dr
+    from LowResSegLib.workflow.batch import read_report, write_report
+    from LowResSegLib.inference.engines import LocalEngine
 
     if report and not dry_run and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
         raise PacsError("the folder of the report %s does not exist; create it or pass another --report" % report)

@@ -1,7 +1,7 @@
 """``--model auto``: the best shipped model whose time on *this* engine fits a time budget.
 
 * **Quality** is the number in each model card (``metrics.val_dice_at_output_size``).
-* **Time** is measured, not assumed: a short calibration runs :func:`LowResSegLib.pipeline.segment`
+* **Time** is measured, not assumed: a short calibration runs :func:`LowResSegLib.inference.pipeline.segment`
   on a synthetic 240×240 head slab with the engine, so it holds pre- and post-processing and, for a
   remote engine, the server's time plus the transfer. It gives seconds per axial slice; a volume's
   estimate is that times its slices.
@@ -79,7 +79,7 @@ def engine_identity(engine):
     own = getattr(engine, "calibration_identity", None)
     if callable(own):
         return own()
-    from LowResSegLib.engines import LocalEngine, RemoteEngine
+    from LowResSegLib.inference.engines import LocalEngine, RemoteEngine
 
     if isinstance(engine, LocalEngine):
         import onnxruntime as ort
@@ -143,7 +143,7 @@ class CalibrationCache(object):
 
 def calibration_volume(slices=CALIBRATION_SLICES):
     """A synthetic 240×240 head slab at 1 mm: an ellipsoid of tissue with a bright blob, noisy background."""
-    from LowResSegLib.geometry import Volume
+    from LowResSegLib.images.geometry import Volume
 
     rng = np.random.default_rng(0)
     kk, jj, ii = np.ogrid[:slices, :240, :240]
@@ -155,7 +155,7 @@ def calibration_volume(slices=CALIBRATION_SLICES):
 
 def calibrate(engine, slices=CALIBRATION_SLICES, repeats=2, clock=time.perf_counter):
     """Seconds per axial slice of ``segment`` with ``engine``: the best of ``repeats`` after a warm-up."""
-    from LowResSegLib.pipeline import segment
+    from LowResSegLib.inference.pipeline import segment
 
     volume = calibration_volume(slices)
     segment(calibration_volume(min(4, slices)), engine, keep_probabilities=False)  # warm-up, connection set up
@@ -177,7 +177,7 @@ class ModelChoice(object):
 
 def axial_slices(volume):
     """Axial slices the pipeline will cut from a :class:`Volume` (its canonical k extent)."""
-    from LowResSegLib.geometry import canonical_transform
+    from LowResSegLib.images.geometry import canonical_transform
 
     world, _ = canonical_transform(volume.affine)
     return int(volume.array.shape[::-1][list(world).index(2)])

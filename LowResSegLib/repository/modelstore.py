@@ -48,8 +48,8 @@ def default_repository():
     env = os.environ.get("LOWRESSEG_MODELS")
     if env:
         return env
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.join(os.path.dirname(here), "Resources", "Models")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # LowResSegLib/
+    return os.path.join(os.path.dirname(package), "Resources", "Models")
 
 
 def sha256_file(path, chunk=1 << 20):

@@ -478,7 +478,7 @@ def read_series_pixels(frames):
     """The (k, j, i) float32 array of ``frames`` (already in slice order), decoded by SimpleITK."""
     import SimpleITK as sitk
 
-    from LowResSegLib.io import quiet_itk
+    from LowResSegLib.images.itkmessages import quiet_itk
 
     by_file = {}
     for k, f in enumerate(frames):
@@ -497,9 +497,9 @@ def read_series_pixels(frames):
             try:
                 data = sitk.GetArrayFromImage(sitk.ReadImage(path))
             except RuntimeError as exc:
-                from LowResSegLib.io import _itk_reason
+                from LowResSegLib.images.itkmessages import itk_reason
 
-                raise _unreadable(path, "its pixel data: %s" % _itk_reason(exc))
+                raise _unreadable(path, "its pixel data: %s" % itk_reason(exc))
             data = data.reshape((-1,) + frames[0].size)
             for k, index in items:
                 out[k] = data[index or 0]

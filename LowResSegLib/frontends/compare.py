@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from LowResSegLib.geometry import to_canonical
-from LowResSegLib.metrics import dice, hd95, volume_ml
-from LowResSegLib.pipeline import low_res_inputs, prepare_slices, segment
+from LowResSegLib.images.geometry import to_canonical
+from LowResSegLib.images.metrics import dice, hd95, volume_ml
+from LowResSegLib.inference.pipeline import low_res_inputs, prepare_slices, segment
 
 TABLE_FIELDS = ["model", "input_size", "output_size", "time_s", "ms_per_slice", "volume_ml", "reference",
                 "dice", "hd95_mm"]

@@ -1,6 +1,6 @@
 """KServe v2 (Open Inference Protocol) infer messages, as NVIDIA's tritonclient.http speaks them.
 
-Both sides use this module: :class:`LowResSegLib.engines.RemoteEngine` encodes requests and
+Both sides use this module: :class:`LowResSegLib.inference.engines.RemoteEngine` encodes requests and
 decodes responses, the edge server (Python 3.6 on a Jetson Nano) does the reverse. A body is
 the JSON header, then, with the binary tensor extension, the raw little-endian tensors in the
 order they are listed, each announced by ``parameters.binary_data_size``; the length of the

@@ -5,7 +5,7 @@ and must never touch a file the user already has. So :class:`SegmentationRun`
 
 1. **plans and checks** everything that can be checked before inference: the model, the
    output paths (writable, distinct, not there unless ``overwrite``), the input volume (read
-   by the rules of :mod:`LowResSegLib.io`), and whether a DICOM-SEG can be built on its
+   by the rules of :mod:`LowResSegLib.images.io`), and whether a DICOM-SEG can be built on its
    source headers;
 2. **executes** the pipeline (progress and cancel between chunks; a cancelled run ends here);
 3. **commits**: every output is written to a hidden temporary file beside its target, and
@@ -21,12 +21,12 @@ import re
 import secrets
 import time
 
-from LowResSegLib.outputs import LABEL_SUFFIXES, check_output_path
+from LowResSegLib.results.outputs import LABEL_SUFFIXES, check_output_path
 
 __all__ = ["RunError", "SegmentationRun", "card_contrast", "contrast_from_name", "contrast_warning", "result_warnings",
            "commit_files", "IMPLAUSIBLE_ML", "AUTO"]
 
-AUTO = "auto"  # the model name that asks for LowResSegLib.modelchoice to pick one for a time budget
+AUTO = "auto"  # the model name that asks for LowResSegLib.inference.modelchoice to pick one for a time budget
 IMPLAUSIBLE_ML = 400.0  # larger "tumours" than this (the largest of our real cases: ~350 mL) are flagged
 _CONTRAST_WORDS = (("FLAIR", re.compile(r"flair", re.I)), ("T1", re.compile(r"(^|[^a-z0-9])t1(ce|c|gd|w)?([^a-z0-9]|$)", re.I)),
                    ("T2", re.compile(r"(^|[^a-z0-9])t2w?([^a-z0-9]|$)", re.I)),
@@ -120,9 +120,9 @@ class SegmentationRun(object):
 
     ``engine`` may be given (e.g. a remote engine); else the model is loaded from
     ``repository``. ``channel`` and ``series`` pick a volume / a DICOM series (see
-    :func:`LowResSegLib.io.read_volume`). ``volume``: a volume already in memory (Slicer's
+    :func:`LowResSegLib.images.io.read_volume`). ``volume``: a volume already in memory (Slicer's
     worker), used instead of reading ``input_path``, which then only names it. ``model="auto"`` with
-    ``budget`` (see :mod:`LowResSegLib.modelchoice`) picks the model in :meth:`plan`; ``choice.reason``
+    ``budget`` (see :mod:`LowResSegLib.inference.modelchoice`) picks the model in :meth:`plan`; ``choice.reason``
     says which and why (``log(text)`` hears about calibrations). After :meth:`run`, ``segmentation`` holds the
     result, ``warnings`` what the user should know, ``written`` the output paths.
     """
@@ -145,7 +145,7 @@ class SegmentationRun(object):
 
     def plan(self):
         """Every check that needs no inference; raises before anything is written."""
-        from LowResSegLib.io import read_volume
+        from LowResSegLib.images.io import read_volume
 
         outs = [p for p in (self.labels_out, self.dicom_seg_out) if p]
         if self.labels_out:
@@ -157,7 +157,7 @@ class SegmentationRun(object):
         if self.engine is None and self.model == AUTO:
             self._choose_model(read_volume)
         if self.engine is None:
-            from LowResSegLib.engines import LocalEngine
+            from LowResSegLib.inference.engines import LocalEngine
 
             if not self.model:
                 raise RunError("no model given; pick one of `lowresseg models`")
@@ -172,7 +172,7 @@ class SegmentationRun(object):
             if meta.get("format") != "dicom":
                 raise RunError("--dicom-seg needs DICOM input (a folder with the source series); %s was read as %s"
                                % (self.input_path, meta.get("format")))
-            from LowResSegLib.dicomseg import check_seg_sources
+            from LowResSegLib.results.dicomseg import check_seg_sources
 
             self.seg_sources = check_seg_sources(meta["files"], meta.get("frames"))
             self.warnings.extend("DICOM-SEG: %s" % n for n in self.seg_sources.notes)
@@ -186,9 +186,9 @@ class SegmentationRun(object):
 
     def _choose_model(self, read_volume):
         """``--model auto``: read the volume, then pick the model whose time for it fits the budget."""
-        from LowResSegLib.engines import LocalEngine
-        from LowResSegLib.modelchoice import axial_slices, choose_model
-        from LowResSegLib.modelstore import ModelRepository
+        from LowResSegLib.inference.engines import LocalEngine
+        from LowResSegLib.inference.modelchoice import axial_slices, choose_model
+        from LowResSegLib.repository.modelstore import ModelRepository
 
         if self.budget is None:
             raise RunError("--model auto needs a time budget: --budget 1.5s (seconds per volume), or "
@@ -208,7 +208,7 @@ class SegmentationRun(object):
 
     def execute(self, progress=None, cancel=None, chunk=32):
         """Run the pipeline, ``chunk`` slices at a time; None if cancelled (nothing is written then)."""
-        from LowResSegLib.pipeline import segment
+        from LowResSegLib.inference.pipeline import segment
 
         if not self.planned:
             self.plan()
@@ -224,7 +224,7 @@ class SegmentationRun(object):
 
     def commit(self):
         """Write every output, all or none; returns the written paths."""
-        from LowResSegLib.outputs import write_segmentation
+        from LowResSegLib.results.outputs import write_segmentation
 
         if self.segmentation is None:
             raise RunError("nothing to commit: the run was not executed or was cancelled")
@@ -235,7 +235,7 @@ class SegmentationRun(object):
                 pairs.append((staged, self.labels_out))
                 write_segmentation(self.segmentation, staged)
             if self.dicom_seg_out:
-                from LowResSegLib.dicomseg import write_dicom_seg
+                from LowResSegLib.results.dicomseg import write_dicom_seg
 
                 staged = _stage_name(self.dicom_seg_out)
                 pairs.append((staged, self.dicom_seg_out))

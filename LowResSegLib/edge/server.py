@@ -1,6 +1,6 @@
 """The edge inference server: a KServe v2 / Triton-compatible HTTP endpoint for a Jetson Nano.
 
-    python3 -m LowResSegLib.server --repository Resources/Models [--host 127.0.0.1] [--port 8000]
+    python3 -m LowResSegLib.edge.server --repository Resources/Models [--host 127.0.0.1] [--port 8000]
         [--token-file F] [--tls-cert C --tls-key K] [--max-body-mb 64] [--max-queue 4] [--max-batch 8]
         [--providers ...]
 
@@ -11,13 +11,13 @@ the server runs the ONNX graph on the low-resolution slices it is sent.
 
 Safety: binds loopback unless told otherwise, and refuses a non-loopback address without a
 bearer token (compared with hmac.compare_digest). Bodies are capped before they are read,
-declared tensor sizes are checked (LowResSegLib.protocol), a bounded queue answers 503 with
+declared tensor sizes are checked (LowResSegLib.edge.protocol), a bounded queue answers 503 with
 Retry-After instead of swapping, sockets time out (a slow client cannot hold a thread forever),
 errors are ``{"error": ...}`` without tracebacks or pixel data, SIGTERM shuts down gracefully,
 and every request is logged as one JSON line (method, path, status, bytes, ms; no token, no data).
 
-Python 3.6 (JetPack 4.6) import closure: stdlib, numpy, onnxruntime, LowResSegLib.modelstore,
-LowResSegLib.protocol and LowResSegLib.tokens.
+Python 3.6 (JetPack 4.6) import closure: stdlib, numpy, onnxruntime, LowResSegLib.repository.modelstore,
+LowResSegLib.edge.protocol and LowResSegLib.edge.tokens.
 """
 
 import argparse
@@ -38,9 +38,9 @@ import threading
 import time
 import zlib
 
-from LowResSegLib import protocol
-from LowResSegLib.modelstore import ModelRepository, ModelStoreError
-from LowResSegLib.tokens import read_token
+from LowResSegLib.edge import protocol
+from LowResSegLib.repository.modelstore import ModelRepository, ModelStoreError
+from LowResSegLib.edge.tokens import read_token
 
 __all__ = ["ModelHost", "make_server", "main"]
 

@@ -11,11 +11,11 @@ import shutil
 import sys
 import tempfile
 
-from LowResSegLib.run import AUTO  # the model name that asks for a choice by time budget
+from LowResSegLib.workflow.run import AUTO  # the model name that asks for a choice by time budget
 
 
 def cmd_models(args):
-    from LowResSegLib.modelstore import ModelRepository, ModelStoreError
+    from LowResSegLib.repository.modelstore import ModelRepository, ModelStoreError
 
     repo = ModelRepository(args.repository)
     names = repo.names()
@@ -67,7 +67,7 @@ def _print_warnings(volume):
 
 
 def cmd_segment(args):
-    from LowResSegLib.run import SegmentationRun
+    from LowResSegLib.workflow.run import SegmentationRun
 
     _check_budget(args, args.model == AUTO)
     run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
@@ -104,9 +104,9 @@ def _check_budget(args, auto):
 
 def _auto_choice(args, slices):
     """The model ``auto`` stands for, on this machine, for a volume of ``slices`` axial slices."""
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.modelchoice import choose_model
-    from LowResSegLib.modelstore import ModelRepository
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.modelchoice import choose_model
+    from LowResSegLib.repository.modelstore import ModelRepository
 
     repo = ModelRepository(args.repository)
     names = repo.usable_names()
@@ -117,8 +117,8 @@ def _auto_choice(args, slices):
 
 
 def cmd_batch(args):
-    from LowResSegLib.batch import CSV_NAME, run_batch
-    from LowResSegLib.modelchoice import BRATS_SLICES
+    from LowResSegLib.workflow.batch import CSV_NAME, run_batch
+    from LowResSegLib.inference.modelchoice import BRATS_SLICES
 
     _check_budget(args, args.model == AUTO)
     engine = None
@@ -138,7 +138,7 @@ def cmd_batch(args):
 def cmd_pacs(args):
     import re
 
-    from LowResSegLib.pacs import PacsError, load_auth, run_pacs
+    from LowResSegLib.hospital.pacs import PacsError, load_auth, run_pacs
 
     if args.series and not args.study:
         raise ValueError("--series picks a series of one study: give --study UID with it")
@@ -173,14 +173,14 @@ def cmd_pacs(args):
 
 
 def cmd_compare(args):
-    from LowResSegLib.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
-    from LowResSegLib.engines import LocalEngine
-    from LowResSegLib.io import read_volume
-    from LowResSegLib.outputs import labels_on_grid
-    from LowResSegLib.run import card_contrast, commit_files
+    from LowResSegLib.frontends.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.images.io import read_volume
+    from LowResSegLib.results.outputs import labels_on_grid
+    from LowResSegLib.workflow.run import card_contrast, commit_files
 
-    from LowResSegLib.modelchoice import axial_slices
-    from LowResSegLib.modelstore import ModelRepository
+    from LowResSegLib.inference.modelchoice import axial_slices
+    from LowResSegLib.repository.modelstore import ModelRepository
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
@@ -226,7 +226,7 @@ def cmd_compare(args):
 
 
 def cmd_demo(args):
-    from LowResSegLib.demo import run_demo
+    from LowResSegLib.frontends.demo import run_demo
 
     run_demo(args.out, args.repository, overwrite=args.overwrite, threads=args.threads)
     return 0
@@ -311,7 +311,7 @@ BUDGET_HELP = ("with --model auto: time per volume on this machine, e.g. 1.5s or
 
 
 def build_parser():
-    from LowResSegLib.modelstore import default_repository
+    from LowResSegLib.repository.modelstore import default_repository
     from LowResSegLib.training.slices import AUGMENTATIONS, DEFAULT_AUGMENTATION
 
     p = argparse.ArgumentParser(
@@ -371,7 +371,7 @@ def build_parser():
     pc.set_defaults(func=cmd_pacs)
 
     sub.add_parser("serve", help="the edge inference server (KServe v2 / Triton-compatible): the options of "
-                                 "`python3 -m LowResSegLib.server`, see `lowresseg serve --help`")
+                                 "`python3 -m LowResSegLib.edge.server`, see `lowresseg serve --help`")
 
     cp = sub.add_parser("compare", help="run several models (input resolutions) on one volume, side by side")
     cp.add_argument("input")
@@ -477,8 +477,8 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # one server CLI, shared with `python3 -m LowResSegLib.server` (Python 3.6)
-        from LowResSegLib import server
+    if argv[:1] == ["serve"]:  # one server CLI, shared with `python3 -m LowResSegLib.edge.server` (Python 3.6)
+        from LowResSegLib.edge import server
 
         return server.main(argv[1:])
     parser = build_parser()
