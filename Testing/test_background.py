@@ -1,13 +1,18 @@
-"""BackgroundRuns: the child process the Slicer module drives from a QTimer (real onnxruntime models)."""
+"""BackgroundRuns: the child process the Slicer module drives from a QTimer (real onnxruntime models).
+
+In Slicer the child is the ``PythonSlicer`` launcher, which starts the interpreter as a child of its own
+and forwards no signal; the tests marked so run through the stand-in launcher (Testing/Slicer/bin/PythonSlicer)
+and check every process of the tree by PID."""
 
 import ctypes
+import json
 import os
 import sys
 
 import numpy as np
 import pytest
 
-from LowResSegLib.frontends.background import BackgroundRuns, RunEvent, event_line, parse_event_line
+from LowResSegLib.frontends.background import BackgroundProbe, BackgroundRuns, RunEvent, event_line, parse_event_line
 from LowResSegLib.inference.engines import LocalEngine
 from LowResSegLib.images.geometry import Volume
 from LowResSegLib.inference.pipeline import segment
@@ -16,6 +21,10 @@ from helpers import cube_phantom
 from model_factory import add_threshold_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(ROOT, "Testing", "Slicer"))  # appended: the stand-in never shadows a real module
+from launcher import SilentServer, alive, descendants, install_launcher, wait_for  # noqa: E402
+
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 SHAPE = (12, 40, 48)
 BRAIN = (slice(1, 11), slice(4, 36), slice(4, 44))
 CUBE = (slice(4, 9), slice(10, 22), slice(26, 38))
@@ -137,3 +146,104 @@ def test_slicer_ras_matrices_round_trip(volume):
     np.testing.assert_allclose(ras[:3, 0], [-0.9, 0, 0])  # i runs L in LPS = -x in RAS
     back = Volume.from_ras(volume.array, ras)
     np.testing.assert_allclose(back.affine, volume.affine)
+
+
+# --------------------------------------------------------------------------- through the PythonSlicer launcher
+
+
+@pytest.fixture
+def launcher(tmp_path):
+    return install_launcher(str(tmp_path / "bin"))
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def busy(child, silent):
+    """``child`` started; once its interpreter talks to the silent server, the PIDs of its whole tree."""
+    child.start()
+    tree = wait_for(lambda: silent.accepted and [child.process.pid] + descendants(child.process.pid))
+    assert tree and len(tree) == 2, "expected the launcher and the interpreter it started: %s" % tree
+    assert child.process.args[0].endswith("PythonSlicer")
+    return tree
+
+
+def all_dead(tree):
+    return wait_for(lambda: not [p for p in tree if alive(p)], timeout=10)
+
+
+@LINUX
+def test_cancel_through_the_pythonslicer_launcher_kills_the_whole_tree(volume, silent, launcher):
+    """Killing the launcher alone leaves the interpreter it started running (here: waiting on a server)."""
+    runs = BackgroundRuns(volume, ["m"], {"kind": "remote", "url": silent.url, "token": None}, python=launcher,
+                          pythonpath=[ROOT])
+    tree = busy(runs, silent)
+    folder = runs.folder
+    runs.cancel()
+    assert [e.kind for e in runs.poll()] == ["cancelled", "finished"]
+    assert all_dead(tree), "still running after Cancel: %s" % [p for p in tree if alive(p)]
+    assert not os.path.exists(folder)
+
+
+@LINUX
+def test_a_probe_through_the_launcher_is_cancelled_as_a_whole(silent, launcher):
+    probe = BackgroundProbe(silent.url, python=launcher, pythonpath=[ROOT])
+    tree = busy(probe, silent)
+    probe.cancel()
+    assert [e.kind for e in probe.poll()] == ["cancelled", "finished"]
+    assert all_dead(tree) and not os.path.exists(probe.folder)
+
+
+@LINUX
+def test_a_normal_end_through_the_launcher_is_waited_for_not_killed(volume, repo, tmp_path, launcher):
+    """The worker says "finished" and then takes a moment to exit (as onnxruntime's teardown does): the
+    parent reports "finished" only once the whole tree has exited on its own, then removes the folder."""
+    lingering = tmp_path / "lib" / "LowResSegLib" / "frontends"
+    lingering.mkdir(parents=True)
+    (lingering.parent / "__init__.py").write_text("")
+    (lingering / "__init__.py").write_text("")
+    (lingering / "worker.py").write_text("import sys, time\nsys.stdout.write(%r + '\\n')\nsys.stdout.flush()\n"
+                                         "time.sleep(1.0)\n" % json.dumps({"event": "finished"}))
+    runs = BackgroundRuns(volume, ["low-16to64"], {"kind": "local", "repository": repo}, python=launcher,
+                          pythonpath=[str(tmp_path / "lib")]).start()
+    tree = wait_for(lambda: [runs.process.pid] + descendants(runs.process.pid) if descendants(runs.process.pid)
+                    else None)
+    assert tree and len(tree) == 2
+    folder, seen = runs.folder, []
+    while not runs.finished:
+        events = runs.poll()
+        if any(e.kind == "finished" for e in events):
+            assert [p for p in tree if alive(p)] == [], "finished reported while the tree still runs"
+        seen += events
+        wait_for(lambda: False, timeout=0.01)
+    assert [e.kind for e in seen] == ["finished"]
+    assert runs.process.returncode == 0  # it exited; it was not killed (-9)
+    assert all_dead(tree) and not os.path.exists(folder)
+
+
+@LINUX
+def test_a_segmentation_through_the_launcher_leaves_no_process_and_no_file(volume, repo, launcher):
+    runs = runs_of(volume, repo, "low-16to64", python=launcher).start()
+    tree = wait_for(lambda: [runs.process.pid] + descendants(runs.process.pid) if descendants(runs.process.pid)
+                    else None)
+    events = runs.wait(120)
+    assert [e.kind for e in events if e.kind != "progress"] == ["result", "finished"], events
+    assert runs.process.returncode == 0 and all_dead(tree) and not os.path.exists(runs.folder)
+
+
+def test_a_probe_says_why_it_could_not_connect(silent):
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    probe = BackgroundProbe("http://127.0.0.1:%d" % port, pythonpath=[ROOT]).start()
+    events = probe.wait(60)
+    assert [e.kind for e in events] == ["error", "finished"], events
+    assert events[0].message and "\n" not in events[0].message
+    assert not os.path.exists(probe.folder)

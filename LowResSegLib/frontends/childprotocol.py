@@ -1,7 +1,7 @@
 """What the Slicer module's child process and its parent exchange: two request files and event lines.
 
-The parent (:mod:`LowResSegLib.frontends.background`) writes ``request.json`` and ``volume.npy`` into a
-private folder; the child (:mod:`LowResSegLib.frontends.worker`) answers with one JSON line per
+The parent (:mod:`LowResSegLib.frontends.background`) writes ``request.json`` and ``volume.npy`` (or, to test
+an edge server's connection, ``request.json`` alone) into a private folder; the child (:mod:`LowResSegLib.frontends.worker`) answers with one JSON line per
 :class:`RunEvent` on stdout. Both sides import the names from here, so neither imports the other.
 
 Python 3.9+ (Slicer 5.8); standard library only.
@@ -13,7 +13,7 @@ __all__ = ["REQUEST", "VOLUME", "RunEvent", "event_line", "parse_event_line"]
 
 REQUEST, VOLUME = "request.json", "volume.npy"
 
-_KINDS = ("chosen", "progress", "result", "error", "cancelled", "finished")
+_KINDS = ("chosen", "progress", "result", "connected", "error", "cancelled", "finished")
 
 
 class RunEvent(object):
@@ -23,6 +23,8 @@ class RunEvent(object):
     - ``"progress"``: ``model``, ``fraction`` (0..1 over all runs);
     - ``"result"``: ``model``, ``segmentation`` (a :class:`LowResSegLib.inference.pipeline.Segmentation`);
       on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``;
+    - ``"connected"``: an edge server answered a connection test; ``card``: its ``name``, ``version``,
+      ``models`` and the round trip ``ms``;
     - ``"error"``: ``model``, ``message`` (one line for the user); the remaining runs are skipped;
     - ``"cancelled"``: the user cancelled; no further results;
     - ``"finished"``: always the last event.

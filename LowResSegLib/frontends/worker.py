@@ -14,9 +14,13 @@ MONAIAuto3DSeg, SlicerNNUnet) therefore segment in a separate process, and so do
   (the folder is readable by its owner only, so a token never appears on a command line);
 - ``volume.npy``: the voxels, (k, j, i).
 
+A request ``{"probe": {"url": URL, "token": TOKEN or null}}`` (no volume) asks the edge server who it is
+instead, and is answered by a ``connected`` event (or an ``error``).
+
 The worker writes one JSON line per event to stdout (:func:`LowResSegLib.frontends.childprotocol.event_line`)
 and each run's labels to ``<n>.labels.npy`` in ``FOLDER`` before it reports the result. It
-stops at the first failing model. Cancel is the parent killing this process.
+stops at the first failing model. Cancel is the parent killing this process (and, in Slicer, the
+``PythonSlicer`` launcher that started it: :mod:`LowResSegLib.frontends.processtree`).
 Python 3.9+; numpy + onnxruntime.
 """
 
@@ -83,16 +87,33 @@ def _one_line(exc):
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def probe_server(spec, emit):
+    """One ``connected`` event with what the edge server said, or an ``error`` with why not."""
+    from LowResSegLib.frontends.childprotocol import RunEvent
+    from LowResSegLib.inference.engines import RemoteServer
+
+    try:
+        info = RemoteServer(spec["url"], spec.get("token"), read_timeout=10.0).probe()
+    except Exception as exc:  # RemoteError, a bad URL, ...: one line for the user
+        emit(RunEvent("error", message=_one_line(exc)))
+        return
+    emit(RunEvent("connected", card={"name": info["name"], "version": info["version"],
+                                     "models": list(info["models"]), "ms": float(info["ms"])}))
+
+
 def run_request(folder, emit):
     """Every model of the request in turn; ``emit(event)`` for each :class:`RunEvent`."""
+    with open(os.path.join(folder, REQUEST)) as f:
+        request = json.load(f)
+    if "probe" in request:
+        probe_server(request["probe"], emit)
+        return
     import numpy as np
 
     from LowResSegLib.frontends.childprotocol import RunEvent
     from LowResSegLib.images.geometry import Volume
     from LowResSegLib.workflow.run import AUTO, SegmentationRun
 
-    with open(os.path.join(folder, REQUEST)) as f:
-        request = json.load(f)
     volume = Volume(np.load(os.path.join(folder, VOLUME)), request["affine"], {"source": request.get("name", "")})
     try:
         models, engines = _resolve_auto(list(request["models"]), request, volume, emit)
