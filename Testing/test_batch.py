@@ -83,7 +83,7 @@ def test_batch_segments_every_case_records_failures_and_skips_on_rerun(tmp_path,
     assert rows["patB"]["status"] == "failed" and "pass --series UID" in rows["patB"]["message"]
     assert sorted(os.listdir(str(out))) == ["batch.csv", "brats__case1_flair.nii.gz", "patA__s1.nii.gz",
                                             "patA__s1.seg.dcm"]
-    assert "2 case(s) done, 2 failed" in captured.out and "failed: patB:" in captured.err
+    assert "2 case(s) done, 0 skipped (done before), 2 failed" in captured.out and "failed: patB:" in captured.err
     assert snapshot(tree) == inputs_before
 
     done = snapshot(out)

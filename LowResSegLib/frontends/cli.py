@@ -117,7 +117,7 @@ def _auto_choice(args, slices):
 
 
 def cmd_batch(args):
-    from LowResSegLib.workflow.batch import CSV_NAME, run_batch
+    from LowResSegLib.workflow.batch import CSV_NAME, FolderInUse, run_batch
     from LowResSegLib.inference.modelchoice import BRATS_SLICES
 
     _check_budget(args, args.model == AUTO)
@@ -125,14 +125,26 @@ def cmd_batch(args):
     if args.model == AUTO:  # one model for the whole batch, sized for a 240x240x155 volume
         choice = _auto_choice(args, BRATS_SLICES)
         args.model, engine = choice.name, choice.engine
-    rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                     repository=args.repository, threads=args.threads, engine=engine)
-    done = [r for r in rows if r.get("status") == "done"]
-    failed = [r for r in rows if r.get("status") == "failed"]
-    for r in failed:
-        print("failed: %s: %s" % (r["case"], r.get("message", "")), file=sys.stderr)
-    print("%d case(s) done, %d failed; summary in %s" % (len(done), len(failed), os.path.join(args.out, CSV_NAME)))
-    return 1 if failed else 0
+    try:
+        rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+                         repository=args.repository, threads=args.threads, engine=engine)
+    except FolderInUse as exc:
+        print("lowresseg batch: error: %s" % exc, file=sys.stderr)
+        return 2
+    count = {}
+    for r in rows:
+        count[r.get("status")] = count.get(r.get("status"), 0) + 1
+        if r.get("status") == "failed":
+            print("failed: %s: %s" % (r["case"], r.get("message", "")), file=sys.stderr)
+    unsaved = [r for r in rows if r.get("report_error")]
+    if unsaved:
+        print("error: %s could not be updated for %d case(s) (%s): %s" % (
+            CSV_NAME, len(unsaved), ", ".join(r["case"] for r in unsaved[:5]) + (", ..." if len(unsaved) > 5 else ""),
+            unsaved[-1]["report_error"]), file=sys.stderr)
+    print("%d case(s) done, %d skipped (done before), %d failed; summary in %s"
+          % (count.get("done", 0), count.get("skipped", 0), count.get("failed", 0),
+             os.path.join(args.out, CSV_NAME)))
+    return 1 if count.get("failed") or unsaved else 0
 
 
 def cmd_pacs(args):
@@ -441,6 +453,9 @@ def build_parser():
     t.add_argument("--workers", type=int, default=0,
                    help="processes that make the augmented batches (0: the training process; a GPU needs several "
                         "to be kept busy). The batches are the same for any number")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: torch's bfloat16 autocast for the forward pass (fast on CPUs with bfloat16 units, "
+                        "e.g. AMX; bench/train_speed.py --bf16 measures it here); the loss stays fp32")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda")
     t.add_argument("--cache-dir", default=None, help="slice cache (default ~/.cache/lowresseg or $LOWRESSEG_CACHE)")
     t.add_argument("--out", default=None, help="run folder (default runs/<model name>)")

@@ -8,17 +8,21 @@ affine is simply ``direction @ diag(spacing)`` plus the origin.
 Reading refuses anything that would silently give a wrong result (a truncated file, a
 DICOM folder with an unreadable slice, a 4-D image without a chosen channel) with a
 :class:`VolumeReadError` whose one line says what is wrong and what to do next.
-Writing is atomic (a temporary file in the same folder, then ``os.replace``) and never
-replaces an existing file unless asked, so a failed or refused write loses nothing.
+Writing is atomic and verified (a temporary file in the same folder, flushed to disk, read back and
+compared with what was meant, then ``os.replace``) and never replaces an existing file unless asked,
+so a failed, short (full disk) or refused write loses nothing and leaves nothing.
 
 Runs on Python 3.9+; needs only numpy and SimpleITK. ``.seg.nrrd`` output needs
 slicerio (the ``[dicom]`` extra), imported only when used.
 """
 
+import contextlib
 import gzip
 import os
+import re
 import secrets
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -35,6 +39,12 @@ __all__ = [
     "read_volume",
     "write_labels",
     "write_seg_nrrd",
+    "write_bytes",
+    "write_text",
+    "atomic_write",
+    "WriteError",
+    "remove_stale_temps",
+    "temp_tag",
 ]
 
 FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "mha": "MetaImage", "dicom": "DICOM"}
@@ -358,9 +368,142 @@ def _geometry_image(labels, affine):
     return image
 
 
-def atomic_write(path, overwrite, write):
-    """Call ``write(tmp)`` on a temporary file beside ``path`` (same extension), then rename it into place."""
+_TEMP_RX = re.compile(r"^\.(?:lowresseg-|.+\.tmp-)(\d+)x[0-9a-f]{8}")  # ours: the writing process's PID inside
+
+
+def temp_tag():
+    """The part of our temporary names that says which process made them: ``<pid>x<random>``."""
+    return "%dx%s" % (os.getpid(), secrets.token_hex(4))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Remove our hidden temporary files in ``folder`` whose writing process is gone; their names.
+
+    A process killed mid-write (SIGKILL, power loss) cannot clean up; the next run does. Files of a
+    process still running on this machine are left alone.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_RX.match(name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Keep what C++ libraries print straight to stderr (MetaIO's ``M_WriteElementsData``, NIfTI's ``NWAD``) off
+    the terminal while a file is written: every write is verified, and a failure is said in one line of ours."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def fsync_folder(folder):
+    """Make a rename in ``folder`` durable (where the file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # a delayed-allocation or network file system reports ENOSPC here, not at write()
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+class WriteError(OSError):
+    """A file could not be written whole; the message names the target and the cause, and nothing was left."""
+
+
+def _free_space_note(folder):
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= 64 << 20:
+        return ""
+    return "; the disk has %s free" % ("%d KB" % (free // 1024) if free < 10 << 20 else "%d MB" % (free >> 20))
+
+
+def _write_failure(target, exc, tmp=None, reading_back=False):
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = exc.strerror or str(exc)
+    elif isinstance(exc, RuntimeError):
+        reason = itk_reason(exc)
+    else:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if tmp:
+        reason = reason.replace(tmp, os.path.basename(target))
+    reason = reason[:200]
+    if reading_back:
+        reason = "the file written does not read back whole (%s), so it was cut short" % reason
+    err = WriteError("could not write %s: %s%s; free some space or choose another folder (nothing was written)"
+                     % (target, reason, _free_space_note(os.path.dirname(os.path.abspath(target)))))
+    err.errno = getattr(exc, "errno", None)
+    return err
+
+
+def atomic_write(path, overwrite, write, verify=None, target=None):
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (same extension), check it, then rename it into place.
+
+    After ``write`` the file is flushed to disk (fsync) and ``verify(tmp)``, when given, reads it back and
+    raises ValueError unless it holds what was meant: a writer that returns normally after a short write
+    (SimpleITK on a full disk) is caught here. Any failure raises :class:`WriteError`, one line that names
+    ``target`` (default ``path``; the file the user asked for when ``path`` is itself a staging name) and
+    the cause, and leaves no file.
+    """
     path = os.fspath(path)
+    target = os.fspath(target) if target else path
     if os.path.isdir(path):
         raise IsADirectoryError("%s is a folder; pass a file name to write to" % path)
     if os.path.lexists(path) and not overwrite:
@@ -370,7 +513,7 @@ def atomic_write(path, overwrite, write):
     stem = name[:len(name) - len(ext)] if ext else name
     tmp, fd = None, None
     for _ in range(20):
-        tmp = os.path.join(folder, ".%s.tmp-%s%s" % (stem, secrets.token_hex(4), ext))
+        tmp = os.path.join(folder, ".%s.tmp-%s%s" % (stem[-80:], temp_tag(), ext))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for any new file
             break
@@ -380,18 +523,30 @@ def atomic_write(path, overwrite, write):
             hint = ("create it first or choose another output folder" if isinstance(exc, FileNotFoundError)
                     else "choose a writable output folder")
             raise type(exc)(exc.errno, "cannot write %s: %s (folder %s); %s"
-                            % (path, exc.strerror or exc, folder, hint))
+                            % (target, exc.strerror or exc, folder, hint))
     else:
         raise FileExistsError("cannot create a temporary file in %s; clean up its .*.tmp-* files" % folder)
     os.close(fd)
     try:
+        failures = (OSError, RuntimeError, ValueError, EOFError, zlib.error)
         try:
-            write(tmp)
-        except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
-            raise OSError("could not write %s: %s; check the disk space and the folder" % (path, itk_reason(exc)))
+            with _quiet_stderr(), quiet_itk():
+                write(tmp)
+            _fsync_file(tmp)
+        except failures as exc:
+            _remove_quietly(tmp)
+            raise _write_failure(target, exc, tmp)
+        if verify is not None:
+            try:
+                with _quiet_stderr(), quiet_itk():
+                    verify(tmp)
+            except failures as exc:
+                _remove_quietly(tmp)
+                raise _write_failure(target, exc, tmp, reading_back=True)
         if os.path.lexists(path) and not overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % path)
         os.replace(tmp, path)
+        fsync_folder(folder)
     except BaseException:
         try:
             os.remove(tmp)
@@ -400,7 +555,60 @@ def atomic_write(path, overwrite, write):
         raise
 
 
-def write_labels(labels, reference, path, overwrite=False):
+def write_bytes(path, data, overwrite=False, target=None):
+    """Write ``data`` (bytes) atomically: every byte checked written, flushed, read back and compared."""
+    data = bytes(data)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            view = memoryview(data)
+            while view:
+                n = f.write(view)
+                if not n:
+                    raise OSError(28, "No space left on device")
+                view = view[n:]
+
+    def verify(tmp):
+        size = os.path.getsize(tmp)
+        if size != len(data):
+            raise ValueError("wrote %d of %d bytes" % (size, len(data)))
+        with open(tmp, "rb") as f:
+            if f.read() != data:
+                raise ValueError("the file read back differs from what was written")
+
+    atomic_write(path, overwrite, write, verify, target)
+
+
+def write_text(path, text, overwrite=True, target=None):
+    """:func:`write_bytes` of UTF-8 text (reports, CSV files)."""
+    write_bytes(path, text.encode("utf-8"), overwrite, target)
+
+
+def _verify_image(fmt, labels, image):
+    """A check that the file written holds ``labels`` on ``image``'s grid (read back by ITK)."""
+
+    def verify(tmp):
+        if fmt == "nifti":
+            try:
+                _check_nifti_payload(tmp)  # raises on fewer bytes than the header promises
+            except VolumeReadError as exc:
+                raise ValueError(str(exc).split("(truncated or corrupt): ", 1)[-1].split("; check the file")[0])
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(tmp)
+        reader.SetImageIO(_IMAGE_IO[fmt])
+        back = reader.Execute()
+        if back.GetSize() != image.GetSize():
+            raise ValueError("the file read back has size %s, not %s" % (back.GetSize(), image.GetSize()))
+        if not np.array_equal(sitk.GetArrayViewFromImage(back), labels):
+            raise ValueError("the voxels read back differ from those written (a short write?)")
+        if not np.allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-4) or \
+                not np.allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-3):
+            raise ValueError("the geometry read back differs from what was written")
+
+    return verify
+
+
+def write_labels(labels, reference, path, overwrite=False, target=None):
     """Write a uint8 label volume (k, j, i) on ``reference``'s grid as NIfTI, NRRD or MetaImage.
 
     The format follows the extension (.nii, .nii.gz, .nrrd, .mha). The write is atomic and
@@ -411,9 +619,11 @@ def write_labels(labels, reference, path, overwrite=False):
     if fmt is None:
         raise ValueError("cannot write labels to %s: use a .nii, .nii.gz, .nrrd or .mha file name "
                          "(.seg.nrrd: use write_seg_nrrd)" % path)
-    image = _geometry_image(_check_labels(labels, reference), reference.affine)
+    labels = _check_labels(labels, reference)
+    image = _geometry_image(labels, reference.affine)
     # NIfTI compression follows the .gz extension; NRRD and MetaImage compress on request.
-    atomic_write(path, overwrite, lambda tmp: sitk.WriteImage(image, tmp, fmt != "nifti"))
+    atomic_write(path, overwrite, lambda tmp: sitk.WriteImage(image, tmp, fmt != "nifti"),
+                 _verify_image(fmt, labels, image), target)
 
 
 def _code(value, what):
@@ -455,7 +665,7 @@ def _slicer_segment(segment):
     return out
 
 
-def write_seg_nrrd(labels, reference, path, segments, overwrite=False):
+def write_seg_nrrd(labels, reference, path, segments, overwrite=False, target=None):
     """Write a Slicer ``.seg.nrrd`` (binary labelmap) with segment names, colours and terminology.
 
     ``segments`` are model-card ``classes`` entries (index, name, 0-255 colour, SNOMED
@@ -488,4 +698,16 @@ def write_seg_nrrd(labels, reference, path, segments, overwrite=False):
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segs,
     }
-    atomic_write(path, overwrite, lambda tmp: slicerio.write_segmentation(tmp, segmentation))
+
+    def verify(tmp):
+        import nrrd  # pynrrd: slicerio's own reader and writer
+
+        try:
+            back, _ = nrrd.read(tmp)
+        except Exception as exc:  # pynrrd raises its own NRRDError, or zlib/EOF errors on a cut file
+            raise ValueError("the file cannot be read back (%s)" % (str(exc).splitlines()[0][:120] if str(exc)
+                                                                     else type(exc).__name__))
+        if back.shape != segmentation["voxels"].shape or not np.array_equal(back, segmentation["voxels"]):
+            raise ValueError("the voxels read back differ from those written (a short write?)")
+
+    atomic_write(path, overwrite, lambda tmp: slicerio.write_segmentation(tmp, segmentation), verify, target)

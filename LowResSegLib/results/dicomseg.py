@@ -25,6 +25,7 @@ are empty.
 highdicom and pydicom are an optional extra: they are imported inside the functions.
 """
 
+import io
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import subprocess
 
 import numpy as np
 
-from LowResSegLib.images.io import atomic_write
+from LowResSegLib.images.io import write_bytes
 from LowResSegLib.results.outputs import check_output_path
 
 __all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "software_versions", "read_dicom_seg", "run_dciodvfy",
@@ -264,14 +265,16 @@ def software_versions(card):
 
 
 def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None,
-                    source_frames=None, sources=None):
+                    source_frames=None, sources=None, target=None):
     """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG; return ``out_path``.
 
     ``source_files`` are the source series' files in k order (as a reader gives them);
     ``labels[k]`` is the mask of ``source_files[k]`` (of frame ``source_frames[k]`` for an
     enhanced multi-frame source). ``card`` is the model card dict (``name``, ``version``,
     ``classes``). ``sources`` may pass an earlier :func:`check_seg_sources` result.
-    Written atomically (a temporary file in the same folder, then renamed); an existing
+    Written atomically and verified (encoded in memory, written to a temporary file in the same folder,
+    read back and compared, then renamed; :class:`~LowResSegLib.images.io.WriteError` names ``target``
+    or ``out_path`` on a full disk); an existing
     ``out_path`` is refused unless ``overwrite``. What was tolerated or left empty is in
     the ``notes`` of the :class:`SegSources` (pass ``sources`` to see them).
 
@@ -364,7 +367,11 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
                 for source in derivation.get("SourceImageSequence", []):
                     source.ReferencedFrameNumber = sources.frames[int(source.ReferencedFrameNumber) - 1] + 1
 
-    atomic_write(out_path, overwrite, seg.save_as)
+    # encoded in memory first: the file is then written, read back and compared byte for byte (a full disk
+    # gives one line naming the file, not pydicom's traceback of the tag it was writing)
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    write_bytes(out_path, buffer.getvalue(), overwrite, target)
     return out_path
 
 

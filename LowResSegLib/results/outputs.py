@@ -68,12 +68,16 @@ def labels_on_grid(labels, label_affine, volume):
                      "position/spacing); resample it onto the image first" % (labels.shape, volume.shape))
 
 
-def write_segmentation(seg, path, overwrite=False):
-    """Labels of a :class:`~LowResSegLib.inference.pipeline.Segmentation` as NIfTI/NRRD/MHA or Slicer .seg.nrrd."""
+def write_segmentation(seg, path, overwrite=False, target=None):
+    """Labels of a :class:`~LowResSegLib.inference.pipeline.Segmentation` as NIfTI/NRRD/MHA or Slicer .seg.nrrd.
+
+    Verified and atomic (:func:`LowResSegLib.images.io.atomic_write`); ``target``: the name errors give
+    when ``path`` is a staging file.
+    """
     from LowResSegLib.images.io import write_labels, write_seg_nrrd
 
     if path.lower().endswith(".seg.nrrd"):
-        write_seg_nrrd(seg.labels, seg.reference, path, seg.card["classes"], overwrite=overwrite)
+        write_seg_nrrd(seg.labels, seg.reference, path, seg.card["classes"], overwrite=overwrite, target=target)
     else:
-        write_labels(seg.labels, seg.reference, path, overwrite=overwrite)
+        write_labels(seg.labels, seg.reference, path, overwrite=overwrite, target=target)
     return path

@@ -8,8 +8,9 @@ and must never touch a file the user already has. So :class:`SegmentationRun`
    by the rules of :mod:`LowResSegLib.images.io`), and whether a DICOM-SEG can be built on its
    source headers;
 2. **executes** the pipeline (progress and cancel between chunks; a cancelled run ends here);
-3. **commits**: every output is written to a hidden temporary file beside its target, and
-   only when all of them exist are they renamed into place. A failure on the way removes the
+3. **commits**: every output is written to a hidden temporary file beside its target, flushed and
+   read back (a full disk is an error naming the target, never a truncated mask), and only when all
+   of them exist are they renamed into place. A failure on the way removes the
    temporaries and puts back anything already replaced.
 
 The CLI (``segment``, ``batch``) and the Slicer module use this class; nothing else writes
@@ -18,7 +19,6 @@ segmentation outputs. Python 3.9+.
 
 import os
 import re
-import secrets
 import time
 
 from LowResSegLib.results.outputs import LABEL_SUFFIXES, check_output_path
@@ -72,8 +72,11 @@ def result_warnings(segmentation):
 
 
 def _stage_name(final):
+    from LowResSegLib.images.io import temp_tag
+
     head, tail = os.path.split(final)
-    return os.path.join(head, ".lowresseg-%s-%s" % (secrets.token_hex(4), tail))  # same suffix: writers dispatch on it
+    # same suffix: writers dispatch on it; the PID inside lets a later run remove what a killed one left
+    return os.path.join(head, ".lowresseg-%s-%s" % (temp_tag(), tail))
 
 
 def _remove_quietly(paths):
@@ -113,6 +116,10 @@ def commit_files(pairs, overwrite=False):
         _remove_quietly(staged for staged, _ in pairs)
         raise
     _remove_quietly(backup for _, backup in done if backup is not None)
+    from LowResSegLib.images.io import fsync_folder
+
+    for folder in set(os.path.dirname(os.path.abspath(final)) for _, final in pairs):
+        fsync_folder(folder)  # the renames survive a power cut
 
 
 class SegmentationRun(object):
@@ -154,6 +161,10 @@ class SegmentationRun(object):
             check_output_path(self.dicom_seg_out, self.overwrite, (".dcm",))
         if len(set(os.path.normcase(p) for p in outs)) < len(outs):
             raise RunError("--output and --dicom-seg name the same file %s; give them different names" % outs[0])
+        from LowResSegLib.images.io import remove_stale_temps
+
+        for folder in set(os.path.dirname(p) for p in outs):
+            remove_stale_temps(folder)  # what a killed run left behind (its process is gone)
         if self.engine is None and self.model == AUTO:
             self._choose_model(read_volume)
         if self.engine is None:
@@ -233,7 +244,7 @@ class SegmentationRun(object):
             if self.labels_out:
                 staged = _stage_name(self.labels_out)
                 pairs.append((staged, self.labels_out))
-                write_segmentation(self.segmentation, staged)
+                write_segmentation(self.segmentation, staged, target=self.labels_out)
             if self.dicom_seg_out:
                 from LowResSegLib.results.dicomseg import write_dicom_seg
 
@@ -241,7 +252,7 @@ class SegmentationRun(object):
                 pairs.append((staged, self.dicom_seg_out))
                 meta = self.volume.meta
                 write_dicom_seg(self.segmentation.labels, meta["files"], self.engine.card, staged,
-                                source_frames=meta.get("frames"), sources=self.seg_sources)
+                                source_frames=meta.get("frames"), sources=self.seg_sources, target=self.dicom_seg_out)
         except BaseException:
             _remove_quietly(staged for staged, _ in pairs)
             raise
