@@ -45,7 +45,7 @@ def volumes():
 def test_fast_mask_and_mode_agree_with_the_original_pipeline(volumes):
     for name, (v, spacing) in volumes:
         ref_mask, ref_scale = reference_mask_and_scale(v, spacing)
-        mask, scale = intensity.head_mask_and_scale(v, spacing)
+        mask, scale = intensity.head_mask_and_scale(v, spacing, intensity.HEAD_MODE_RATIO)
         assert mask.shape == v.shape and ref_mask.any()
         assert dice(mask, ref_mask) >= 0.995, (name, dice(mask, ref_mask))
         assert abs(scale / ref_scale - 1) <= 0.01, (name, scale, ref_scale)
@@ -58,10 +58,11 @@ def test_normalised_volume_is_the_masked_ratio_on_any_shape():
         kk, jj, ii = np.indices(shape)
         r2 = sum(((g - n / 2.0) / n) ** 2 for g, n in zip((kk, jj, ii), shape))
         v = ((r2 < 0.15) * 100 + rng.random(shape) * 20).astype(np.float32)
-        mask, scale = intensity.head_mask_and_scale(v, spacing)
-        expected = np.clip(np.where(mask, v * np.float32(1.0 / scale), 0), 0, 5).astype(np.float32)
-        assert 0.1 < mask.mean() < 0.5
-        np.testing.assert_array_equal(intensity.normalize_volume(v, spacing_kji=spacing), expected)
+        for method in (intensity.HEAD_MODE_RATIO, intensity.HEAD_MODE_RATIO_V2):
+            mask, scale = intensity.head_mask_and_scale(v, spacing, method)
+            expected = np.clip(np.where(mask, v * np.float32(1.0 / scale), 0), 0, 5).astype(np.float32)
+            assert 0.1 < mask.mean() < 0.5
+            np.testing.assert_array_equal(intensity.normalize_volume(v, method, spacing_kji=spacing), expected)
 
 
 def test_numpy_gaussian_is_simpleitks_discrete_gaussian():
@@ -192,12 +193,12 @@ def test_the_box_gives_the_whole_grids_mask_and_mode(volumes, monkeypatch):
         return box
 
     monkeypatch.setattr(intensity, "_box_around", spy)
-    boxed = [intensity.head_mask_and_scale(v, spacing) for _, v, spacing in cases]
+    boxed = [intensity.head_mask_and_scale(v, spacing, intensity.HEAD_MODE_RATIO) for _, v, spacing in cases]
     assert min(boxes) < 0.7  # some box is much smaller than the grid, so the comparison below means something
     monkeypatch.setattr(intensity, "_box_around",
                         lambda mask, **kw: tuple(slice(0, n) for n in mask.shape) if mask.any() else None)
     for (name, v, spacing), (mask, scale) in zip(cases, boxed):
-        whole_mask, whole_scale = intensity.head_mask_and_scale(v, spacing)
+        whole_mask, whole_scale = intensity.head_mask_and_scale(v, spacing, intensity.HEAD_MODE_RATIO)
         np.testing.assert_array_equal(mask, whole_mask, err_msg=name)
         assert scale == whole_scale, name
 

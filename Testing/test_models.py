@@ -95,3 +95,34 @@ def test_subpixel_export_form_equals_the_trained_head(r, big_r):
     assert got.shape == want.shape == (3, 1, big_r, big_r)
     assert torch.allclose(got, want, atol=1e-5)
     assert want.abs().max() > 0.5  # not trivially zero
+
+
+@pytest.mark.parametrize("r,R", [(16, 256), (32, 256), (64, 128)])
+def test_training_subpixel_head_gives_the_plain_heads_outputs_and_gradients(r, R):
+    """Issue 28: training runs the J-head in the sub-pixel form; same function, same gradients."""
+    import torch
+
+    from LowResSegLib.training.models import JHead
+
+    torch.manual_seed(0)
+    head = JHead(1, r, R)
+    for p in head.parameters():  # the fusion conv starts at zero: give every weight a value
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(3, 1, r, r, requires_grad=True)
+    results = []
+    for subpixel in (False, True):
+        head.subpixel = subpixel
+        head.zero_grad()
+        x.grad = None
+        outs = head(x)
+        sum((o * torch.linspace(-1, 1, o.shape[-1])).sum() for o in outs).backward()
+        results.append(([o.detach().clone() for o in outs], x.grad.clone(),
+                        [p.grad.clone() for p in head.parameters()]))
+    (plain, gx0, gp0), (fast, gx1, gp1) = results
+    assert [o.shape for o in plain] == [o.shape for o in fast]
+    for a, b in zip(plain, fast):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(gx0, gx1, atol=1e-3, rtol=1e-4)
+    for a, b in zip(gp0, gp1):
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-4), (a - b).abs().max()
+    assert not torch.allclose(plain[-1], torch.zeros_like(plain[-1]))

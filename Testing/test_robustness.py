@@ -32,10 +32,28 @@ def engine():
     return LocalEngine(MODEL, threads=1)
 
 
-def test_shipped_models_use_the_current_normalisation():
+def test_shipped_models_use_a_head_mode_normalisation():
+    """Shipped models use the current method, or v1 until their retraining lands (issue 28): never the
+    z-score of older models, which fails on raw heads."""
+    from LowResSegLib.images.intensity import HEAD_MODE_RATIO
+
     repo = ModelRepository()
     for name in repo.names():
-        assert repo.card(name)["normalization"]["method"] == DEFAULT_METHOD, name
+        assert repo.card(name)["normalization"]["method"] in (DEFAULT_METHOD, HEAD_MODE_RATIO), name
+
+
+def test_a_v1_card_is_normalised_with_v1_and_a_v2_card_with_v2(stripped):
+    """The card names its method, and inference follows it: the two give different inputs."""
+    from LowResSegLib.images.intensity import HEAD_MODE_RATIO, HEAD_MODE_RATIO_V2
+    vol = Volume(stripped.image, stripped.affine)
+    card = dict(LocalEngine(MODEL, threads=1).card)
+    got = {}
+    for method in (HEAD_MODE_RATIO, HEAD_MODE_RATIO_V2):
+        card["normalization"] = {"method": method}
+        got[method] = prepare_slices(vol, card).slices
+    assert not np.array_equal(got[HEAD_MODE_RATIO], got[HEAD_MODE_RATIO_V2])
+    for slices in got.values():
+        assert 0.0 <= float(slices.min()) and float(slices.max()) <= 5.0 and float(slices.max()) > 1.0
 
 
 def test_training_and_inference_cut_the_same_slices(stripped, engine):

@@ -164,24 +164,30 @@ def cmd_pacs(args):
         rows = run_pacs(args.url, args.model, filters, report=None if args.dry_run else args.report, auth=auth,
                         ca_bundle=args.ca_bundle, force=args.force, dry_run=args.dry_run, series_uid=args.series,
                         repository=args.repository, threads=args.threads, timeout=args.timeout,
-                        retries=args.retries)
+                        retries=args.retries, store_timeout=args.store_timeout, study_timeout=args.study_timeout,
+                        progress=sys.stderr.isatty())
     except PacsError as e:
         print("lowresseg pacs: error: %s" % e, file=sys.stderr)
         return 2
     count = {}
     for r in rows:
         count[r["status"]] = count.get(r["status"], 0) + 1
-        if args.dry_run or r["status"] in ("refused", "failed"):
+        if args.dry_run or r["status"] in ("refused", "failed", "unverified"):
             print("%s: study %s (patient %s): %s" % (r["status"], r["study"], r["patient_id"] or "-", r["message"]),
                   file=sys.stdout if args.dry_run else sys.stderr)
+        if r.get("report_error"):
+            print("error: study %s: the report was not updated: %s" % (r["study"], r["report_error"]),
+                  file=sys.stderr)
     if args.dry_run:
         print("dry run: %d study(ies) found, %d would be segmented; nothing retrieved, stored or written"
               % (len(rows), count.get("planned", 0)))
         return 0
-    print("%d study(ies): %d SEG(s) stored, %d skipped (already done), %d refused, %d failed; report in %s"
+    print("%d study(ies): %d SEG(s) stored, %d skipped (already done), %d refused, %d failed%s; report in %s"
           % (len(rows), count.get("done", 0), count.get("skipped", 0), count.get("refused", 0),
-             count.get("failed", 0), args.report))
-    return 1 if count.get("refused") or count.get("failed") else 0
+             count.get("failed", 0), ", %d stored but not verified" % count["unverified"] if count.get("unverified")
+             else "", args.report))
+    return 1 if count.get("refused") or count.get("failed") or count.get("unverified") or \
+        any(r.get("report_error") for r in rows) else 0
 
 
 def cmd_compare(args):
@@ -318,6 +324,17 @@ def cmd_tune_postprocess(args):
     return 0
 
 
+def _seconds(text):
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be more than 0 s, got %s" % text)
+    return value
+
+
 BUDGET_HELP = ("with --model auto: time per volume on this machine, e.g. 1.5s or 800ms, or fastest, balanced, best; "
                "picks the best model in the cards that fits (timed once per engine and model, then cached)")
 
@@ -373,7 +390,12 @@ def build_parser():
     pc.add_argument("--auth-file", help="file holding 'USER:PASSWORD' (HTTP basic) or 'bearer TOKEN'")
     pc.add_argument("--auth-env", help="environment variable holding the same (default: LOWRESSEG_PACS_AUTH when set)")
     pc.add_argument("--ca-bundle", help="PEM file of the CA that signed the server's TLS certificate")
-    pc.add_argument("--timeout", type=float, default=30.0, help="seconds a search or retrieve may wait (default 30)")
+    pc.add_argument("--timeout", type=_seconds, default=30.0,
+                    help="seconds one try of a search or retrieve may take, answer and all (default 30)")
+    pc.add_argument("--store-timeout", type=_seconds, default=300.0,
+                    help="seconds a store (STOW-RS) may wait for its answer (default 300); a store is never resent")
+    pc.add_argument("--study-timeout", type=_seconds, default=1800.0,
+                    help="seconds all the transfers of one study may take, retries included (default 1800)")
     pc.add_argument("--retries", type=int, default=3, help="retries of a failed search or retrieve (default 3)")
     pc.add_argument("--force", action="store_true", help="segment studies that already have a SEG of this model "
                                                          "version (a new SEG is added; none is replaced)")
@@ -501,14 +523,44 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    restore = _end_cleanly_on_sigterm()
     try:
         return args.func(args)
     except (ValueError, OSError) as e:  # incl. VolumeReadError, ModelStoreError, FileExistsError, PermissionError
         print("lowresseg %s: error: %s" % (args.command, e), file=sys.stderr)
         return 2
+    except Terminated:
+        print("lowresseg %s: terminated (SIGTERM); nothing partial was left" % args.command, file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service stop, ``timeout``): raised in the main thread, so every ``finally`` and ``with``
+    on the way out runs: temporary folders of patient data are removed, staged files deleted."""
+
+
+def _end_cleanly_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` while a command runs; returns what puts the old handler back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return lambda: None
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

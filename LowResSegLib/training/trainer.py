@@ -85,6 +85,52 @@ def _make_training_batch(task, args):
                       augment=augment)
 
 
+def blas_pinned(threads=1):
+    """A context that holds numpy's BLAS to ``threads`` threads (threadpoolctl).
+
+    Why: after the resampling products numpy's second BLAS thread keeps spinning and fights
+    torch's threads for the two cores; pinning it took an epoch from 24.4 to 18.2 s (issue 28).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class StepRunner(object):
+    """One optimiser step on one batch: forward (fp32, or bfloat16 autocast), deep-supervised loss
+    in fp32, backward, Adam. The trainer and ``bench/train_speed.py`` run the same code."""
+
+    def __init__(self, model, cache, batch_size, lr=1e-3, precision="fp32", pin_blas=True, scales=None,
+                 augment=DEFAULT_AUGMENTATION, crop=None, device=None):
+        import contextlib
+
+        if precision not in PRECISIONS:
+            raise ValueError("--precision is one of %s, not %r" % (", ".join(PRECISIONS), precision))
+        self.model, self.cache, self.batch_size = model, cache, batch_size
+        self.device = device or torch.device("cpu")
+        self.precision = precision
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.args = (cache, model.config["input_size"], scales or model.scales(), crop, augment)
+        self.pinned = blas_pinned if pin_blas else contextlib.nullcontext
+
+    def train_on(self, x, ys):
+        """One step on a made batch; returns the loss."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            outs = self.model(torch.from_numpy(x).to(self.device))
+        loss = deep_supervision_loss([o.float() for o in outs], [torch.from_numpy(y).to(self.device) for y in ys])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def step(self, rows, seed):
+        """Make the augmented batch of ``rows`` (seeded by ``seed``) and train on it."""
+        return self.train_on(*_make_training_batch((rows, seed), self.args))
+
+
 class WeightAverage(object):
     """Exponential moving average of a model's weights and BatchNorm statistics.
 
@@ -171,17 +217,21 @@ def train(cfg, progress=True):
     if cfg.get("max_val_slices"):
         val_rows = val_rows[: cfg["max_val_slices"]]
     batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0, augment)
+    runner = StepRunner(model.to(device), train_set, cfg["batch_size"], lr=cfg["lr"],
+                        precision=cfg.setdefault("precision", "fp32"), scales=scales, augment=augment,
+                        crop=cfg.get("crop"), device=device)
     try:
-        return _train_loop(cfg, model.to(device), r, scales, device, train_set, val_set, val_rows, batches, progress)
+        with runner.pinned():
+            return _train_loop(cfg, runner, r, scales, device, train_set, val_set, val_rows, batches, progress)
     finally:
         batches.close()
 
 
-def _train_loop(cfg, model, r, scales, device, train_set, val_set, val_rows, batches, progress):
+def _train_loop(cfg, runner, r, scales, device, train_set, val_set, val_rows, batches, progress):
     from tqdm import tqdm
 
     out = cfg["out"]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    model, opt = runner.model, runner.opt
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"], eta_min=cfg["lr"] * 0.02)
 
     ema = WeightAverage(model, cfg["ema"]) if cfg.get("ema") else None
@@ -232,14 +282,9 @@ def _train_loop(cfg, model, r, scales, device, train_set, val_set, val_rows, bat
                    desc="%s epoch %d/%d" % (model.name, epoch, cfg["epochs"]), unit="batch", disable=not progress,
                    leave=False)
         for x, ys in bar:
-            outs = model(torch.from_numpy(x).to(device))
-            loss = deep_supervision_loss(outs, [torch.from_numpy(y).to(device) for y in ys])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            losses.append(runner.train_on(x, ys))
             if ema is not None:
                 ema.update(model)
-            losses.append(loss.item())
             bar.set_postfix(loss="%.4f" % np.mean(losses[-20:]))
         lr = opt.param_groups[0]["lr"]
         sched.step()
