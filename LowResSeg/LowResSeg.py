@@ -8,6 +8,7 @@ Targets Slicer 5.8 (Python 3.9) to 5.12.
 """
 
 import os
+import subprocess
 import sys
 
 import qt
@@ -73,20 +74,28 @@ class LowResSegParameterNode:
 
 
 def missing_packages(packages):
-    """The pip requirements of ``packages`` ((module, requirement) pairs) that cannot be imported."""
-    import importlib
+    """The pip requirements of ``packages`` ((module, requirement) pairs) that are not installed. Only looked
+    up (``importlib.util.find_spec``), never imported: onnxruntime runs in the worker, not in Slicer."""
+    import importlib.util
 
     missing = []
     for module, requirement in packages:
         try:
-            importlib.import_module(module)
-        except ImportError:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             missing.append(requirement)
     return missing
 
 
+# what a failed install raises: CalledProcessError from pip (Slicer 5.8 util.py, 5.12 slicer/packaging.py),
+# RuntimeError (e.g. PythonSlicer not found), OSError (the launcher cannot start)
+_INSTALL_ERRORS = (subprocess.CalledProcessError, RuntimeError, OSError)
+
+
 def install_packages(requirements):
-    """``slicer.util.pip_install`` (Slicer 5.8 to 5.12); a failed install raises RuntimeError with pip's reason."""
+    """``slicer.util.pip_install`` (Slicer 5.8 to 5.12); raises one of ``_INSTALL_ERRORS`` when it fails."""
     slicer.util.pip_install(list(requirements))
     import importlib
 
@@ -104,10 +113,10 @@ def ensure_packages(packages, purpose):
         return False
     try:
         install_packages(missing)
-    except (RuntimeError, OSError) as exc:
+    except _INSTALL_ERRORS as exc:
         slicer.util.errorDisplay(_("Could not install {names}: {reason}. Check the internet connection, or install "
                                    "them from Slicer's Python console: slicer.util.pip_install('{names}')").format(
-            names=" ".join(missing), reason=str(exc).strip().splitlines()[-1] if str(exc).strip() else exc))
+            names=" ".join(missing), reason=slicersupport.install_failure_reason(exc)))
         return False
     still = missing_packages(packages)
     if still:
@@ -126,6 +135,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._runs = None
         self._timer = None
+        self._probe = None  # the running connection test
+        self._probeTimer = None
         self._chosen = ""  # what "auto" chose, and why, for the status line
         self._resetResults()
 
@@ -171,17 +182,26 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.initializeParameterNode()
         self.onModelChanged()
 
     def cleanup(self):
         self.stopRuns()
+        self.stopProbe()
         self.removeObservers()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
 
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(self, caller, event, node):
+        """A view made later (another layout, a second 3-D view) shows the runs as the comparison says."""
+        if node is not None and node.IsA("vtkMRMLAbstractViewNode"):
+            self.logic.updateComparisonViews()
+
     def onSceneStartClose(self, caller, event):
-        """File > Close Scene: stop any run and forget results whose nodes are leaving the scene."""
+        """File > Close Scene: stop any run (its whole process tree) and forget results whose nodes are leaving
+        the scene."""
         self.stopRuns()
         self._resetResults()
         self.ui.resultsTable.setRowCount(0)
@@ -229,10 +249,14 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProcessingChanged(self, checked=None):
         remote = bool(self.ui.remoteRadioButton.checked)
-        for name in ("serverUrlLineEdit", "tokenLineEdit", "testConnectionButton"):
+        for name in ("serverUrlLineEdit", "tokenLineEdit"):
             getattr(self.ui, name).enabled = remote
+        self.ui.testConnectionButton.enabled = remote and self._probe is None  # one test at a time
 
     def onTestConnection(self):
+        """Ask the server in the worker process (it may take ~15 s); the panel stays usable meanwhile."""
+        if self._probe is not None:
+            return
         try:
             remote = self.remote()
         except (OSError, ValueError) as exc:
@@ -241,7 +265,38 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not remote or not remote[0]:
             self.ui.remoteStatusLabel.text = _("Enter the server URL, e.g. https://jetson.local:8000")
             return
-        self.ui.remoteStatusLabel.text = self.logic.testConnection(*remote)
+        try:
+            self._probe = self.logic.startConnectionTest(*remote)
+        except (ValueError, RuntimeError, OSError) as exc:
+            self.ui.remoteStatusLabel.text = _("Connection failed: {reason}").format(reason=str(exc))
+            return
+        self.ui.remoteStatusLabel.text = _("Testing the connection to {url}...").format(url=remote[0])
+        self.ui.testConnectionButton.enabled = False
+        self._probeTimer = qt.QTimer()
+        self._probeTimer.setInterval(_POLL_MS)
+        self._probeTimer.connect("timeout()", self.onProbePoll)
+        self._probeTimer.start()
+
+    def onProbePoll(self):
+        if self._probe is None:
+            return
+        for event in self._probe.poll():
+            if event.kind in ("connected", "error"):
+                self.ui.remoteStatusLabel.text = self.logic.connectionMessage(event)
+            elif event.kind == "finished":
+                self.stopProbe()
+                return
+
+    def stopProbe(self):
+        """End a running connection test (its process tree) and its timer."""
+        if self._probeTimer is not None:
+            self._probeTimer.stop()
+            self._probeTimer = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe.poll()  # removes its temporary folder
+            self._probe = None
+        self.onProcessingChanged()
 
     def onModelChanged(self, index=None):
         name = self.ui.modelSelector.currentText
@@ -372,7 +427,10 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not nodes or self._volumeNode is None or self._volumeNode.GetScene() is None:
             slicer.util.errorDisplay(_("Segment first; then the runs can be shown side by side."))
             return
-        self.logic.showSideBySide(self._volumeNode, nodes)
+        try:
+            self.logic.showSideBySide(self._volumeNode, nodes)
+        except RuntimeError as exc:
+            slicer.util.errorDisplay(str(exc))
 
     def onExportDicomSeg(self):
         row = self.ui.resultsTable.currentRow()
@@ -491,14 +549,18 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         result = store_seg(url, path, credentials or None)
         return _("stored in the PACS, study {study}").format(study=result.study_uid)
 
-    def testConnection(self, url, token=None):
-        """One line for the UI: the server, its models and the round trip, or what went wrong."""
-        from LowResSegLib.inference.engines import RemoteError, RemoteServer
+    def startConnectionTest(self, url, token=None):
+        """Ask the edge server who it is in a worker process (LowResSegLib.frontends.background.BackgroundProbe):
+        its ``poll()`` gives a ``connected`` or ``error`` event, then ``finished``."""
+        from LowResSegLib.frontends.background import BackgroundProbe
 
-        try:
-            info = RemoteServer(url, token, read_timeout=10.0).probe()
-        except (RemoteError, ValueError) as exc:
-            return _("Connection failed: {reason}").format(reason=str(exc))
+        return BackgroundProbe(url, token, python=slicersupport.worker_python(), pythonpath=[_bundle_root()]).start()
+
+    def connectionMessage(self, event):
+        """One line for the UI: the server, its models and the round trip, or what went wrong."""
+        if event.kind != "connected":
+            return _("Connection failed: {reason}").format(reason=event.message)
+        info = event.card
         return _("Connected to {name} {version}: {n} model(s) ({models}); round trip {ms:.0f} ms").format(
             name=info["name"], version=info["version"], n=len(info["models"]), models=", ".join(info["models"]),
             ms=info["ms"])
@@ -544,6 +606,7 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         name = scene.GenerateUniqueName(slicersupport.node_name(volumeNode.GetName(), segmentation.card["name"]))
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         try:
+            node.SetAttribute(slicersupport.RUN_ATTRIBUTE, segmentation.card["name"])
             node.CreateDefaultDisplayNodes()
             node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             for spec in slicersupport.segment_specs(segmentation.card):
@@ -563,29 +626,58 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return node
 
     def showSideBySide(self, volumeNode, segmentationNodes):
-        """One linked axial view per run, the same background, fitted to the volume; each run is shown in its
-        own view there and, as before, in every view outside this layout."""
+        """One linked axial view per run, the same background, fitted to the volume once the views are laid
+        out; each run is shown in its own view there and, as before, in every view outside this layout. Runs
+        not in this comparison are hidden from its views. Needs the main window (its layout manager)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            raise RuntimeError(_("Side by side needs Slicer's main window, and this Slicer has none (it was started "
+                                 "with --no-main-window)."))
         layoutId = slicersupport.SIDE_BY_SIDE_LAYOUT_ID
         description = slicersupport.side_by_side_layout(len(segmentationNodes))
-        layoutNode = slicer.app.layoutManager().layoutLogic().GetLayoutNode()
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
         if layoutNode.IsLayoutDescription(layoutId):
             layoutNode.SetLayoutDescription(layoutId, description)  # Add would keep the old number of views
         else:
             layoutNode.AddLayoutDescription(layoutId, description)
         layoutNode.SetViewArrangement(layoutId)
-        ours = [slicersupport.view_name(n) for n in range(len(segmentationNodes))]
-        ourTags = set(ours) | {slicersupport.view_name(n) for n in range(64)}
-        elsewhere = [v.GetID() for cls in ("vtkMRMLSliceNode", "vtkMRMLViewNode")
-                     for v in slicer.util.getNodesByClass(cls) if v.GetLayoutName() not in ourTags]
-        for segNode, viewName in zip(segmentationNodes, ours):
-            sliceWidget = slicer.app.layoutManager().sliceWidget(viewName)
+        views = [slicersupport.view_name(n) for n in range(len(segmentationNodes))]
+        for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
+            node.RemoveAttribute(slicersupport.COMPARISON_VIEW_ATTRIBUTE)
+        sliceWidgets = []
+        for segNode, viewName in zip(segmentationNodes, views):
+            sliceWidget = layoutManager.sliceWidget(viewName)
             if sliceWidget is None:
                 raise RuntimeError("the side-by-side view %s was not created" % viewName)
             composite = sliceWidget.mrmlSliceCompositeNode()
             composite.SetBackgroundVolumeID(volumeNode.GetID())
             composite.SetLinkedControl(True)
-            segNode.GetDisplayNode().SetViewNodeIDs([sliceWidget.mrmlSliceNode().GetID()] + elsewhere)
-            sliceWidget.sliceLogic().FitSliceToAll()
+            segNode.SetAttribute(slicersupport.COMPARISON_VIEW_ATTRIBUTE, viewName)
+            if not segNode.GetAttribute(slicersupport.RUN_ATTRIBUTE):
+                segNode.SetAttribute(slicersupport.RUN_ATTRIBUTE, segNode.GetName())
+            sliceWidgets.append(sliceWidget)
+        self.updateComparisonViews()
+
+        def fit():  # the new views have their size only after Qt has laid them out
+            slicer.app.processEvents()
+            for sliceWidget in sliceWidgets:
+                sliceWidget.sliceLogic().FitSliceToAll()
+
+        qt.QTimer.singleShot(0, fit)
+
+    def updateComparisonViews(self):
+        """Set every run's view list by the comparison (LowResSegLib.frontends.slicersupport.comparison_view_lists);
+        called when a comparison is shown and whenever a view is added to the scene."""
+        views = [(v.GetID(), v.GetLayoutName()) for cls in ("vtkMRMLSliceNode", "vtkMRMLViewNode")
+                 for v in slicer.util.getNodesByClass(cls)]
+        runs = {n.GetID(): n for n in slicer.util.getNodesByClass("vtkMRMLSegmentationNode")
+                if n.GetAttribute(slicersupport.RUN_ATTRIBUTE)}
+        lists = slicersupport.comparison_view_lists(
+            [(nodeId, n.GetAttribute(slicersupport.COMPARISON_VIEW_ATTRIBUTE)) for nodeId, n in runs.items()], views)
+        for nodeId, viewIds in lists.items():
+            display = runs[nodeId].GetDisplayNode()
+            if display is not None and list(display.GetViewNodeIDs()) != viewIds:
+                display.SetViewNodeIDs(viewIds)
 
     def exportDicomSeg(self, volumeNode, segmentation, outputFolder=None):
         """Write the run as DICOM-SEG on the volume's source files and add it to the DICOM database.
@@ -624,7 +716,9 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
 
 
 class LowResSegTest(ScriptedLoadableModuleTest):
-    """Run in Slicer: Slicer --no-main-window --testing --python-code "slicer.selfTests['LowResSeg']()".
+    """Run in Slicer: Slicer --no-main-window --testing --python-code "slicer.selfTests['LowResSeg']()" (side by
+    side is then skipped, with a note: there is no main window), or with the main window through ctest
+    (``slicer_add_python_unittest`` in LowResSeg/CMakeLists.txt).
 
     A step that cannot run (a package that will not install, no DICOM module) fails the test: a
     self-test that returns early would pass without testing anything.
@@ -647,8 +741,9 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         if missing:
             try:
                 install_packages(missing)
-            except (RuntimeError, OSError) as exc:
-                self.fail("could not install %s for the self-test: %s" % (" ".join(missing), exc))
+            except _INSTALL_ERRORS as exc:
+                self.fail("could not install %s for the self-test: %s" % (" ".join(missing),
+                                                                         slicersupport.install_failure_reason(exc)))
         still = missing_packages(packages)
         self.assertEqual(still, [], "not importable after installing: %s" % still)
 
@@ -704,6 +799,11 @@ class LowResSegTest(ScriptedLoadableModuleTest):
         rows = logic.tableRows(results, "elunet-jhead-32to256")
         self.assertEqual(len(rows), 2)
         nodes = list(logic.addSegmentationNodes(volumeNode, results).values())
+        if slicer.app.layoutManager() is None:  # --no-main-window: there are no views to show them in
+            with self.assertRaisesRegex(RuntimeError, "main window"):
+                logic.showSideBySide(volumeNode, nodes)
+            self.delayDisplay("Compare passed (side by side skipped: no main window)")
+            return
         logic.showSideBySide(volumeNode, nodes)
         logic.showSideBySide(volumeNode, nodes[:1])  # shown again with another number of views
         logic.showSideBySide(volumeNode, nodes)

@@ -1,7 +1,8 @@
 """The real LowResSeg.py (Widget and Logic) against the documented slicer stand-in (Testing/Slicer).
 
 Real parts: the module, the .ui's widget names and classes, LowResSegLib, onnxruntime models made by
-model_factory, vtk's matrices, highdicom for the DICOM-SEG. Stand-in: the scene and Qt (see README).
+model_factory, vtk's matrices, highdicom for the DICOM-SEG, the worker processes. Stand-in: the scene, Qt and
+the ``PythonSlicer`` launcher, which starts the interpreter as a child of its own (see Testing/Slicer/README.md).
 """
 
 import os
@@ -25,6 +26,9 @@ from LowResSegLib.images.geometry import Volume  # noqa: E402
 from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from helpers import cube_phantom  # noqa: E402
 from model_factory import add_threshold_model  # noqa: E402
+from launcher import SilentServer, alive, descendants, launcher_on_path, wait_for  # noqa: E402
+
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 
 SHAPE = (10, 40, 48)
 BRAIN = (slice(1, 9), slice(4, 36), slice(4, 44))
@@ -54,6 +58,7 @@ def module(repo, monkeypatch, tmp_path):
     slicer.util.slot_errors.clear()
     qt.QSettings.store.clear()
     monkeypatch.setattr(qt.QSettings, "path", str(tmp_path / "settings" / "Slicer.ini"))
+    launcher_on_path(monkeypatch, str(tmp_path / "slicer-bin"))  # the worker starts through PythonSlicer, as in Slicer
     import LowResSeg
 
     yield LowResSeg
@@ -87,9 +92,19 @@ def pump(widget, timeout=120):
     while widget._timer is not None and widget._timer.active:
         assert time.monotonic() < deadline, "the runs did not end within %d s" % timeout
         widget._timer.fire()
+        slicer.app.processEvents()
         seen.append(widget.ui.progressBar.value)
         time.sleep(0.02)
     return seen
+
+
+def pump_probe(widget, timeout=60):
+    """The connection test's timer, as the event loop would fire it, until the test ends."""
+    deadline = time.monotonic() + timeout
+    while widget._probeTimer is not None and widget._probeTimer.active:
+        assert time.monotonic() < deadline, "the connection test did not end within %d s" % timeout
+        widget._probeTimer.fire()
+        time.sleep(0.02)
 
 
 def seg_nodes():
@@ -112,6 +127,7 @@ def test_segment_makes_a_new_node_on_the_input_grid_and_never_touches_others(mod
     assert widget.ui.segmentButton.text == "Cancel"
     runs = widget._runs
     assert runs.process.pid != os.getpid() and runs.process.args[1:3] == ["-m", "LowResSegLib.frontends.worker"]
+    assert runs.process.args[0].endswith("PythonSlicer")  # the launcher, as in Slicer
     progress = pump(widget)
     assert any(0 < v for v in progress) and widget.ui.segmentButton.text == "Segment"
     assert widget.ui.progressBar.value == 100
@@ -150,6 +166,48 @@ def test_cancel_kills_the_worker_and_leaves_the_scene_unchanged(module, volume_n
     assert "Cancelled" in widget.ui.statusLabel.text and widget.ui.segmentButton.text == "Segment"
 
 
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def busy_widget(module, node, silent):
+    """The module segmenting on a server that never answers: (widget, runs, PIDs of the worker's whole tree)."""
+    widget = make_widget(module, node, "low-16to64")
+    widget.ui.remoteRadioButton.checked = True
+    widget.ui.serverUrlLineEdit.text = silent.url
+    before = len(silent.accepted)
+    widget.ui.segmentButton.click()
+    runs = widget._runs
+    tree = wait_for(lambda: len(silent.accepted) > before and [runs.process.pid] + descendants(runs.process.pid))
+    assert tree and len(tree) == 2, "the PythonSlicer launcher and its interpreter: %s" % tree
+    return widget, runs, tree
+
+
+@LINUX
+def test_cancel_stops_the_interpreter_behind_the_launcher(module, volume_node, silent):
+    widget, runs, tree = busy_widget(module, volume_node[0], silent)
+    widget.ui.segmentButton.click()  # Cancel
+    pump(widget)
+    assert wait_for(lambda: not [p for p in tree if alive(p)], timeout=10), [p for p in tree if alive(p)]
+    assert not os.path.exists(runs.folder) and seg_nodes() == []
+
+
+@LINUX
+def test_closing_the_scene_and_the_module_stop_the_whole_tree(module, volume_node, silent):
+    widget, runs, tree = busy_widget(module, volume_node[0], silent)
+    slicer.mrmlScene.Clear(0)  # File > Close Scene
+    assert wait_for(lambda: not [p for p in tree if alive(p)], timeout=10), [p for p in tree if alive(p)]
+    assert not os.path.exists(runs.folder)
+    node = slicer.util.addVolumeFromArray(volume_node[0].array, IJK_TO_RAS, name="FLAIR")
+    widget, runs, tree = busy_widget(module, node, silent)
+    widget.cleanup()  # the module is closed (Slicer quits)
+    assert wait_for(lambda: not [p for p in tree if alive(p)], timeout=10), [p for p in tree if alive(p)]
+    assert not os.path.exists(runs.folder) and seg_nodes() == []
+
+
 def test_a_failure_mid_run_leaves_the_scene_unchanged(module, volume_node):
     node, _ = volume_node
     widget = make_widget(module, node, "low-16to64", "zbroken-16to64")
@@ -177,7 +235,9 @@ def test_compare_makes_a_node_per_model_and_a_linked_side_by_side_layout(module,
     assert layout.arrangement in layout.descriptions and layout.descriptions[layout.arrangement].count("<view") == 2
     views = side_by_side_views(2)
     assert all(v.composite.background == node.GetID() and v.composite.linked for v in views)
-    assert all(v.sliceLogic().fitted for v in views)  # each view fitted to the volume
+    slicer.app.processEvents()  # the event loop lays the new views out, then runs what waited for it
+    # each view fitted to the volume at its laid-out size (600 x 800), not at a new slice node's 256 x 256
+    assert [v.sliceLogic().fits for v in views] == [[(600, 800)], [(600, 800)]]
     standard = [v for cls in ("vtkMRMLSliceNode", "vtkMRMLViewNode") for v in slicer.util.getNodesByClass(cls)
                 if not v.GetLayoutName().startswith("LowResSeg")]
     assert sorted(v.GetLayoutName() for v in standard) == ["1", "Green", "Red", "Yellow"]
@@ -201,7 +261,35 @@ def test_side_by_side_again_with_more_runs(module, volume_node):
     widget.logic.showSideBySide(node, seg_nodes()[:3])  # three side by side
     layout = slicer.app.layoutManager().GetLayoutNode()
     assert layout.descriptions[layout.arrangement].count("<view") == 3
-    assert all(v is not None and v.composite.background == node.GetID() for v in side_by_side_views(3))
+    views = side_by_side_views(3)
+    assert all(v is not None and v.composite.background == node.GetID() for v in views)
+    fourth = seg_nodes()[3].GetDisplayNode()  # a run outside this comparison: in none of its views
+    assert not any(fourth.IsDisplayableInView(v.sliceNode.GetID()) for v in views)
+    assert fourth.IsDisplayableInView("vtkMRMLSliceNodeRed")
+
+
+def test_views_made_later_show_the_runs_as_the_comparison_says(module, volume_node):
+    """A layout shown after the comparison (here: a second 3-D view and a new slice view) makes new view nodes:
+    every run appears there, and the comparison's views still show their own run only."""
+    node, _ = volume_node
+    widget = make_widget(module, node, "low-16to64", "high-32to64")
+    widget.ui.segmentButton.click()
+    pump(widget)
+    widget.ui.sideBySideButton.click()
+    layout = slicer.app.layoutManager().GetLayoutNode()
+    later = ('<layout type="horizontal"><item><view class="vtkMRMLViewNode" singletontag="2"/></item>'
+             '<item><view class="vtkMRMLSliceNode" singletontag="Red+"/></item></layout>')
+    layout.AddLayoutDescription(501, later)
+    layout.SetViewArrangement(501)  # the layout manager adds the missing view nodes to the scene
+    made = [v for cls in ("vtkMRMLViewNode", "vtkMRMLSliceNode") for v in slicer.util.getNodesByClass(cls)
+            if v.GetLayoutName() in ("2", "Red+")]
+    assert len(made) == 2
+    runs = list(widget._nodes.values())
+    for seg in runs:
+        assert all(seg.GetDisplayNode().IsDisplayableInView(v.GetID()) for v in made)
+    views = [slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeLowResSeg%d" % i) for i in (1, 2)]
+    assert [[seg.GetDisplayNode().IsDisplayableInView(v.GetID()) for v in views] for seg in runs] == \
+        [[True, False], [False, True]]
 
 
 def dicom_loaded_node(tmp_path):
@@ -292,9 +380,15 @@ def test_remote_processing_and_test_connection(module, volume_node, repo, tmp_pa
         widget.ui.serverUrlLineEdit.text = server.url
         widget.ui.tokenLineEdit.text = "wrong-token-wrong-token"
         widget.ui.testConnectionButton.click()
+        # the probe runs in the worker process: the panel says so and stays usable meanwhile
+        assert widget.ui.remoteStatusLabel.text == "Testing the connection to %s..." % server.url
+        assert not widget.ui.testConnectionButton.enabled and widget._probe.process.args[0].endswith("PythonSlicer")
+        pump_probe(widget)
         assert widget.ui.remoteStatusLabel.text.startswith("Connection failed: the server refused the token")
+        assert widget.ui.testConnectionButton.enabled
         widget.ui.tokenLineEdit.text = TOKEN
         widget.ui.testConnectionButton.click()
+        pump_probe(widget)
         # the tampered model is skipped by the server (and said in its log); the other two are served
         assert widget.ui.remoteStatusLabel.text.startswith("Connected to lowresseg 0.1.0: 2 model(s) (high-32to64, low")
         assert qt.QSettings().value("LowResSeg/ServerURL") == server.url  # remembered for next time
@@ -365,10 +459,12 @@ def test_closing_the_scene_during_a_run_adds_nothing_to_the_new_scene(module, vo
 
 
 def test_a_failed_package_install_is_one_clear_message(module):
+    """slicer.util.pip_install raises subprocess.CalledProcessError (pip's reason went to the console)."""
     slicer.util.pip_failure[0] = "ERROR: Could not find a version that satisfies the requirement onnxruntime"
     assert module.ensure_packages((("surely_not_installed_pkg", "onnxruntime"),), "Segmentation") is False
     kind, text = slicer.util.messages[-1]
-    assert kind == "error" and text.startswith("Could not install onnxruntime: ERROR: Could not find a version")
+    assert kind == "error" and text.startswith("Could not install onnxruntime: pip stopped with exit status 1 (its "
+                                               "messages are in the Python console")
     assert ("pip_install", ["onnxruntime"]) in slicer.util.messages
     slicer.util.pip_failure[0] = None  # pip "succeeds" but the package is still not importable
     assert module.ensure_packages((("surely_not_installed_pkg", "onnxruntime"),), "Segmentation") is False
@@ -412,6 +508,28 @@ def test_the_self_test_fails_when_a_step_cannot_run(module, monkeypatch):
             test.test_export_dicom_seg()
     finally:
         del slicer.modules.dicom
+
+
+def test_a_package_is_looked_up_not_imported(module, tmp_path, monkeypatch):
+    """Whether a package is there is found without importing it into Slicer's process."""
+    (tmp_path / "lowresseg_heavy_pkg.py").write_text("raise SystemExit('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert module.missing_packages((("lowresseg_heavy_pkg", "heavy"), ("surely_not_installed_pkg", "nope"))) == \
+        ["nope"]
+    assert "lowresseg_heavy_pkg" not in sys.modules
+
+
+def test_the_self_test_runs_without_a_main_window(module, monkeypatch):
+    """Slicer --no-main-window: slicer.app.layoutManager() is None; side by side is skipped with a note, and
+    the panel says why when asked for it."""
+    monkeypatch.delenv("LOWRESSEG_MODELS")
+    slicer.reset(testing=True, mainWindow=False)
+    assert slicer.app.layoutManager() is None
+    test = module.LowResSegTest()
+    test.setUp()
+    test.test_compare_two_models()
+    with pytest.raises(RuntimeError, match="needs Slicer's main window"):
+        module.LowResSegLogic().showSideBySide(None, [])
 
 
 def test_the_self_test_runs_on_the_shipped_models(module, monkeypatch):

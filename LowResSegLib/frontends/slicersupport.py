@@ -6,12 +6,14 @@ Python 3.9+ (Slicer 5.8).
 """
 
 import os
+import re
 import shutil
 import sys
 
 __all__ = ["terminology_tag", "segment_specs", "node_name", "card_summary", "side_by_side_layout",
            "SIDE_BY_SIDE_LAYOUT_ID", "view_name", "worker_python", "secret_file_for", "AUTO_CHOICES",
-           "auto_budget", "auto_summary"]
+           "auto_budget", "auto_summary", "is_comparison_view", "comparison_view_lists",
+           "install_failure_reason", "RUN_ATTRIBUTE", "COMPARISON_VIEW_ATTRIBUTE"]
 
 _CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -76,6 +78,50 @@ def card_summary(card):
 def view_name(n):
     """Slice view tag of the n-th run (0-based) in the side-by-side layout."""
     return "LowResSeg%d" % (n + 1)
+
+
+# node attributes (kept in the scene file): the model of a run's segmentation node, and the comparison view
+# it is shown in (absent when the run is not in the side-by-side comparison)
+RUN_ATTRIBUTE = "LowResSeg.model"
+COMPARISON_VIEW_ATTRIBUTE = "LowResSeg.comparisonView"
+
+
+def is_comparison_view(layout_name):
+    """Whether a view (by its layout name) is one of the side-by-side comparison's."""
+    return re.match(r"^LowResSeg[0-9]+$", layout_name or "") is not None
+
+
+def comparison_view_lists(runs, views):
+    """Which views each run's segmentation is shown in, once a comparison exists.
+
+    ``runs``: ``(node id, comparison view name or None)`` for every run's segmentation node;
+    ``views``: ``(view node id, layout name)`` for every slice and 3-D view in the scene.
+    A run is shown in every view outside the comparison and, in the comparison, in its own view
+    only; a run not in the comparison is hidden from all comparison views. Returns
+    ``{node id: [view node ids]}``, or ``{}`` while there is no comparison view (nothing to restrict:
+    an empty list would mean *every* view to Slicer).
+    """
+    ids = {name: vid for vid, name in views}
+    ordinary = [vid for vid, name in views if not is_comparison_view(name)]
+    if not any(is_comparison_view(name) for _vid, name in views):
+        return {}
+    lists = {}
+    for node_id, own in runs:
+        shown = ([ids[own]] if own and is_comparison_view(own) and own in ids else []) + ordinary
+        if shown:
+            lists[node_id] = shown
+    return lists
+
+
+def install_failure_reason(exc):
+    """Why a package install failed, in one line. ``slicer.util.pip_install`` raises CalledProcessError, whose
+    text is only the command and exit status; pip's own messages went to the Python console and the log."""
+    code = getattr(exc, "returncode", None)
+    if code is not None:
+        return "pip stopped with exit status %s (its messages are in the Python console and the application log)" % (
+            code,)
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def side_by_side_layout(n):

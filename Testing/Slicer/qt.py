@@ -13,7 +13,21 @@ class QMessageBox(object):
 
 
 class QTimer(object):
-    """A timer the test fires by hand (``fire``); ``connect("timeout()", slot)`` as in PythonQt."""
+    """A timer the test fires by hand (``fire``); ``connect("timeout()", slot)`` as in PythonQt.
+    ``QTimer.singleShot(ms, callable)`` runs the callable from the event loop, never at once
+    (``slicer.app.processEvents()`` here runs the due ones, after laying out the views)."""
+
+    pending = []  # single shots not yet run
+
+    @staticmethod
+    def singleShot(ms, slot):
+        QTimer.pending.append(slot)
+
+    @staticmethod
+    def run_due():
+        due, QTimer.pending[:] = list(QTimer.pending), []
+        for slot in due:
+            slot()
 
     def __init__(self):
         self.active, self.interval, self._slots = False, 0, []

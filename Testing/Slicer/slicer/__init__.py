@@ -1,7 +1,8 @@
 """Stand-in for the ``slicer`` package: scene, nodes, subject hierarchy, layout, DICOM database.
 
 Each behaviour is written from Slicer's source (tag v5.8.1) and says where; see ../README.md.
-``slicer.packaging`` is deliberately absent: Slicer's ``slicer/__init__.py`` never imports it.
+``slicer.packaging`` is not modelled: Slicer's ``slicer/__init__.py`` never imports it (5.8.1 to 5.12.3),
+5.8.1 and 5.10.0 have no such module, and in 5.12.3 ``slicer.util.pip_install`` imports it itself.
 """
 
 import itertools
@@ -32,10 +33,15 @@ class _Observable(object):
     def RemoveObserver(self, tag):
         self._observers.pop(tag, None)
 
-    def InvokeEvent(self, event):
+    def InvokeEvent(self, event, calldata=None):
+        """VTK's Python observers get the call data only when the callback says its type (the
+        ``CallDataType`` attribute that ``vtk.calldata_type`` sets: vtkmodules/util/misc.py)."""
         for ev, callback in list(self._observers.values()):
             if ev == event:
-                callback(self, event)
+                if getattr(callback, "CallDataType", None) is not None:
+                    callback(self, event, calldata)
+                else:
+                    callback(self, event)
 
 
 class vtkMRMLNode(_Observable):
@@ -61,6 +67,12 @@ class vtkMRMLNode(_Observable):
 
     def SetAttribute(self, key, value):
         self._attributes[key] = value
+
+    def RemoveAttribute(self, key):
+        self._attributes.pop(key, None)
+
+    def IsA(self, className):
+        return any(getattr(c, "className", None) == className for c in type(self).__mro__)
 
 
 Node = vtkMRMLNode
@@ -91,6 +103,7 @@ class vtkMRMLScalarVolumeNode(vtkMRMLNode):
 class _AbstractViewNode(vtkMRMLNode):
     """View nodes are scene singletons whose tag is their layout name (vtkMRMLAbstractViewNode)."""
 
+    className = "vtkMRMLAbstractViewNode"
     singleton = True
 
     def __init__(self, layoutName):
@@ -106,7 +119,17 @@ class _AbstractViewNode(vtkMRMLNode):
 
 
 class vtkMRMLSliceNode(_AbstractViewNode):
+    """Dimensions start at 256 x 256 (vtkMRMLSliceNode.cxx@v5.8.1 l. 69-71) and follow the view's size only
+    once Qt has laid the view out (qMRMLSliceWidget.cxx l. 71-72: ``resized`` -> ``ResizeSliceNode``)."""
+
     className = "vtkMRMLSliceNode"
+
+    def __init__(self, layoutName):
+        _AbstractViewNode.__init__(self, layoutName)
+        self.dimensions = (256, 256, 1)
+
+    def GetDimensions(self):
+        return self.dimensions
 
 
 class vtkMRMLViewNode(_AbstractViewNode):
@@ -217,6 +240,7 @@ class Scene(_Observable):
 
     StartCloseEvent = _STATE_EVENT | _START_EVENT | _CLOSE_STATE
     EndCloseEvent = _STATE_EVENT | _END_EVENT | _CLOSE_STATE
+    NodeAddedEvent = 0x2001  # vtkMRMLScene.h@v5.8.1 l. 671-674
     _classes = {c.className: c for c in (vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLScriptedModuleNode,
                                          vtkMRMLSliceNode, vtkMRMLViewNode)}
 
@@ -225,8 +249,10 @@ class Scene(_Observable):
         self.nodes = []
 
     def AddNode(self, node):
+        """vtkMRMLScene.cxx@v5.8.1 l. 1338, 1473-1475: NodeAddedEvent with the node as call data."""
         node.scene = self
         self.nodes.append(node)
+        self.InvokeEvent(self.NodeAddedEvent, node)
         return node
 
     def AddNewNodeByClass(self, className, name=""):
@@ -308,17 +334,20 @@ class SliceCompositeNode(object):
 
 
 class SliceLogic(object):
-    def __init__(self):
-        self.fitted = 0
+    """FitSliceToAll fits to the slice node's dimensions as they are now (vtkMRMLSliceLogic.cxx@v5.8.1
+    l. 1814-1841): ``fits`` records them, one entry per call."""
+
+    def __init__(self, sliceNode):
+        self.sliceNode, self.fits = sliceNode, []
 
     def FitSliceToAll(self, *args):
-        self.fitted += 1
+        self.fits.append(tuple(self.sliceNode.GetDimensions()[:2]))
 
 
 class SliceWidget(object):
     def __init__(self, sliceNode):
         self.name, self.sliceNode = sliceNode.GetLayoutName(), sliceNode
-        self.composite, self.logic = SliceCompositeNode(), SliceLogic()
+        self.composite, self.logic = SliceCompositeNode(), SliceLogic(sliceNode)
 
     def mrmlSliceCompositeNode(self):
         return self.composite
@@ -331,10 +360,15 @@ class SliceWidget(object):
 
 
 class LayoutManager(object):
-    """qSlicerLayoutManager: showing a layout makes (or reuses) the singleton view node of each of its views."""
+    """qSlicerLayoutManager: showing a layout makes (or reuses) the singleton view node of each of its views
+    (vtkMRMLLayoutLogic::CreateMissingViews, vtkMRMLLayoutLogic.cxx@v5.8.1 l. 1975-2006: AddNode, so the scene
+    says NodeAddedEvent). The views get their size only when Qt's event loop lays them out
+    (``App.processEvents``): until then their slice nodes keep their old dimensions."""
+
+    SIZE = (1200, 800)  # the view area of the main window
 
     def __init__(self):
-        self.layoutNode, self.widgets, self.shown = LayoutNode(), {}, []
+        self.layoutNode, self.widgets, self.shown, self.unsized = LayoutNode(), {}, [], []
 
     def layoutLogic(self):
         return self
@@ -351,6 +385,17 @@ class LayoutManager(object):
             self.shown.append(tag)
             if cls == "vtkMRMLSliceNode" and (tag not in self.widgets or self.widgets[tag].sliceNode is not node):
                 self.widgets[tag] = SliceWidget(node)
+        self.unsized = [t for t in self.shown if t in self.widgets]  # a new arrangement: every view resized
+
+    def lay_out(self):
+        """What Qt's event loop does to the shown views: each gets its share of the view area."""
+        if not self.unsized:
+            return
+        rows = [self.unsized[i:i + 3] for i in range(0, len(self.unsized), 3)]
+        for row in rows:
+            for tag in row:
+                self.widgets[tag].sliceNode.dimensions = (self.SIZE[0] // len(row), self.SIZE[1] // len(rows), 1)
+        self.unsized = []
 
     def sliceWidget(self, name):
         return self.widgets.get(name) if name in self.shown else None  # None: no such view in this layout
@@ -360,12 +405,24 @@ class LayoutManager(object):
 
 
 class App(object):
-    def __init__(self, testing=False):
-        self._layout = LayoutManager()
+    """``layoutManager()`` is None without a main window (``--no-main-window``): only qSlicerMainWindow sets it
+    (qSlicerMainWindow.cxx@v5.8.1 l. 290, qSlicerApplication.cxx l. 676-698; qSlicerApplicationHelper.txx
+    l. 164-165 makes no main window for --no-main-window)."""
+
+    def __init__(self, testing=False, mainWindow=True):
+        self._layout = LayoutManager() if mainWindow else None
         self.testing = testing
 
     def layoutManager(self):
         return self._layout
+
+    def processEvents(self):
+        """Qt's event loop, once: posted events (layouts, so view sizes) first, then due timers."""
+        import qt
+
+        if self._layout is not None:
+            self._layout.lay_out()
+        qt.QTimer.run_due()
 
     def testingEnabled(self):
         return self.testing
@@ -416,13 +473,16 @@ modules = type("modules", (), {})()
 _standard_views()
 
 
-def reset(testing=False):
-    """A fresh scene, layout and database for each test."""
+def reset(testing=False, mainWindow=True):
+    """A fresh scene, layout and database for each test; ``mainWindow=False``: as ``--no-main-window``."""
+    import qt
+
     global app
     mrmlScene._observers.clear()  # widgets of earlier tests no longer listen
     mrmlScene.Clear(1)
     _standard_views()
-    app = App(testing)
+    app = App(testing, mainWindow)
+    qt.QTimer.pending[:] = []
     dicomDatabase.files.clear()
     dicomDatabase.isOpen = True
     util.messages.clear()

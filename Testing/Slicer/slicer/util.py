@@ -58,12 +58,21 @@ def errorDisplay(text, windowTitle=None, parent=None, **kwargs):
 
 
 def pip_install(requirements):
-    """util.py:3899-3942: ``python -m pip install``; a failed install raises RuntimeError."""
+    """util.py@v5.8.1 l. 3899-3942: ``PythonSlicer -m pip install ...`` (``_executePythonModule`` l. 3865-3896);
+    pip's output goes to the console and the log (``logProcessOutput`` l. 3830-3862), and a failed install
+    raises ``subprocess.CalledProcessError`` (l. 3862), whose text is only the command and its exit status.
+    5.12.3 delegates to ``slicer/packaging.py`` (util.py@v5.12.3 l. 4326-4335), which raises the same
+    (packaging.py l. 528-592; with the progress dialog, ``CalledProcessError(code, "pip install")``)."""
+    import subprocess
+
     if not isinstance(requirements, (str, list)):
         raise ValueError("pip_install requirement input must be string or list")
     messages.append(("pip_install", requirements))
     if pip_failure[0]:
-        raise RuntimeError(pip_failure[0])
+        print(pip_failure[0])  # what pip said: in the console, not in the exception
+        args = ["PythonSlicer", "-m", "pip", "install"] + (
+            requirements.split() if isinstance(requirements, str) else list(requirements))
+        raise subprocess.CalledProcessError(1, args)
 
 
 @contextlib.contextmanager
