@@ -398,3 +398,53 @@ def test_make_batch_mixes_in_plane_sizes(cache, tmp_path):
         np.testing.assert_allclose(x[b, 0], area_resample(mixed.images[c][k].astype(np.float32), 16), atol=1e-6)
     x_aug, _ = make_batch(mixed, rows, 16, [8, 32], rng=np.random.default_rng(1), augment="cut-large")
     assert x_aug.shape == x.shape
+
+
+def _head_slices(n, size, seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = []
+    for _ in range(n):
+        r = ((yy - size / 2.0) / (0.35 * size)) ** 2 + ((xx - size / 2.0) / (0.3 * size)) ** 2
+        out.append(np.where(r < 1, 1 + 0.2 * rng.random((size, size)), 0).astype(np.float32))
+    return out
+
+
+def test_batched_warp_is_scipys_warp():
+    """Issue 28: the batch is warped with grid_sample; for the same draws it gives scipy's slices."""
+    from LowResSegLib.training.slices import AUGMENTATIONS, draw_geometry, warp_batch, warp_scipy
+
+    rng = np.random.default_rng(3)
+    ims = _head_slices(12, 96, 0)
+    lbs = [(im > 1.1).astype(np.float32) for im in ims]
+    geos = [draw_geometry(rng, AUGMENTATIONS["context"], 96) for _ in ims]
+    assert sum(g[1] is not None for g in geos) >= 6 and any(g[0] for g in geos)
+    got_im, got_lb = warp_batch(ims, lbs, geos)
+    for im, lb, g, gi, gl in zip(ims, lbs, geos, got_im, got_lb):
+        want_im, want_lb = warp_scipy(im, lb, g)
+        np.testing.assert_allclose(gi, want_im, atol=2e-5)
+        np.testing.assert_allclose(gl, want_lb, atol=2e-5)
+
+
+def test_one_slice_and_batch_augmentation_draw_the_same_distributions():
+    """The batch form changes the order of the draws, not what is drawn: over many slices the geometry
+    and the acquisition change the slices alike (mean, spread and tumour share within sampling noise)."""
+    from LowResSegLib.training.slices import AUGMENTATIONS, augment_batch, augment_slice
+
+    plan = AUGMENTATIONS["standard"]
+    ims = _head_slices(8, 64, 1)
+    lbs = [np.pad(np.ones((10, 10), np.float32), 27) for _ in ims]
+    single, batch = [], []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        single += [augment_slice(im, lb, rng, plan) for im, lb in zip(ims, lbs)]
+        bi, bl = augment_batch(ims, lbs, np.random.default_rng(1000 + seed), plan)
+        batch += list(zip(bi, bl))
+
+    def stats(pairs):
+        return (np.mean([p[0][p[0] != 0].mean() for p in pairs]), np.mean([p[0][p[0] != 0].std() for p in pairs]),
+                np.mean([(p[0] != 0).mean() for p in pairs]), np.mean([p[1].sum() for p in pairs]))
+
+    s, b = stats(single), stats(batch)
+    for a, c, tol in zip(s, b, (0.03, 0.1, 0.03, 0.05)):
+        assert abs(a - c) <= tol * abs(a), (s, b)

@@ -336,21 +336,80 @@ def augment_slice(im, lb, rng, plan=None):
     The phantoms already vary contrast per case; this varies it per slice too
     (gamma, bias, noise, blur) and adds rotation / scale / shift / flip, so the
     model cannot memorise a case's look. ``plan``: an entry of :data:`AUGMENTATIONS`.
+    This is the one-slice form (scipy); training makes whole batches with :func:`augment_batch`,
+    which draws from the same distributions and warps all slices of a batch at once.
     """
+    plan = plan or AUGMENTATIONS[DEFAULT_AUGMENTATION]
+    geometry = draw_geometry(rng, plan, im.shape[0])
+    im, lb = warp_scipy(im, lb, geometry)
+    return augment_intensity(im, lb, rng, plan)
+
+
+def draw_geometry(rng, plan, size):
+    """(flip, matrix or None, offset or None) of one slice: a left-right flip half of the time, and in
+    80 % of slices a rotation of ±15°, a zoom in ``plan["scale"]`` and a shift of ±5 % of the slice, as the
+    (row, col) map from an output pixel to the input (scipy's ``affine_transform`` convention)."""
+    flip = rng.random() < 0.5
+    if rng.random() >= 0.8:
+        return flip, None, None
+    ang = np.deg2rad(rng.uniform(-15, 15))
+    scale = rng.uniform(*plan["scale"])
+    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / scale
+    centre = (np.array([size, size]) - 1) / 2.0
+    offset = centre - rot @ centre + rng.uniform(-0.05, 0.05, 2) * size
+    return flip, rot, offset
+
+
+def warp_scipy(im, lb, geometry):
+    """One slice and its label warped by :func:`draw_geometry`'s draw (bilinear, 0 outside)."""
     from scipy import ndimage
 
-    plan = plan or AUGMENTATIONS[DEFAULT_AUGMENTATION]
-    s = im.shape[0]
-    if rng.random() < 0.5:
+    flip, rot, offset = geometry
+    if flip:
         im, lb = im[:, ::-1], lb[:, ::-1]
-    if rng.random() < 0.8:
-        ang = np.deg2rad(rng.uniform(-15, 15))
-        scale = rng.uniform(*plan["scale"])
-        rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) / scale
-        centre = (np.array([s, s]) - 1) / 2.0
-        offset = centre - rot @ centre + rng.uniform(-0.05, 0.05, 2) * s
+    if rot is not None:
         im = ndimage.affine_transform(im, rot, offset, order=1, cval=0.0)
         lb = ndimage.affine_transform(lb, rot, offset, order=1, cval=0.0)
+    return im, lb
+
+
+def warp_batch(images, labels, geometries):
+    """:func:`warp_scipy` for many slices of one size at once, with torch's ``grid_sample``.
+
+    Why: scipy's general affine transform took about a third of a batch's making (issue 28). The
+    same bilinear map: a sample point inside the slice gets scipy's value to float rounding
+    (Testing/test_slices.py); a point past the last row or column is 0 in scipy and blends towards 0
+    here, which touches only the slice's outermost pixel ring (background in every source).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    images = [im[:, ::-1] if g[0] else im for im, g in zip(images, geometries)]
+    labels = [lb[:, ::-1] if g[0] else lb for lb, g in zip(labels, geometries)]
+    warped = [i for i, g in enumerate(geometries) if g[1] is not None]
+    if not warped:
+        return images, labels
+    n = images[warped[0]].shape[0]
+    stack = torch.from_numpy(np.stack([np.stack([images[i], labels[i]]) for i in warped]).astype(np.float32))
+    rows, cols = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64), indexing="ij")
+    grids = []
+    for i in warped:
+        _, rot, offset = geometries[i]
+        src_r = rot[0, 0] * rows + rot[0, 1] * cols + offset[0]
+        src_c = rot[1, 0] * rows + rot[1, 1] * cols + offset[1]
+        grids.append(np.stack([2 * src_c / (n - 1) - 1, 2 * src_r / (n - 1) - 1], -1))
+    grid = torch.from_numpy(np.stack(grids).astype(np.float32))
+    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=True).numpy()
+    for j, i in enumerate(warped):
+        images[i], labels[i] = out[j, 0], out[j, 1]
+    return images, labels
+
+
+def augment_intensity(im, lb, rng, plan):
+    """The acquisition part of :func:`augment_slice`, after the geometry."""
+    from scipy import ndimage
+
+    s = im.shape[0]
     if plan["context_cut"] and rng.random() < plan["context_cut"]:
         im = cut_context(im, lb, rng, plan.get("cut_min_sd"), plan.get("cut_min_fraction"))
     brain = im != 0
@@ -375,6 +434,21 @@ def augment_slice(im, lb, rng, plan=None):
     return out.astype(np.float32), np.clip(lb, 0.0, 1.0)
 
 
+def augment_batch(images, labels, rng, plan):
+    """:func:`augment_slice` for a batch: every slice's geometry is drawn first, slices of one size are
+    warped together (:func:`warp_batch`), then each gets its acquisition. The same distributions per
+    slice; the draws come in another order, so a batch differs from the one-slice form's."""
+    geometries = [draw_geometry(rng, plan, im.shape[0]) for im in images]
+    images, labels = list(images), list(labels)
+    for shape in sorted({im.shape for im in images}):
+        idx = [i for i, im in enumerate(images) if im.shape == shape]
+        ims, lbs = warp_batch([images[i] for i in idx], [labels[i] for i in idx], [geometries[i] for i in idx])
+        for j, i in enumerate(idx):
+            images[i], labels[i] = ims[j], lbs[j]
+    out = [augment_intensity(im, lb, rng, plan) for im, lb in zip(images, labels)]
+    return [o[0] for o in out], [o[1] for o in out]
+
+
 def resample_stack(slices, size):
     """:func:`area_resample` of square slices of any sizes to ``size``, stacked in their order.
 
@@ -391,18 +465,14 @@ def resample_stack(slices, size):
 def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEFAULT_AUGMENTATION):
     """Model input [B,1,r,r] and soft targets per scale [B,1,s,s] (float32 numpy).
 
-    ``rng`` enables augmentation (:func:`augment_slice` with the plan named ``augment``). ``crop``
+    ``rng`` enables augmentation (:func:`augment_batch` with the plan named ``augment``). ``crop``
     (full-resolution models only) trains on a uniformly placed random crop of the R-grid to save time.
     """
     plan = augmentation_plan(augment)
-    imgs, labs = [], []
-    for c, k, _ in rows:
-        im = cache.images[c][k].astype(np.float32)
-        lb = cache.labels[c][k].astype(np.float32) / 255.0
-        if rng is not None:
-            im, lb = augment_slice(im, lb, rng, plan)
-        imgs.append(im)
-        labs.append(lb)
+    imgs = [cache.images[c][k].astype(np.float32) for c, k, _ in rows]
+    labs = [cache.labels[c][k].astype(np.float32) / 255.0 for c, k, _ in rows]
+    if rng is not None:
+        imgs, labs = augment_batch(imgs, labs, rng, plan)
     x = resample_stack(imgs, input_size)[:, None].astype(np.float32)
     ys = [resample_stack(labs, s)[:, None].astype(np.float32) for s in scales]
     if crop:
