@@ -532,6 +532,17 @@ def test_the_self_test_runs_without_a_main_window(module, monkeypatch):
         module.LowResSegLogic().showSideBySide(None, [])
 
 
+def test_ctest_finds_the_self_test_as_slicer_runs_it(module):
+    """ctest runs slicer.testing.runUnitTest(paths, "LowResSeg") (Base/Python/slicer/testing.py@v5.8.1 l. 14-28):
+    unittest.TestLoader().loadTestsFromName on the module; it must find every step of the self-test."""
+    import unittest
+
+    suite = unittest.TestLoader().loadTestsFromName("LowResSeg")
+    found = sorted(t.id() for group in suite for t in group)
+    assert found == ["LowResSeg.LowResSegTest.test_compare_two_models", "LowResSeg.LowResSegTest.test_export_dicom_seg",
+                     "LowResSeg.LowResSegTest.test_segment_blob"]
+
+
 def test_the_self_test_runs_on_the_shipped_models(module, monkeypatch):
     """The module's own self-test (segment, compare side by side), its models run in the worker process."""
     monkeypatch.delenv("LOWRESSEG_MODELS")

@@ -31,6 +31,18 @@ def test_every_runtime_file_and_resource_is_listed():
     assert "slicerMacroBuildScriptedModule" in text and "SOURCE_DIR ${CMAKE_CURRENT_SOURCE_DIR}/.." in text
 
 
+def test_the_self_test_is_registered_with_ctest():
+    """slicer_add_python_unittest(SCRIPT LowResSeg.py) under BUILD_TESTING, after the module is built, as in
+    Slicer's scripted-module template (Utilities/Templates/Modules/Scripted/CMakeLists.txt@v5.8.1 l. 23-27)."""
+    with open(os.path.join(ROOT, "LowResSeg", "CMakeLists.txt")) as f:
+        text = re.sub(r"#.*", "", f.read())  # comments do not count
+    assert re.search(r"set\(MODULE_NAME\s+LowResSeg\)", text)
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S)
+    assert testing, "no if(BUILD_TESTING) block"
+    assert re.search(r"slicer_add_python_unittest\(\s*SCRIPT\s+\$\{MODULE_NAME\}\.py\s*\)", testing.group(1))
+    assert text.index("slicerMacroBuildScriptedModule(") < testing.start()
+
+
 def test_extension_metadata_and_catalog_entry():
     with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
         text = f.read()
