@@ -3,6 +3,7 @@
 They measure; these tests only make sure they keep working and keep their report format.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,13 @@ def test_context_probe_edits_and_report(repo, tmp_path):
     assert "| edit | threshold-16to64 | elunet-jhead-16to64 |" in out
     for edit in EDITS:
         assert "| %s | " % edit in out
+
+
+def test_train_speed_bench_measures_before_and_after_side_by_side(tmp_path):
+    """bench/train_speed.py runs the trainer's own step in every arm and writes its section."""
+    env = dict(os.environ, LOWRESSEG_CACHE=str(tmp_path / "cache"))
+    out = run("train_speed.py", "--data", sample_folder(tmp_path), "--rounds", "1", "--batches", "1",
+              "--batch-size", "4", "--threads", "1", "--json", str(tmp_path / "ts.json"), "--no-write", env=env)
+    assert "| before | " in out and "| after | " in out and "speed-up vs before" in out
+    result = json.load(open(str(tmp_path / "ts.json"))) if os.path.exists(str(tmp_path / "ts.json")) else None
+    assert result is None  # --no-write leaves every file alone

@@ -4,9 +4,10 @@ Each arm is the trainer's own step (``trainer.training_step``: the augmented bat
 cache, forward, deep-supervised loss, backward, Adam) on the same data and seed; the arms run
 interleaved, round-robin, so machine noise hits them alike, and the ratio is the result.
 
-- ``before``: the J-head in its plain form (ConvT + Conv3x3 at the high resolution) and numpy's
-  BLAS threads left as they are (the trainer up to issue 28);
-- ``after``: the sub-pixel J-head and BLAS pinned to one thread, as the trainer runs now;
+- ``before``: the J-head in its plain form (ConvT + Conv3x3 at the high resolution), numpy's
+  BLAS threads left as they are, and each slice warped on its own by scipy (the trainer up to issue 28);
+- ``after``: the sub-pixel J-head, BLAS pinned to one thread and the batch warped at once by torch's
+  ``grid_sample``, as the trainer runs now;
 - ``after + bf16``: also torch's bfloat16 autocast (``lowresseg train --precision bf16``), where
   the CPU has bfloat16 units.
 
@@ -40,7 +41,8 @@ def make_arm(name, cache, model_kw, batch_size, seed):
     if isinstance(model.head, JHead):
         model.head.subpixel = name != "before"
     precision = "bf16" if name.endswith("bf16") else "fp32"
-    return StepRunner(model, cache, batch_size, precision=precision, pin_blas=name != "before")
+    return StepRunner(model, cache, batch_size, precision=precision, pin_blas=name != "before",
+                      one_by_one=name == "before")
 
 
 def measure(args):
@@ -63,8 +65,9 @@ def measure(args):
             start = (rnd * n_rows) % max(1, len(rows) - n_rows)
             chunk = rows[start:start + n_rows]
             t = time.perf_counter()
-            for b in range(0, len(chunk), args.batch_size):
-                arms[n].step(chunk[b:b + args.batch_size], (args.seed, rnd, b))
+            with arms[n].pinned():
+                for b in range(0, len(chunk), args.batch_size):
+                    arms[n].step(chunk[b:b + args.batch_size], (args.seed, rnd, b))
             if rnd:
                 per_arm[n].append(len(chunk) / (time.perf_counter() - t))
         print("round %d/%d: %s" % (rnd, args.rounds, "  ".join(
@@ -100,7 +103,7 @@ def section(result, args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="phantom:20:1")
+    ap.add_argument("--data", default="lgg:train")
     ap.add_argument("--head", default="jhead", choices=["jhead", "interp"])
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)

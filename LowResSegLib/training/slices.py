@@ -462,7 +462,7 @@ def resample_stack(slices, size):
     return out
 
 
-def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEFAULT_AUGMENTATION):
+def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEFAULT_AUGMENTATION, one_by_one=False):
     """Model input [B,1,r,r] and soft targets per scale [B,1,s,s] (float32 numpy).
 
     ``rng`` enables augmentation (:func:`augment_batch` with the plan named ``augment``). ``crop``
@@ -471,7 +471,10 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEF
     plan = augmentation_plan(augment)
     imgs = [cache.images[c][k].astype(np.float32) for c, k, _ in rows]
     labs = [cache.labels[c][k].astype(np.float32) / 255.0 for c, k, _ in rows]
-    if rng is not None:
+    if rng is not None and one_by_one:  # the form before issue 28, kept for bench/train_speed.py
+        pairs = [augment_slice(im, lb, rng, plan) for im, lb in zip(imgs, labs)]
+        imgs, labs = [p[0] for p in pairs], [p[1] for p in pairs]
+    elif rng is not None:
         imgs, labs = augment_batch(imgs, labs, rng, plan)
     x = resample_stack(imgs, input_size)[:, None].astype(np.float32)
     ys = [resample_stack(labs, s)[:, None].astype(np.float32) for s in scales]

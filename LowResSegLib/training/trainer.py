@@ -80,9 +80,9 @@ def _pool_batch(task):
 
 def _make_training_batch(task, args):
     rows, seed = task
-    cache, input_size, scales, crop, augment = args
+    cache, input_size, scales, crop, augment = args[:5]
     return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop,
-                      augment=augment)
+                      augment=augment, one_by_one=len(args) > 5 and args[5])
 
 
 def blas_pinned(threads=1):
@@ -104,7 +104,7 @@ class StepRunner(object):
     in fp32, backward, Adam. The trainer and ``bench/train_speed.py`` run the same code."""
 
     def __init__(self, model, cache, batch_size, lr=1e-3, precision="fp32", pin_blas=True, scales=None,
-                 augment=DEFAULT_AUGMENTATION, crop=None, device=None):
+                 augment=DEFAULT_AUGMENTATION, crop=None, device=None, one_by_one=False):
         import contextlib
 
         if precision not in PRECISIONS:
@@ -113,7 +113,7 @@ class StepRunner(object):
         self.device = device or torch.device("cpu")
         self.precision = precision
         self.opt = torch.optim.Adam(model.parameters(), lr=lr)
-        self.args = (cache, model.config["input_size"], scales or model.scales(), crop, augment)
+        self.args = (cache, model.config["input_size"], scales or model.scales(), crop, augment, one_by_one)
         self.pinned = blas_pinned if pin_blas else contextlib.nullcontext
 
     def train_on(self, x, ys):
