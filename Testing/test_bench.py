@@ -50,6 +50,7 @@ def test_quality_bench_writes_its_section(repo, tmp_path):
     assert "<!-- quality-folder:begin -->" in md and "<!-- quality-folder:end -->" in md
     assert "| threshold (k=" in md and "| threshold-16to64 |" in md and "| elunet-jhead-16to64 |" in md
     assert "python bench/quality.py" in md
+    assert "volume error, median (signed)" in md and "volume error, median (absolute)" in md
     assert "elunet-jhead-16to64 vs the floor: mean ΔDice" in md and "95 % CI" in md
     assert (out / "quality-folder.png").stat().st_size > 1000
     rows = (out / "quality-folder_cases.csv").read_text().splitlines()
@@ -172,3 +173,14 @@ def test_train_speed_bench_measures_before_and_after_side_by_side(tmp_path):
     assert "| before | " in out and "| after | " in out and "speed-up vs before" in out
     result = json.load(open(str(tmp_path / "ts.json"))) if os.path.exists(str(tmp_path / "ts.json")) else None
     assert result is None  # --no-write leaves every file alone
+
+
+def test_volume_error_is_signed_and_relative():
+    sys.path.insert(0, ROOT)
+    from bench.quality import summarise, volume_error
+
+    assert volume_error({"pred_ml": 12.0, "truth_ml": 10.0}) == pytest.approx(0.2)
+    rows = [{"variant": "stripped", "model": "m", "dice": 0.8, "hd95_mm": 1.0, "truth_ml": t, "pred_ml": p}
+            for t, p in ((10.0, 8.0), (20.0, 26.0), (40.0, 40.0))]
+    s = summarise(rows, ["m"])[("stripped", "m")]
+    assert s["vol_err_median"] == pytest.approx(0.0) and s["abs_vol_err_median"] == pytest.approx(0.2)

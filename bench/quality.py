@@ -137,6 +137,11 @@ def _figure_slice(case, pred):
     return img[k].astype(np.float32), lab[k], prd[k]
 
 
+def volume_error(row):
+    """Signed relative volume error of one case: (predicted - true) / true (tumour cases only)."""
+    return (row["pred_ml"] - row["truth_ml"]) / row["truth_ml"]
+
+
 def summarise(rows, models):
     """Per (variant, model): mean Dice and HD95, worst Dice and failures on tumours >= 10 mL, mL on healthy."""
     out = {}
@@ -154,6 +159,9 @@ def summarise(rows, models):
                 "fail_big": sum(r["dice"] < 0.5 for r in big), "n_big": len(big),
                 "healthy_ml_max": max((r["pred_ml"] for r in empty), default=float("nan")),
                 "healthy_ml_mean": float(np.mean([r["pred_ml"] for r in empty])) if empty else float("nan"),
+                # radiologists follow gliomas by volume: the bias (signed) and the typical miss (absolute)
+                "vol_err_median": float(np.median([volume_error(r) for r in tum])) if tum else float("nan"),
+                "abs_vol_err_median": float(np.median([abs(volume_error(r)) for r in tum])) if tum else float("nan"),
             }
     return out
 
@@ -218,12 +226,14 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
                 lines.append("| %s | %d | %s | %s |" % (n, s["n"], f(s["healthy_ml_mean"], "%.1f"),
                                                          f(s["healthy_ml_max"], "%.1f")))
         else:
-            lines += ["| model | input | Dice | HD95 mm | worst | fails | healthy mL (max) | head params |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += ["| model | input | Dice | volume error, median (signed) | volume error, median (absolute) "
+                      "| HD95 mm | worst | fails | healthy mL (max) | head params |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for n in [floor] + models:
                 s, c = summary[(v, n)], cards.get(n)
-                lines.append("| %s | %s | %s | %s | %s | %d/%d | %s | %s |" % (
+                lines.append("| %s | %s | %s | %s | %s | %s | %s | %d/%d | %s | %s |" % (
                     n, "%d²→%d²" % (c["input_size"], c["output_size"]) if c else "full res", f(s["dice"]),
+                    f(100 * s["vol_err_median"], "%+.1f %%"), f(100 * s["abs_vol_err_median"], "%.1f %%"),
                     f(s["hd95_mm"], "%.1f"), f(s["worst_big"]), s["fail_big"], s["n_big"],
                     f(s["healthy_ml_max"], "%.1f"), str(c["params"]["head"]) if c else "0"))
         lines.append("")
