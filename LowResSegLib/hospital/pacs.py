@@ -12,9 +12,11 @@ search, WADO-RS to retrieve, STOW-RS to store. Each study found is one :class:`S
 5. :class:`LowResSegLib.workflow.run.SegmentationRun` (all or nothing) writes a DICOM-SEG there;
 6. the SEG is stored with STOW-RS under its own study, and the server's answer is checked.
 
-The client sends only GET and POST. GETs have a timeout and are retried; a store is sent once and
-waits for the answer (only connecting has a timeout): a store that timed out may still land, and a
-second one would add a second SEG. Credentials come from a file or an environment variable
+The client sends only GET and POST. Each try of a GET has a deadline for the whole exchange (connect
+and the complete answer, not per byte: a server that trickles cannot hang it) and is retried; a study
+has a deadline for all its transfers. A store is sent once and has its own deadline; a store whose
+answer or check was lost is looked for in the study before it is reported (``unverified`` with its
+UIDs when the server cannot be asked), and a second one would add a second SEG. Credentials come from a file or an environment variable
 (:func:`load_auth`), travel only in the Authorization header, and are scrubbed from every message.
 Needs ``requests`` and pydicom (the ``[dicom]`` extra). Python 3.9+.
 """
@@ -24,6 +26,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional
 from urllib.parse import quote, urlsplit
@@ -45,6 +48,21 @@ _FAILURES = {0xA700: "out of resources", 0xA900: "data set does not match its SO
 
 class PacsError(RuntimeError):
     """A DICOMweb exchange failed; the message says why and what to do, and holds no credential."""
+
+
+class _Overdue(Exception):
+    """A request passed its deadline; the thread that sent it is left to end on its own."""
+
+
+class StoreUnconfirmed(PacsError):
+    """A SEG was sent but the server's answer, or the check that it holds it, was lost.
+
+    ``sop_uid`` / ``series_uid`` name it; it may well be stored (the next run looks for it first).
+    """
+
+    def __init__(self, message, series_uid, sop_uid):
+        PacsError.__init__(self, message)
+        self.series_uid, self.sop_uid = series_uid, sop_uid
 
 
 # --------------------------------------------------------------------------- credentials
@@ -163,12 +181,14 @@ class PacsClient(object):
     """A DICOMweb server at ``url`` (its root, e.g. ``http://host:8042/dicom-web``).
 
     ``auth``: an :class:`Auth` or None. TLS is always verified, against ``ca_bundle`` when given.
-    GETs time out after ``timeout`` s and are retried ``retries`` times (connection failures and
-    HTTP 429/502/503/504, after ``backoff``, 2x ``backoff`` ... s); a store is sent once.
+    Each try of a GET must be over, answer and all, within ``timeout`` s; it is retried ``retries``
+    times (connection failures, timeouts and HTTP 429/502/503/504, after ``backoff``, 2x ``backoff``
+    ... s). A store is sent once and must be answered within ``store_timeout`` s. ``deadline``
+    (a ``time.monotonic()`` value, or None) bounds every request of the current study.
     """
 
     def __init__(self, url: str, auth: Optional[Auth] = None, ca_bundle: Optional[str] = None,
-                 timeout: float = 30.0, retries: int = 3, backoff: float = 1.0):
+                 timeout: float = 30.0, retries: int = 3, backoff: float = 1.0, store_timeout: float = 300.0):
         try:
             import requests
         except ImportError:
@@ -186,6 +206,10 @@ class PacsClient(object):
         self.url, self.auth, self.host = url.rstrip("/"), auth, parts.netloc
         self.verify = ca_bundle or True
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.store_timeout = float(store_timeout)
+        if self.timeout <= 0 or self.store_timeout <= 0:
+            raise PacsError("timeouts must be more than 0 s")
+        self.deadline, self.deadline_text = None, ""
         self.session = requests.Session()
 
     def close(self) -> None:
@@ -195,6 +219,43 @@ class PacsClient(object):
 
     def _error(self, message: str) -> PacsError:
         return PacsError(self.auth.scrub(message) if self.auth else message)
+
+    def _limit(self, seconds: float, what: str) -> float:
+        """``seconds``, cut to what is left of the study's deadline (an error when nothing is)."""
+        if self.deadline is None:
+            return seconds
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self._error("%s: %s" % (what, self.deadline_text))
+        return min(seconds, left)
+
+    def _bounded(self, send, limit: float):
+        """``send()`` in a helper thread that must be done within ``limit`` s, answer and all.
+
+        requests' own timeout is per socket operation, so a server that sends a byte every few
+        seconds would hold it for ever; past the limit the exchange is abandoned (its thread ends
+        when the socket times out) and the next requests use a fresh connection pool.
+        """
+        import requests
+
+        box = {}
+
+        def run():
+            try:
+                box["response"] = send(self.session)
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name="lowresseg-pacs-request", daemon=True)
+        worker.start()
+        worker.join(limit)
+        if worker.is_alive():
+            stuck, self.session = self.session, requests.Session()
+            threading.Thread(target=lambda: (worker.join(), stuck.close()), daemon=True).start()
+            raise _Overdue()
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
 
     def _transport_error(self, exc: Exception, what: str) -> PacsError:
         import requests
@@ -206,7 +267,7 @@ class PacsClient(object):
                                    "before starting Slicer); verification is never skipped" % (what, self.host))
             return self._error("%s: TLS with %s failed; check that the URL's scheme and port serve HTTPS"
                                % (what, self.host))
-        if isinstance(exc, requests.Timeout):
+        if isinstance(exc, (requests.Timeout, _Overdue)):
             return self._error("%s: %s did not answer within %.0f s; the server may be overloaded (try --timeout)"
                                % (what, self.host, self.timeout))
         text = str(exc)
@@ -227,6 +288,9 @@ class PacsClient(object):
             hint = "the credentials%s are not allowed to do this" % (" from %s" % source if source else "")
         elif status == 404:
             hint = "not found; check that the URL is the server's DICOMweb root (e.g. http://host:8042/dicom-web)"
+        elif status in (400, 405) and what == "searching studies":
+            hint = ("the server does not take a DICOMweb search at %s; check that the URL is its DICOMweb root "
+                    "(for Orthanc it ends in /dicom-web, e.g. http://host:8042/dicom-web)" % self.url)
         else:
             body = re.sub(r"\s+", " ", response.text or "").strip()[:200]
             hint = "the server answered %s" % (body or response.reason or "an error")
@@ -236,15 +300,21 @@ class PacsClient(object):
              accept: str = "application/dicom+json"):
         import requests
 
-        failure = None
+        failure, started, overdue = None, time.monotonic(), 0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), self._limit(3600.0, what)))
+            limit = self._limit(self.timeout, what)
             try:
-                response = self.session.get(self.url + path, params=params, headers={"Accept": accept},
-                                            auth=self.auth, verify=self.verify, timeout=self.timeout)
+                response = self._bounded(lambda session: session.get(
+                    self.url + path, params=params, headers={"Accept": accept}, auth=self.auth, verify=self.verify,
+                    timeout=limit), limit)
             except requests.exceptions.SSLError as exc:
                 raise self._transport_error(exc, what)
+            except _Overdue:
+                overdue += 1
+                failure = None
+                continue
             except (requests.ConnectionError, requests.Timeout) as exc:
                 failure = self._transport_error(exc, what)
                 continue
@@ -252,6 +322,11 @@ class PacsClient(object):
                 continue
             self._check(response, what)
             return response
+        if failure is None or overdue:
+            raise self._error("%s: %s did not send its whole answer within %.0f s (%d %s in %.0f s in all); the "
+                              "server may be overloaded or the network slow (try --timeout)"
+                              % (what, self.host, self.timeout, self.retries + 1,
+                                 "try" if self.retries == 0 else "tries", time.monotonic() - started))
         raise failure
 
     def _json(self, path: str, what: str, params: Optional[Dict[str, Any]] = None) -> list:
@@ -261,7 +336,8 @@ class PacsClient(object):
         try:
             return _datasets(response.json())
         except (ValueError, TypeError, KeyError, AttributeError):
-            raise self._error("%s: the server's answer is not DICOM JSON; check the URL" % what)
+            raise self._error("%s: the server's answer is not DICOM JSON; check that the URL is the server's DICOMweb "
+                              "root (for Orthanc it ends in /dicom-web)" % what)
 
     # ---------------------------------------------------------------- QIDO-RS / WADO-RS / STOW-RS
 
@@ -313,11 +389,20 @@ class PacsClient(object):
             body = b"".join([b"--", boundary.encode(), b"\r\nContent-Type: application/dicom\r\n\r\n", f.read(),
                              b"\r\n--", boundary.encode(), b"--\r\n"])
         headers = {"Content-Type": '%s; boundary="%s"' % (_DICOM_PART, boundary), "Accept": "application/dicom+json"}
+        limit = self._limit(self.store_timeout, what)
         try:
-            response = self.session.post(self.url + "/studies/%s" % quote(study), data=body, headers=headers,
-                                         auth=self.auth, verify=self.verify, timeout=(self.timeout, None))
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise self._transport_error(exc, what)
+            response = self._bounded(lambda session: session.post(
+                self.url + "/studies/%s" % quote(study), data=body, headers=headers, auth=self.auth,
+                verify=self.verify, timeout=(min(self.timeout, limit), limit)), limit)
+        except (requests.ConnectionError, requests.Timeout, _Overdue) as exc:
+            if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError)) or \
+                    "refused" in str(exc).lower():
+                raise self._transport_error(exc, what)  # never sent
+            if isinstance(exc, _Overdue):
+                reason = "no answer within %.0f s (--store-timeout)" % limit
+            else:
+                reason = self._transport_error(exc, what).args[0].split(": ", 1)[-1].split(";")[0]
+            raise StoreUnconfirmed(self._error("%s: the SEG was sent, but %s" % (what, reason)).args[0], series, sop)
         answer = None
         try:
             answer = Dataset.from_json(response.json()) if response.content.strip() else None
@@ -339,13 +424,22 @@ class PacsClient(object):
                               "failed): a rule or filter on the server may refuse it; see the server's log"
                               % (what, response.status_code))
         # a success answer is not proof: Orthanc answers so for an instance its filter dropped
-        found = self._json("/studies/%s/series/%s/instances" % (quote(study), quote(series)),
-                           "checking the stored SEG", {"SOPInstanceUID": sop})
-        if not any(_text(ds, "SOPInstanceUID") == sop for ds in found):
+        try:
+            held = self.holds(study, series, sop)
+        except PacsError as exc:
+            raise StoreUnconfirmed("%s: the server answered that it stored the SEG, but checking it failed (%s)"
+                                   % (what, str(exc).split(": ", 1)[-1]), series, sop)
+        if not held:
             raise self._error("%s: the server answered that it stored the SEG, but does not hold it: a rule or filter "
                               "on the server dropped it; see the server's log" % what)
         url = str(answer.get("RetrieveURL", "") or "") if answer is not None else ""
         return StoreResult(study, series, sop, url)
+
+    def holds(self, study: str, series: str, sop: str) -> bool:
+        """Whether the server holds the instance ``sop`` (QIDO-RS); raises PacsError when it cannot be asked."""
+        found = self._json("/studies/%s/series/%s/instances" % (quote(study), quote(series)),
+                           "checking the stored SEG", {"SOPInstanceUID": sop})
+        return any(_text(ds, "SOPInstanceUID") == sop for ds in found)
 
 
 def store_seg(url: str, path: str, credentials: Optional[str] = None, ca_bundle: Optional[str] = None,
@@ -423,7 +517,12 @@ class StudyJob(object):
         return True
 
     def run(self, progress: bool = True) -> StoreResult:
-        """Retrieve the chosen series into a temporary folder, segment it, store the SEG; the folder goes."""
+        """Retrieve the chosen series into a temporary folder, segment it, store the SEG; the folder goes.
+
+        The files are named by their SOP Instance UIDs, and a message about one names the instance, not
+        the temporary file. A store whose answer or check was lost is looked for once more: found, it is
+        ``done``; not askable, the row is ``unverified`` with the SEG's UIDs.
+        """
         from tqdm import tqdm
 
         from LowResSegLib.workflow.run import SegmentationRun
@@ -432,21 +531,61 @@ class StudyJob(object):
         with tempfile.TemporaryDirectory(prefix="lowresseg-pacs-") as tmp:
             folder = os.path.join(tmp, "series")
             os.mkdir(folder)
-            for n, sop in enumerate(tqdm(sops, desc="retrieve", unit="file", leave=False, disable=not progress)):
-                self.client.retrieve_instance(self.study, self.chosen.uid, sop, os.path.join(folder, "%05d.dcm" % n))
-            run = SegmentationRun(folder, dicom_seg_out=os.path.join(tmp, "seg.dcm"), series=self.chosen.uid,
-                                  engine=self.engine)
             try:
-                run.run()
-            finally:
-                if self.note:
-                    run.warnings.insert(0, self.note)
-                self.row["warnings"] = " | ".join(run.warnings)
+                for sop in tqdm(sops, desc="retrieve", unit="file", leave=False, disable=not progress):
+                    self.client.retrieve_instance(self.study, self.chosen.uid, sop,
+                                                  os.path.join(folder, _file_name(sop)))
+                run = SegmentationRun(folder, dicom_seg_out=os.path.join(tmp, "seg.dcm"), series=self.chosen.uid,
+                                      engine=self.engine)
+                try:
+                    run.run()
+                finally:
+                    if self.note:
+                        run.warnings.insert(0, self.note)
+                    self.row["warnings"] = _instances_named(" | ".join(run.warnings), folder, tmp)
+            except (ValueError, OSError, RuntimeError) as exc:
+                if isinstance(exc, PacsError):
+                    raise
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise PacsError(_instances_named(text, folder, tmp))
             summary = run.summary()
-            stored = self.client.store(run.dicom_seg_out)
+            try:
+                stored = self.client.store(run.dicom_seg_out)
+            except StoreUnconfirmed as exc:
+                stored = self._confirm(exc)
         self.row.update(status="done", message="", volume_ml=summary["volume_ml"], seconds=summary["seconds"],
                         seg_series=stored.series_uid, seg_instance=stored.sop_uid)
         return stored
+
+    def _confirm(self, exc: "StoreUnconfirmed") -> StoreResult:
+        """A store whose answer or check was lost: ask once more whether the server holds the SEG."""
+        deadline, self.client.deadline = self.client.deadline, None  # one last short question, whatever is left
+        try:
+            held = self.client.holds(self.study, exc.series_uid, exc.sop_uid)
+        except PacsError as again:
+            self.row.update(seg_series=exc.series_uid, seg_instance=exc.sop_uid)
+            raise _Unverified("%s; asking again failed too (%s): the SEG may be stored, and the next run looks for it "
+                              "before storing again" % (exc, str(again).split(": ", 1)[-1].split(";")[0]))
+        finally:
+            self.client.deadline = deadline
+        if not held:
+            raise PacsError("%s, and the server does not hold it; the next run tries again" % exc)
+        return StoreResult(self.study, exc.series_uid, exc.sop_uid)
+
+
+class _Unverified(PacsError):
+    """The row's status is ``unverified``: the SEG (UIDs in the row) may be stored; nothing says it is not."""
+
+
+def _file_name(sop: str) -> str:
+    return re.sub(r"[^0-9.]", "_", sop)[:120] + ".dcm"
+
+
+def _instances_named(text: str, folder: str, tmp: str) -> str:
+    """A message about the retrieved files, with each file named by its SOP Instance UID."""
+    text = re.sub(re.escape(folder) + r"/?([0-9.]+)\.dcm", r"instance \1", text)
+    text = re.sub(r"(?<![0-9.])([0-9]+(?:\.[0-9]+){3,})\.dcm\b", r"instance \1", text)
+    return text.replace(folder, "the retrieved series").replace(tmp, "the temporary folder")
 
 
 # --------------------------------------------------------------------------- the worklist
@@ -456,12 +595,15 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
              report: Optional[str] = None, auth: Optional[Auth] = None, ca_bundle: Optional[str] = None,
              force: bool = False, dry_run: bool = False, series_uid: Optional[str] = None,
              repository: Optional[str] = None, threads: int = 0, timeout: float = 30.0, retries: int = 3,
-             progress: bool = True, engine=None, backoff: float = 1.0) -> List[Dict[str, Any]]:
+             progress: bool = True, engine=None, backoff: float = 1.0, store_timeout: float = 300.0,
+             study_timeout: float = 1800.0) -> List[Dict[str, Any]]:
     """Segment every study matching ``filters`` on the server ``url``; returns one report row per study.
 
     ``report`` (a CSV, rewritten after every study; not written on a ``dry_run``) keeps rows of
     earlier runs for studies not found now. A failing study is recorded and the run goes on;
-    a failure to search at all raises :class:`PacsError`.
+    a report that cannot be written (a full disk) is said in the row's ``report_error`` and the run
+    goes on; a failure to search at all raises :class:`PacsError`. ``study_timeout``: seconds all
+    the transfers of one study may take.
     """
     from tqdm import tqdm
 
@@ -475,7 +617,8 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
         import highdicom  # noqa: F401  (the SEG writer: fail before the first study, not in each)
     except ImportError:
         raise PacsError('writing DICOM-SEG needs the optional extra: pip install "LowResSegLib[dicom]"')
-    client = PacsClient(url, auth, ca_bundle, timeout=timeout, retries=retries, backoff=backoff)
+    client = PacsClient(url, auth, ca_bundle, timeout=timeout, retries=retries, backoff=backoff,
+                        store_timeout=store_timeout)
     scrub = auth.scrub if auth else (lambda text: text)
     try:
         filters = dict(filters or {})
@@ -488,6 +631,9 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
         for study in bar:
             job = StudyJob(client, engine, study, force=force, series_uid=series_uid)
             bar.set_postfix_str(job.study[-24:])
+            client.deadline = time.monotonic() + study_timeout
+            client.deadline_text = ("the study's transfers passed their deadline of %.0f s (--study-timeout)"
+                                    % study_timeout)
             try:
                 if job.plan():
                     if dry_run:
@@ -497,11 +643,17 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
                         job.run(progress)
             except (PacsError, dr.DicomReadError, ValueError, OSError, RuntimeError, MemoryError) as exc:
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                job.row.update(status="failed", message=scrub(text))
+                job.row.update(status="unverified" if isinstance(exc, _Unverified) else "failed",
+                               message=scrub(text))
+            finally:
+                client.deadline = None
             out.append(job.row)
             if report and not dry_run:
                 rows[job.study] = job.row
-                write_report(report, rows, REPORT_FIELDS)
+                try:
+                    write_report(report, rows, REPORT_FIELDS)
+                except OSError as exc:  # a full disk: said, and the other studies still run
+                    job.row["report_error"] = scrub(str(exc))
         return out
     finally:
         client.close()
