@@ -247,3 +247,27 @@ def test_a_probe_says_why_it_could_not_connect(silent):
     assert [e.kind for e in events] == ["error", "finished"], events
     assert events[0].message and "\n" not in events[0].message
     assert not os.path.exists(probe.folder)
+
+
+@LINUX
+def test_when_the_parent_quits_the_tree_goes_with_it(silent, launcher, tmp_path):
+    """Slicer quitting with a run in progress (no Cancel): Python's exit stops the whole tree and removes
+    the folder."""
+    import subprocess
+
+    script = (
+        "import json, sys, time\n"
+        "sys.path[:0] = [%r, %r]\n"
+        "from launcher import descendants, wait_for\n"
+        "from LowResSegLib.frontends.background import BackgroundProbe\n"
+        "probe = BackgroundProbe(%r, python=%r, pythonpath=[%r]).start()\n"
+        "tree = wait_for(lambda: descendants(probe.process.pid))\n"
+        "print(json.dumps({'tree': [probe.process.pid] + tree, 'folder': probe.folder}))\n"
+        % (ROOT, os.path.join(ROOT, "Testing", "Slicer"), silent.url, launcher, ROOT))
+    out = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, universal_newlines=True,
+                         timeout=120)
+    assert out.returncode == 0
+    said = json.loads(out.stdout)
+    assert len(said["tree"]) == 2
+    assert all_dead(said["tree"]), [p for p in said["tree"] if alive(p)]
+    assert not os.path.exists(said["folder"])

@@ -433,6 +433,22 @@ def test_the_old_ui_binding_fails_as_it_does_in_slicer(module, volume_node, tmp_
         make_widget(module, volume_node[0])
 
 
+def test_the_panel_works_with_slicer_58s_connect_gui_that_returns_no_tag(module, volume_node, monkeypatch):
+    """Slicer 5.8.1's connectGui returns None, so disconnectGui(None) does nothing: the panel must not rely on the
+    tag (Close Scene, a new parameter node, the model kept in it)."""
+    from slicer import parameterNodeWrapper
+
+    monkeypatch.setattr(parameterNodeWrapper, "SLICER_VERSION", [5, 8])
+    node, _ = volume_node
+    widget = make_widget(module, node, "low-16to64")
+    assert widget._parameterNodeGuiTag is None and widget._parameterNode.model == "low-16to64"
+    slicer.mrmlScene.Clear(0)
+    assert widget._parameterNode is not None and widget._parameterNode.inputVolume is None
+    widget.ui.modelSelector.setCurrentIndex(widget.ui.modelSelector.findText("high-32to64"))
+    assert widget._parameterNode.model == "high-32to64"
+    widget.cleanup()
+
+
 def test_closing_the_scene_forgets_the_runs(module, volume_node):
     node, _ = volume_node
     widget = make_widget(module, node, "low-16to64", "high-32to64")

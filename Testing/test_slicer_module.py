@@ -169,8 +169,11 @@ def test_module_compiles_and_keeps_to_python_39(tmp_path):
     if vermin is None:
         pytest.fail("vermin is missing; run scripts/setup.sh")
     files = [MODULE] + [os.path.join(ROOT, "LowResSegLib", f) for f in
-                        ("slicersupport.py", "background.py", "worker.py", "tokens.py", "run.py",
-                                                         "dicomread.py", "batch.py")]
+                        ("frontends/slicersupport.py", "frontends/background.py", "frontends/processtree.py",
+                         "frontends/worker.py", "frontends/childprotocol.py", "edge/tokens.py", "workflow/run.py",
+                         "images/dicomread.py", "workflow/batch.py")]
+    missing = [f for f in files if not os.path.isfile(f)]
+    assert missing == [], "files the module runs, not found: %s" % missing
     out = subprocess.run([vermin, "-t=3.9-", "--violations", "--no-tips"] + files, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert out.returncode == 0, out.stdout

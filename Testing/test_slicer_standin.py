@@ -105,3 +105,92 @@ def test_testing_mode_dialogs_and_import_dicom_as_in_slicer(tmp_path):
     slicer.dicomDatabase.isOpen = False
     assert DICOMUtils.importDicom(str(tmp_path)) is False  # errors are caught, as in Slicer
     assert not hasattr(slicer, "packaging")
+
+
+# --------------------------------------------------------------------------- issue 29: where Slicer was kinder here
+
+
+def test_pip_install_fails_with_calledprocesserror_as_slicer_does(capsys):
+    """util.py@v5.8.1 l. 3830-3862 (and slicer/packaging.py@v5.12.3): pip's reason goes to the console; the
+    exception is CalledProcessError, whose text is only the command and its exit status."""
+    import subprocess
+
+    slicer.util.pip_failure[0] = "ERROR: No matching distribution found for onnxruntime"
+    with pytest.raises(subprocess.CalledProcessError) as raised:
+        slicer.util.pip_install(["onnxruntime"])
+    assert raised.value.returncode == 1 and "No matching distribution" not in str(raised.value)
+    assert "No matching distribution" in capsys.readouterr().out
+    assert not isinstance(raised.value, RuntimeError)  # an `except RuntimeError` does not catch it
+
+
+def test_without_a_main_window_there_is_no_layout_manager():
+    """qSlicerMainWindow.cxx@v5.8.1 l. 290 is the only caller of setLayoutManager."""
+    assert slicer.app.layoutManager() is not None
+    slicer.reset(testing=True, mainWindow=False)
+    assert slicer.app.layoutManager() is None
+
+
+def test_node_added_event_carries_the_node_only_to_callbacks_that_ask_for_it():
+    """vtkMRMLScene::NodeAdded (vtkMRMLScene.cxx@v5.8.1 l. 1473-1475) passes the node as call data; VTK's Python
+    observers get it only with a CallDataType (vtk.calldata_type)."""
+    import vtk
+
+    seen = []
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def with_data(caller, event, node):
+        seen.append(("with", node.GetName()))
+
+    slicer.mrmlScene.AddObserver(slicer.mrmlScene.NodeAddedEvent, with_data)
+    slicer.mrmlScene.AddObserver(slicer.mrmlScene.NodeAddedEvent, lambda caller, event: seen.append(("without",)))
+    slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    assert seen == [("with", "v"), ("without",)]
+
+
+def test_new_views_have_their_size_only_after_the_event_loop_ran():
+    """A new slice node is 256 x 256 (vtkMRMLSliceNode.cxx@v5.8.1 l. 69-71) until its view is laid out and
+    resized (qMRMLSliceWidget.cxx l. 71-72); a single-shot timer runs from the event loop, after the layout."""
+    import qt
+
+    layout = slicer.app.layoutManager().GetLayoutNode()
+    layout.AddLayoutDescription(7, '<layout type="horizontal"><item><view class="vtkMRMLSliceNode" '
+                                   'singletontag="A"/></item><item><view class="vtkMRMLSliceNode" '
+                                   'singletontag="B"/></item></layout>')
+    layout.SetViewArrangement(7)
+    view = slicer.app.layoutManager().sliceWidget("A")
+    assert view.mrmlSliceNode().GetDimensions()[:2] == (256, 256)
+    ran = []
+    qt.QTimer.singleShot(0, lambda: ran.append(view.mrmlSliceNode().GetDimensions()[:2]))
+    view.sliceLogic().FitSliceToAll()
+    assert ran == [] and view.sliceLogic().fits == [(256, 256)]
+    slicer.app.processEvents()
+    assert ran == [(600, 800)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_the_pythonslicer_launcher_starts_the_interpreter_as_its_child_and_forwards_no_signal(tmp_path):
+    """CTKAppLauncher (Base/ctkAppLauncher.cpp@v0.1.31 l. 667-723): QProcess::start, no signal handling, the
+    child's exit code. Killing the launcher leaves the interpreter running."""
+    import signal
+    import subprocess
+
+    from launcher import alive, descendants, install_launcher, wait_for
+
+    launcher = install_launcher(str(tmp_path / "bin"))
+    assert subprocess.run([launcher, "-c", "import sys; sys.exit(7)"]).returncode == 7
+    out = subprocess.run([launcher, "-c", "import os; print(os.getppid())"], stdout=subprocess.PIPE,
+                         universal_newlines=True)
+    assert out.returncode == 0 and int(out.stdout) != os.getpid()  # its parent is the launcher, not us
+    proc = subprocess.Popen([launcher, "-c", "import time; time.sleep(60)"])
+    try:
+        interpreter = wait_for(lambda: descendants(proc.pid))
+        assert len(interpreter) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == -signal.SIGTERM  # the launcher died of it ...
+        assert alive(interpreter[0])  # ... and the interpreter was not told
+    finally:
+        for pid in descendants(proc.pid) + (interpreter or []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

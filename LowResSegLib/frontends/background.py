@@ -20,6 +20,7 @@ half-made to clean up.
 Python 3.9+ (Slicer 5.8); numpy only.
 """
 
+import atexit
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 
 from LowResSegLib.frontends import processtree
 from LowResSegLib.frontends.childprotocol import REQUEST, VOLUME, RunEvent, event_line, parse_event_line
@@ -36,6 +38,18 @@ __all__ = ["RunEvent", "BackgroundRuns", "BackgroundProbe", "event_line", "parse
 # how long a child that said "finished" may take to exit before its tree is killed
 FINISH_GRACE_S = 30.0
 EVENTS, STDERR = "events.jsonl", "stderr.txt"
+_LIVE = weakref.WeakSet()  # children started and not yet ended
+
+
+@atexit.register
+def _stop_all():
+    """When the parent's Python ends (Slicer quits) with a child still running, its tree goes too."""
+    for child in list(_LIVE):
+        try:
+            child.cancel()
+            child.poll()
+        except Exception:
+            pass
 
 
 class _Child(object):
@@ -70,6 +84,7 @@ class _Child(object):
             self.process = processtree.start([self.python, "-m", "LowResSegLib.frontends.worker", self.folder],
                                              stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
                                              env=env, cwd=self.folder)
+            _LIVE.add(self)
         except BaseException:
             self._cleanup()
             raise
@@ -156,6 +171,7 @@ class _Child(object):
 
     def _end(self, events):
         self._ended = self.finished = True
+        _LIVE.discard(self)
         processtree.stop(self.process)  # after a normal exit: nothing is left, only the reaping
         self._cleanup()
         return events

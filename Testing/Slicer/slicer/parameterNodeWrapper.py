@@ -15,7 +15,13 @@ import enum
 import pathlib
 import typing
 
-__all__ = ["parameterNodeWrapper", "Choice", "Minimum", "Maximum", "WithinRange", "Default", "CONNECTOR_RULES"]
+__all__ = ["parameterNodeWrapper", "Choice", "Minimum", "Maximum", "WithinRange", "Default", "CONNECTOR_RULES",
+           "SLICER_VERSION"]
+
+# which Slicer's connectGui to model: 5.8.1's ``_connectGui`` returns nothing (wrapper.py@v5.8.1 l. 241-253, the
+# last line is ``_connectParametersToGui(...)`` without ``return``), so ``disconnectGui(None)`` does nothing
+# there; from 5.10.0 it returns the GUI's tag (wrapper.py@v5.10.0 l. 253). Tests set it to [5, 8] for 5.8.
+SLICER_VERSION = [5, 10]
 
 
 class Choice(object):
@@ -227,7 +233,7 @@ def parameterNodeWrapper(cls):
                                                                           c.read()))
             tag = len(self._guis) + 1
             self._guis[tag] = connectors
-            return tag
+            return tag if tuple(SLICER_VERSION) >= (5, 10) else None
 
         def disconnectGui(self, tag):
             self._guis.pop(tag, None)
