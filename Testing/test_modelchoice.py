@@ -173,3 +173,16 @@ def test_cli_compare_and_batch_with_model_auto(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "model auto: chose elunet-interp-32to256" in out and "155 slices" in out
     assert (tmp_path / "batch" / "a.nii.gz").exists()
+
+
+def test_real_patient_dice_outranks_a_training_split_dice():
+    """Issue 28: the card's bench Dice on unseen real patients ranks models; the training split's
+    validation Dice only where a card has nothing better, and below any card that has."""
+    from LowResSegLib.inference.modelchoice import quality_dice
+
+    bench_card = {"metrics": {"real_patients_dice": 0.70, "val_dice_at_output_size": 0.60}}
+    split_only = {"metrics": {"val_dice_at_output_size": 0.95}}
+    assert quality_of(bench_card) > quality_of(split_only) > quality_of({"metrics": {}})
+    assert quality_of({"metrics": {"real_patients_dice": 0.72}}) > quality_of(bench_card)
+    assert quality_dice(bench_card) == (0.70, "real patients never trained on")
+    assert quality_dice(split_only)[0] == 0.95

@@ -1,6 +1,9 @@
 """``--model auto``: the best shipped model whose time on *this* engine fits a time budget.
 
-* **Quality** is the number in each model card (``metrics.val_dice_at_output_size``).
+* **Quality** is the number in each model card: ``metrics.real_patients_dice`` where the card has it (the
+  mean Dice on ``lgg:val`` and ``real:val`` measured by ``bench/quality.py``: patients the model never saw),
+  else ``metrics.val_dice_at_output_size`` (the training split's validation Dice). A card with the
+  first ranks above every card without it, since the two are measured on different cases.
 * **Time** is measured, not assumed: a short calibration runs :func:`LowResSegLib.inference.pipeline.segment`
   on a synthetic 240×240 head slab with the engine, so it holds pre- and post-processing and, for a
   remote engine, the server's time plus the transfer. It gives seconds per axial slice; a volume's
@@ -25,7 +28,7 @@ import time
 
 import numpy as np
 
-__all__ = ["cpu_name", "ModelChoice", "CalibrationCache", "PRESETS", "parse_budget", "quality_of", "engine_identity",
+__all__ = ["cpu_name", "ModelChoice", "CalibrationCache", "PRESETS", "parse_budget", "quality_of", "quality_dice", "engine_identity",
            "calibrate", "choose_model", "axial_slices", "CALIBRATION_SLICES", "BRATS_SLICES"]
 
 CALIBRATION_SLICES = 24  # one slab of a 240×240 head: long enough to time, ~1-2 s for the slowest model
@@ -52,14 +55,34 @@ def parse_budget(text):
     return seconds
 
 
-def quality_of(card):
-    """The card's quality number (validation Dice at the output size); -inf when it has none."""
-    value = (card.get("metrics") or {}).get("val_dice_at_output_size")
+def _number(value):
     try:
         value = float(value)
     except (TypeError, ValueError):
         return -math.inf
     return value if not math.isnan(value) else -math.inf
+
+
+def quality_of(card):
+    """The card's quality number (see the module docstring); -inf when it has none.
+
+    A real-patient Dice is lifted by 1.0 so that it ranks above any training-split Dice (both lie in
+    [0, 1]); the number reported to the user is :func:`quality_dice`.
+    """
+    metrics = card.get("metrics") or {}
+    real = _number(metrics.get("real_patients_dice"))
+    if real > -math.inf:
+        return 1.0 + real
+    return _number(metrics.get("val_dice_at_output_size"))
+
+
+def quality_dice(card):
+    """The Dice behind :func:`quality_of`, and what it was measured on."""
+    metrics = card.get("metrics") or {}
+    real = _number(metrics.get("real_patients_dice"))
+    if real > -math.inf:
+        return real, "real patients never trained on"
+    return _number(metrics.get("val_dice_at_output_size")), "the training split's validation"
 
 
 def cpu_name():
@@ -201,7 +224,7 @@ def choose_model(names, budget, engine_for, slices=BRATS_SLICES, cache=None, clo
         raise ValueError("no models to choose from; see `lowresseg models`")
     budget = parse_budget(budget)
     cache = CalibrationCache() if cache is None else cache
-    engines, estimates = {}, {}
+    engines, estimates, cards = {}, {}, {}
     for name in names:
         engine = engines[name] = engine_for(name)
         per_slice = cache.get(engine) if cache else None
@@ -212,6 +235,8 @@ def choose_model(names, budget, engine_for, slices=BRATS_SLICES, cache=None, clo
             if cache:
                 cache.put(engine, per_slice)
         estimates[name] = (per_slice * slices, quality_of(engine.card))
+        cards[name] = engine.card
+    dice = lambda n: "Dice %.3f on %s" % quality_dice(cards[n])  # noqa: E731
     fastest = min(names, key=lambda n: (estimates[n][0], -estimates[n][1]))
     if budget == "balanced":
         limit, what = _BALANCED * estimates[fastest][0], "balanced (at most %gx the fastest)" % _BALANCED
@@ -220,16 +245,16 @@ def choose_model(names, budget, engine_for, slices=BRATS_SLICES, cache=None, clo
     fits = [n for n in names if estimates[n][0] <= limit]
     if limit == 0:
         name = fastest
-        reason = "chose %s: the fastest on this engine, estimated %s for %d slices (card Dice %.3f)" % (
-            name, _fmt(estimates[name][0]), slices, estimates[name][1])
+        reason = "chose %s: the fastest on this engine, estimated %s for %d slices (card %s)" % (
+            name, _fmt(estimates[name][0]), slices, dice(name))
     elif fits:
         name = max(fits, key=lambda n: (estimates[n][1], -estimates[n][0]))
         better = [n for n in names if estimates[n][1] > estimates[name][1]]
-        reason = ("chose %s: the best card quality (Dice %.3f) among the models that fit %s, estimated %s for "
-                  "%d slices on this engine" % (name, estimates[name][1], what, _fmt(estimates[name][0]), slices))
+        reason = ("chose %s: the best card quality (%s) among the models that fit %s, estimated %s for "
+                  "%d slices on this engine" % (name, dice(name), what, _fmt(estimates[name][0]), slices))
         if better:
             top = max(better, key=lambda n: estimates[n][1])
-            reason += "; %s (Dice %.3f) would take %s" % (top, estimates[top][1], _fmt(estimates[top][0]))
+            reason += "; %s (%s) would take %s" % (top, dice(top), _fmt(estimates[top][0]))
     else:
         name = fastest
         reason = ("chose %s, the fastest: no model fits %s on this engine (it takes an estimated %s for %d slices)"
