@@ -177,3 +177,31 @@ def test_module_compiles_and_keeps_to_python_39(tmp_path):
     out = subprocess.run([vermin, "-t=3.9-", "--violations", "--no-tips"] + files, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert out.returncode == 0, out.stdout
+
+
+# --------------------------------------------------------------------------- decisions the module takes from the library
+
+
+def test_comparison_view_lists():
+    from LowResSegLib.frontends.slicersupport import comparison_view_lists, is_comparison_view
+
+    assert is_comparison_view("LowResSeg2") and not is_comparison_view("Red") and not is_comparison_view("LowResSegX")
+    views = [("vR", "Red"), ("v3d", "1"), ("c1", "LowResSeg1"), ("c2", "LowResSeg2")]
+    lists = comparison_view_lists([("a", "LowResSeg1"), ("b", "LowResSeg2"), ("old", None), ("gone", "LowResSeg9")],
+                                  views)
+    assert lists == {"a": ["c1", "vR", "v3d"], "b": ["c2", "vR", "v3d"], "old": ["vR", "v3d"], "gone": ["vR", "v3d"]}
+    assert comparison_view_lists([("a", None)], [("vR", "Red")]) == {}  # no comparison yet: nothing restricted
+    # never an empty list: to Slicer that means every view
+    assert comparison_view_lists([("a", None)], [("c1", "LowResSeg1")]) == {}
+
+
+def test_install_failure_reason():
+    import subprocess
+
+    from LowResSegLib.frontends.slicersupport import install_failure_reason
+
+    failed = subprocess.CalledProcessError(1, ["PythonSlicer", "-m", "pip", "install", "onnxruntime"])
+    assert install_failure_reason(failed).startswith("pip stopped with exit status 1 (its messages are in the Python")
+    assert install_failure_reason(RuntimeError("User declined package installation")) == \
+        "User declined package installation"
+    assert install_failure_reason(OSError()) == "OSError"
