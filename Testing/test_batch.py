@@ -90,3 +90,35 @@ def test_batch_segments_every_case_records_failures_and_skips_on_rerun(tmp_path,
     assert main(argv) == 1  # rerun: the done cases are skipped, their files untouched
     after = snapshot(out)
     assert {k: v for k, v in after.items() if k != "batch.csv"} == {k: v for k, v in done.items() if k != "batch.csv"}
+
+
+def test_batch_refuses_series_and_files_of_another_contrast_and_unnamed_series_unless_accepted(tmp_path, capsys):
+    """Issue 30: the contrast rule of unattended runs (dicomread.contrast_refusal) holds in batch too.
+
+    Break: without the check a T1-only study, a *_t1.nii.gz file and an unnamed series are all segmented.
+    """
+    from pydicom.uid import generate_uid
+
+    repo = str(tmp_path / "models")
+    add_threshold_model(repo, MODEL, r=16, big_r=64, threshold=2.5)
+    img, _ = phantom()
+    root = tmp_path / "studies"
+    write_dicom(root / "t1", img)
+    _describe(root / "t1", "Sag 3D T1 MPRAGE", study_uid=generate_uid())
+    write_dicom(root / "unnamed", img)
+    _describe(root / "unnamed", "series 1", series_uid=generate_uid(), study_uid=generate_uid())
+    write_nifti(root / "case_t1.nii.gz", img)
+    out = tmp_path / "out"
+    argv = ["batch", str(root), "--model", MODEL, "--repository", repo, "--out", str(out), "--threads", "1"]
+    assert main(argv) == 1
+    with open(str(out / "batch.csv")) as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["t1"]["status"] == "failed" and "looks like T1 by its headers, not FLAIR" in rows["t1"]["message"]
+    assert rows["case_t1"]["status"] == "failed" and "looks like T1 by its file name" in rows["case_t1"]["message"]
+    assert rows["unnamed"]["status"] == "failed" and "--accept-unknown-contrast" in rows["unnamed"]["message"]
+    assert sorted(os.listdir(str(out))) == ["batch.csv"]
+    capsys.readouterr()
+    assert main(argv + ["--accept-unknown-contrast"]) == 1
+    with open(str(out / "batch.csv")) as f:
+        rows = {r["case"]: r for r in csv.DictReader(f)}
+    assert rows["unnamed"]["status"] == "done" and rows["t1"]["status"] == "failed"

@@ -344,3 +344,48 @@ def test_the_client_never_deletes_or_replaces_anything():
     methods = set(re.findall(r"session\.(\w+)\(", source))
     assert methods == {"get", "post", "close"}, methods
     assert not re.search(r"\b(DELETE|PUT|PATCH)\b", source)
+
+
+@needs_orthanc
+def test_only_a_flair_gets_a_seg_unattended_t1_and_unnamed_series_are_refused(tmp_path, studies, repo, capsys):
+    """Issue 30: FLAIR+T2, a T1-only study and a study whose only series names no contrast: exactly 1 SEG; the
+    two others refused with their reasons; a rerun stores nothing; --series on the T1 study stores one, warned.
+
+    Break: dropping the contrast_refusal check in StudyJob.plan puts a FLAIR model's SEG on the T1 study.
+    """
+    from pydicom.uid import generate_uid
+
+    img, _ = phantom()
+    extra = {}
+    for name, description in (("T1ONLY", "Sag 3D T1 MPRAGE"), ("UNNAMED", "series 1")):
+        study = generate_uid()
+        files = _series(tmp_path / name, img, description, "LRS-" + name, study, 1)
+        extra[name] = (study, str(pydicom.dcmread(files[0]).SeriesInstanceUID), files)
+    server = _server(tmp_path, studies, ["B"])
+    for _, _, files in extra.values():
+        server.upload(files)
+    report = tmp_path / "pacs.csv"
+    argv = ["pacs", server.url, "--model", MODEL, "--repository", repo, "--threads", "1", "--report", str(report),
+            "--auth-file", _auth_file(tmp_path)]
+    try:
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        assert "3 study(ies): 1 SEG(s) stored, 0 skipped (already done), 2 refused, 0 failed" in out
+        rows = _report(report)
+        assert rows["LRS-B"]["status"] == "done"
+        t1, unnamed = rows["LRS-T1ONLY"], rows["LRS-UNNAMED"]
+        assert t1["status"] == "refused" and "looks like T1 by its headers, not FLAIR" in t1["message"] and \
+            "pass --study UID --series UID" in t1["message"]
+        assert unnamed["status"] == "refused" and "names no contrast in its headers" in unnamed["message"] and \
+            "--accept-unknown-contrast" in unnamed["message"]
+        assert len(_segs(server)) == 1
+        assert main(argv) == 1 and len(_segs(server)) == 1  # the rerun stores nothing
+        capsys.readouterr()
+        study, series, _ = extra["T1ONLY"]
+        assert main(argv + ["--study", study, "--series", series]) == 0
+        assert len(_segs(server)) == 2
+        assert "looks like T1" in _report(report)["LRS-T1ONLY"]["warnings"]
+        assert main(argv + ["--accept-unknown-contrast", "--study", extra["UNNAMED"][0]]) == 0
+        assert len(_segs(server)) == 3
+    finally:
+        server.stop()

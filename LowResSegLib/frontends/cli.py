@@ -127,7 +127,8 @@ def cmd_batch(args):
         args.model, engine = choice.name, choice.engine
     try:
         rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                         repository=args.repository, threads=args.threads, engine=engine)
+                         repository=args.repository, threads=args.threads, engine=engine,
+                         accept_unknown_contrast=args.accept_unknown_contrast, progress=sys.stderr.isatty())
     except FolderInUse as exc:
         print("lowresseg batch: error: %s" % exc, file=sys.stderr)
         return 2
@@ -165,6 +166,7 @@ def cmd_pacs(args):
                         ca_bundle=args.ca_bundle, force=args.force, dry_run=args.dry_run, series_uid=args.series,
                         repository=args.repository, threads=args.threads, timeout=args.timeout,
                         retries=args.retries, store_timeout=args.store_timeout, study_timeout=args.study_timeout,
+                        accept_unknown_contrast=args.accept_unknown_contrast,
                         progress=sys.stderr.isatty())
     except PacsError as e:
         print("lowresseg pacs: error: %s" % e, file=sys.stderr)
@@ -375,6 +377,8 @@ def build_parser():
     bt.add_argument("--dicom-seg", action="store_true", help="also write <case>.seg.dcm for DICOM cases")
     bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     bt.add_argument("--overwrite", action="store_true", help="redo cases already done and replace their outputs")
+    bt.add_argument("--accept-unknown-contrast", action="store_true",
+                    help="segment DICOM series whose headers name no contrast (refused by default: docs/dicom.md)")
     bt.add_argument("--repository", default=default_repository())
     bt.set_defaults(func=cmd_batch)
 
@@ -399,6 +403,9 @@ def build_parser():
     pc.add_argument("--retries", type=int, default=3, help="retries of a failed search or retrieve (default 3)")
     pc.add_argument("--force", action="store_true", help="segment studies that already have a SEG of this model "
                                                          "version (a new SEG is added; none is replaced)")
+    pc.add_argument("--accept-unknown-contrast", action="store_true",
+                    help="segment series whose headers name no contrast (refused by default; a series that names "
+                         "another contrast is always refused unless picked with --series)")
     pc.add_argument("--dry-run", action="store_true", help="list what would be done; retrieve, store and write nothing")
     pc.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     pc.add_argument("--repository", default=default_repository())

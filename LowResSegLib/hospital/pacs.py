@@ -473,8 +473,10 @@ class StudyJob(object):
     ``failed``.
     """
 
-    def __init__(self, client: PacsClient, engine, study, force: bool = False, series_uid: Optional[str] = None):
+    def __init__(self, client: PacsClient, engine, study, force: bool = False, series_uid: Optional[str] = None,
+                 accept_unknown_contrast: bool = False):
         self.client, self.engine, self.force, self.series_uid = client, engine, force, series_uid
+        self.accept_unknown_contrast = accept_unknown_contrast
         self.study = _text(study, "StudyInstanceUID")
         self.row = {"study": self.study, "patient_id": _text(study, "PatientID"),
                     "study_date": _text(study, "StudyDate"), "status": "planned", "message": ""}
@@ -499,6 +501,13 @@ class StudyJob(object):
         except dr.DicomReadError as exc:
             self.row.update(status="refused", message=str(exc).replace("pass --series UID", "pass --study UID "
                                                                            "--series UID"))
+            return False
+        refusal = None if self.series_uid else dr.contrast_refusal(self.chosen, contrast, self.accept_unknown_contrast)
+        if refusal:  # an unattended run never puts a FLAIR model's SEG on a series that is not a FLAIR
+            self.row.update(status="refused", series=self.chosen.uid, series_description=self.chosen.description,
+                            message="the study's %sseries %s" % ("only " if len(series) == 1 else "",
+                                                                 refusal.replace("pass --series UID",
+                                                                                 "pass --study UID --series UID")))
             return False
         if len(series) > 1:
             self.note = "the study holds %d image series; read %s (the one that looks like %s)" % (
@@ -596,14 +605,16 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
              force: bool = False, dry_run: bool = False, series_uid: Optional[str] = None,
              repository: Optional[str] = None, threads: int = 0, timeout: float = 30.0, retries: int = 3,
              progress: bool = True, engine=None, backoff: float = 1.0, store_timeout: float = 300.0,
-             study_timeout: float = 1800.0) -> List[Dict[str, Any]]:
+             study_timeout: float = 1800.0, accept_unknown_contrast: bool = False) -> List[Dict[str, Any]]:
     """Segment every study matching ``filters`` on the server ``url``; returns one report row per study.
 
     ``report`` (a CSV, rewritten after every study; not written on a ``dry_run``) keeps rows of
     earlier runs for studies not found now. A failing study is recorded and the run goes on;
     a report that cannot be written (a full disk) is said in the row's ``report_error`` and the run
     goes on; a failure to search at all raises :class:`PacsError`. ``study_timeout``: seconds all
-    the transfers of one study may take.
+    the transfers of one study may take. A study whose series is not the model's contrast by its
+    headers is refused (:func:`LowResSegLib.images.dicomread.contrast_refusal`) unless ``series_uid``
+    picks it; one whose headers name no contrast, unless ``accept_unknown_contrast``.
     """
     from tqdm import tqdm
 
@@ -629,7 +640,8 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
         out = []
         bar = tqdm(studies, desc="pacs", unit="study", disable=not progress)
         for study in bar:
-            job = StudyJob(client, engine, study, force=force, series_uid=series_uid)
+            job = StudyJob(client, engine, study, force=force, series_uid=series_uid,
+                           accept_unknown_contrast=accept_unknown_contrast)
             bar.set_postfix_str(job.study[-24:])
             client.deadline = time.monotonic() + study_timeout
             client.deadline_text = ("the study's transfers passed their deadline of %.0f s (--study-timeout)"

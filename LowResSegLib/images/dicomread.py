@@ -29,7 +29,7 @@ import struct
 import numpy as np
 
 __all__ = ["DICOM_EXTENSIONS", "DicomReadError", "Frame", "Series", "scan_folder", "scan_files", "group_series", "describe_volume", "contrast_of_files", "guess_contrast", "choose_series",
-           "split_volumes", "stack_geometry", "read_series_pixels", "ORIENTATION_TOL", "SPACING_TOL"]
+           "split_volumes", "contrast_refusal", "stack_geometry", "read_series_pixels", "ORIENTATION_TOL", "SPACING_TOL"]
 
 ORIENTATION_TOL = 1e-3  # max difference of direction cosines treated as one orientation (~0.06 degrees)
 POSITION_TOL_MM = 0.01  # positions closer than this along the slice normal are the same slice
@@ -328,6 +328,30 @@ def guess_contrast(series):
     if _T2_WORDS.search(text):
         return "T2"
     return None
+
+
+def contrast_refusal(series, wanted, accept_unknown=False):
+    """Why an unattended run (``pacs``, ``batch``) must not read ``series`` with a ``wanted``-contrast model, or None.
+
+    The one rule for runs nobody watches (docs/dicom.md, "Contrast in unattended runs"): a series whose
+    headers name another contrast (T1, T2, DWI, ...) is refused, also when it is the study's only series;
+    one whose headers name no contrast is refused unless ``accept_unknown``. A person who picks the
+    series (``--series UID``, or ``segment`` on a folder) gets a warning instead (workflow.run).
+    """
+    wanted = (wanted or "").upper()
+    if not wanted:
+        return None
+    seen = guess_contrast(series)
+    if seen == wanted:
+        return None
+    if seen:
+        return ("%s looks like %s by its headers, not %s: a %s model's segmentation of it would be meaningless; "
+                "pass --series UID to segment it all the same" % (series.label, seen, wanted, wanted))
+    if accept_unknown:
+        return None
+    return ("%s names no contrast in its headers (description, protocol, sequence, inversion time), so it may not be "
+            "%s; pass --accept-unknown-contrast to segment such series, or --series UID for this one"
+            % (series.label, wanted))
 
 
 def choose_series(series, modality=None, series_uid=None, where="the folder"):

@@ -48,8 +48,14 @@ def _case_id(root, path):
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rel.replace(os.sep, "__")).strip("_") or "case"
 
 
-def find_cases(root, contrast=None, exclude=None):
-    """Every case under ``root``, in a stable order (see the module docstring); ``exclude``: a folder to leave out."""
+def find_cases(root, contrast=None, exclude=None, accept_unknown_contrast=False):
+    """Every case under ``root``, in a stable order (see the module docstring); ``exclude``: a folder to leave out.
+
+    A DICOM study whose chosen series is not ``contrast`` by its headers, and an image file whose name says
+    another contrast (``*_t1.nii.gz``), become failed cases with the reason (dicomread.contrast_refusal);
+    a series that names no contrast is refused unless ``accept_unknown_contrast``.
+    """
+    from LowResSegLib.workflow.run import contrast_from_name
     from LowResSegLib.images import dicomread as dr
 
     root = os.path.abspath(root)
@@ -74,7 +80,15 @@ def find_cases(root, contrast=None, exclude=None):
                 continue
             for uid, s in series.items():
                 studies.setdefault(("study", s.study_uid or folder), []).append((folder, s, None))
-    cases = [Case(_case_id(root, p), p) for p in files]
+    cases = []
+    for p in files:
+        named = contrast_from_name(p)
+        error = None
+        if contrast and named and named != contrast.upper():
+            error = ("%s looks like %s by its file name, not %s: a %s model's segmentation of it would be "
+                     "meaningless; segment it with `lowresseg segment` if it is a %s" % (
+                         os.path.basename(p), named, contrast.upper(), contrast.upper(), contrast.upper()))
+        cases.append(Case(_case_id(root, p), p, error=error))
     for key, members in sorted(studies.items(), key=lambda kv: kv[1][0][0]):
         first_folder = members[0][0]
         if key[0] == "unreadable":
@@ -91,6 +105,12 @@ def find_cases(root, contrast=None, exclude=None):
             cases.append(Case(case_id, common, dicom=True, error=str(exc)))
             continue
         folder = by_uid[chosen.uid][0]
+        refusal = dr.contrast_refusal(chosen, contrast, accept_unknown_contrast)
+        if refusal:
+            cases.append(Case(case_id, folder, series=chosen.uid, dicom=True, error="the study's %sseries %s" % (
+                "only " if len(by_uid) == 1 else "", refusal.replace("pass --series UID", "segment it with "
+                                                                     "`lowresseg segment --series UID`"))))
+            continue
         note = None
         if len(by_uid) > 1:
             note = "the study holds %d image series; read %s (the one that looks like %s)" % (
@@ -189,7 +209,7 @@ class FolderLock(object):
 
 
 def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=None, threads=0, progress=True,
-              engine=None):
+              engine=None, accept_unknown_contrast=False):
     """Segment every case under ``root`` into ``out``; returns one row per case.
 
     Outputs per case: ``<case>.nii.gz`` and, with ``dicom_seg``, ``<case>.seg.dcm`` for
@@ -207,7 +227,7 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError("--out %s is a file, not a folder" % out)
     engine = engine or LocalEngine(model, repository, threads=threads)
-    cases = find_cases(root, card_contrast(engine.card), exclude=out)
+    cases = find_cases(root, card_contrast(engine.card), exclude=out, accept_unknown_contrast=accept_unknown_contrast)
     if not cases:
         raise ValueError("no images found under %s (NIfTI, NRRD, MetaImage files or DICOM series)" % root)
     os.makedirs(out, exist_ok=True)
