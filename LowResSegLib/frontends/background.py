@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 
 from LowResSegLib.frontends import processtree
 from LowResSegLib.frontends.childprotocol import REQUEST, VOLUME, RunEvent, event_line, parse_event_line
@@ -38,7 +37,7 @@ __all__ = ["RunEvent", "BackgroundRuns", "BackgroundProbe", "event_line", "parse
 # how long a child that said "finished" may take to exit before its tree is killed
 FINISH_GRACE_S = 30.0
 EVENTS, STDERR = "events.jsonl", "stderr.txt"
-_LIVE = weakref.WeakSet()  # children started and not yet ended
+_LIVE = set()  # children started and not yet ended (held here, so an abandoned one is still stopped)
 
 
 @atexit.register
