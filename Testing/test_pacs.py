@@ -389,3 +389,23 @@ def test_only_a_flair_gets_a_seg_unattended_t1_and_unnamed_series_are_refused(tm
         assert len(_segs(server)) == 3
     finally:
         server.stop()
+
+
+@needs_orthanc
+def test_a_url_without_the_dicomweb_root_gets_a_hint(tmp_path, studies, repo, capsys):
+    """Issue 30: Orthanc's own REST root answers a QIDO search with HTTP 400 and raw JSON.
+
+    Break: without the 400/405 hint in PacsClient._check the line shows Orthanc's '"Details" : ...' text.
+    """
+    server = _server(tmp_path, studies, ["A"])
+    try:
+        rc = main(["pacs", server.rest, "--model", MODEL, "--repository", repo, "--report", str(tmp_path / "r.csv"),
+                   "--auth-file", _auth_file(tmp_path)])
+    finally:
+        server.stop()
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1, err
+    assert "check that the URL is its DICOMweb root (for Orthanc it ends in /dicom-web" in lines[0], lines[0]
+    assert "Details" not in lines[0]
+    assert not os.path.exists(str(tmp_path / "r.csv"))

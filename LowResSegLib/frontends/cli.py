@@ -53,6 +53,8 @@ def _tqdm_progress(desc):
     state = {}
 
     def progress(done, total):
+        if not sys.stderr.isatty():
+            return  # bars glue together in a log file; the summary line says what was done
         if "bar" not in state:
             state["bar"] = tqdm(total=total, desc=desc, unit="slice")
         state["bar"].update(done - state["bar"].n)
@@ -100,6 +102,18 @@ def _check_budget(args, auto):
         raise ValueError("--model auto needs --budget: seconds per volume (1.5s, 800ms) or fastest, balanced, best")
     if args.budget is not None and not auto:
         raise ValueError("--budget applies to --model auto only")
+    if args.budget is not None:
+        from LowResSegLib.inference.modelchoice import PRESETS, parse_budget
+
+        text = str(args.budget).strip()
+        if text.lower() not in PRESETS:
+            if text.startswith("-"):
+                raise ValueError("--budget %s: a time budget must be more than 0 s (e.g. 1.5s, 800ms), or fastest, "
+                                 "balanced, best" % text)
+            seconds = parse_budget(text)  # a ValueError says what it cannot read
+            if seconds <= 0:
+                raise ValueError("--budget %s: a time budget must be more than 0 s (e.g. 1.5s, 800ms); for the "
+                                 "fastest model say --budget fastest" % text)
 
 
 def _auto_choice(args, slices):
@@ -226,9 +240,12 @@ def cmd_compare(args):
     if args.reference_label:
         ref_vol = read_volume(args.reference_label)
         ref = labels_on_grid((ref_vol.array > 0).astype("uint8"), ref_vol.affine, volume)
+    tty = sys.stdout.isatty()
     rows, segs = run_comparison(volume, engines, reference=ref,
-                                progress=lambda m, d, t: print("\r%s %d/%d" % (m, d, t), end="", flush=True))
-    print()
+                                progress=(lambda m, d, t: print("\r%s %d/%d" % (m, d, t), end="", flush=True))
+                                if tty else None)
+    if tty:
+        print()
     os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".lowresseg-compare-", dir=out)  # all three files appear together, or none
     try:
@@ -250,6 +267,27 @@ def cmd_demo(args):
 
     run_demo(args.out, args.repository, overwrite=args.overwrite, threads=args.threads)
     return 0
+
+
+# what the training-side commands import beyond the runtime (the [train] extra); checked before anything is written
+TRAINING_NEEDS = {"phantom": ("scipy", "nilearn", "nibabel"), "train": ("torch", "scipy", "nilearn", "nibabel"),
+                  "export": ("torch", "onnx"), "tune-postprocess": ("scipy", "nilearn", "nibabel")}
+
+
+def _check_training_side(command):
+    """One line naming what to install when a training-side command runs in a runtime-only environment."""
+    import importlib
+
+    missing = []
+    for name in TRAINING_NEEDS.get(command, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ValueError("`lowresseg %s` is a training-side command and needs the full set-up (missing: %s): run "
+                         "scripts/setup.sh (without 'runtime'), or pip install \"LowResSegLib[train]\""
+                         % (command, ", ".join(missing)))
 
 
 def cmd_phantom(args):
@@ -307,7 +345,7 @@ def cmd_export(args):
     from LowResSegLib.training.tensorrt_ops import check_tensorrt82
     import os
 
-    path = export_run(args.run, args.repository, overwrite=args.overwrite)
+    path = export_run(args.run, args.repository, overwrite=args.overwrite, calibrate=not args.no_calibrate)
     problems = check_tensorrt82(os.path.join(path, "1", "model.onnx"))
     print("exported %s" % path)
     for p in problems:
@@ -356,7 +394,7 @@ def build_parser():
     m.set_defaults(func=cmd_models)
 
     sg = sub.add_parser("segment", help="segment one MRI volume (NIfTI, NRRD, MHA or a DICOM series folder)")
-    sg.add_argument("input")
+    sg.add_argument("input", help="the MRI volume: a NIfTI, NRRD or MetaImage file, or a folder of DICOM files")
     sg.add_argument("--model", required=True, help="model name (see `lowresseg models`), or auto with --budget")
     sg.add_argument("--budget", default=None, help=BUDGET_HELP)
     sg.add_argument("--output", help="labels: OUT.nii.gz, OUT.nrrd, OUT.mha or a Slicer OUT.seg.nrrd")
@@ -366,7 +404,8 @@ def build_parser():
     sg.add_argument("--series", default=None, help="SeriesInstanceUID to read from a DICOM folder holding several")
     sg.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     sg.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    sg.add_argument("--repository", default=default_repository())
+    sg.add_argument("--repository", default=default_repository(),
+                    help="model repository folder (default: the shipped models)")
     sg.set_defaults(func=cmd_segment)
 
     bt = sub.add_parser("batch", help="segment every case under a folder tree (image files and DICOM studies)")
@@ -418,7 +457,7 @@ def build_parser():
     cp.add_argument("input")
     cp.add_argument("--models", required=True, help="comma-separated model names; auto (with --budget) is the "
                                                     "model that fits the budget")
-    cp.add_argument("--budget", default=None, help=BUDGET_HELP)
+    cp.add_argument("--budget", default=None, help=BUDGET_HELP.replace("with --model auto", "with auto in --models"))
     cp.add_argument("--reference-label", help="ground-truth label volume (else: agreement with the highest resolution)")
     cp.add_argument("--out", required=True, help="folder for comparison.csv/.json/.png")
     cp.add_argument("--channel", type=int, default=None, help="channel of a 4-D image / volume of a DICOM series")
@@ -507,6 +546,8 @@ def build_parser():
     e.add_argument("run", help="run folder written by `lowresseg train`")
     e.add_argument("--repository", default=default_repository())
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--no-calibrate", action="store_true",
+                   help="keep the 0.5 threshold (default: the volume threshold chosen on the run's validation split)")
     e.set_defaults(func=cmd_export)
 
     tp = sub.add_parser("tune-postprocess", help="tune each model's weak-component filter on held-apart phantoms "
@@ -525,6 +566,10 @@ def main(argv=None):
         from LowResSegLib.edge import server
 
         return server.main(argv[1:])
+    argv = ["--budget=" + argv[i + 1] if a == "--budget" and i + 1 < len(argv) and argv[i + 1][:1] == "-"
+            and argv[i + 1][1:2] in tuple("0123456789.") else a
+            for i, a in enumerate(argv) if not (i and argv[i - 1] == "--budget" and a[:1] == "-"
+                                                and a[1:2] in tuple("0123456789."))]
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -532,6 +577,7 @@ def main(argv=None):
         return 2
     restore = _end_cleanly_on_sigterm()
     try:
+        _check_training_side(args.command)
         return args.func(args)
     except (ValueError, OSError) as e:  # incl. VolumeReadError, ModelStoreError, FileExistsError, PermissionError
         print("lowresseg %s: error: %s" % (args.command, e), file=sys.stderr)
