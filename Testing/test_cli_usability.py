@@ -76,3 +76,79 @@ def test_help_texts_name_the_right_options():
     seg = " ".join(_cli(["segment", "--help"]).stdout.split())
     assert "input the MRI volume: a NIfTI, NRRD or MetaImage file, or a folder of DICOM files" in seg
     assert "--repository REPOSITORY model repository folder" in seg
+
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    """A real `lowresseg serve` on 127.0.0.1 with a token, serving the threshold model; and a local repository."""
+    from test_server import start_server
+
+    root = tmp_path_factory.mktemp("edge")
+    repo = str(root / "models")
+    add_threshold_model(repo, MODEL, r=16, big_r=64, threshold=2.5)
+    token = root / "token"
+    token.write_text(TOKEN + "\n")
+    os.chmod(str(token), 0o600)
+    server = start_server(repo, "--token-file", str(token))
+    img, _ = phantom()
+    source = write_nifti(root / "flair.nii.gz", img)
+    yield {"url": server.url, "repo": repo, "token": str(token), "source": source, "server": server}
+    server.stop()
+
+
+def test_segment_batch_and_compare_run_on_an_edge_server_with_the_local_labels(tmp_path, edge):
+    """Issue 30: --server URL --token-file F gives the labels of the local run, for segment, batch and compare.
+
+    Break: ignoring --server (a local run) fails: the remote runs get a repository without the model.
+    """
+    import SimpleITK as sitk
+
+    local, remote = tmp_path / "local.nii.gz", tmp_path / "remote.nii.gz"
+    assert _cli(["segment", edge["source"], "--model", MODEL, "--repository", edge["repo"], "--output", local,
+                 "--threads", "1"]).returncode == 0
+    proc = _cli(["segment", edge["source"], "--model", MODEL, "--output", remote, "--server", edge["url"],
+                 "--token-file", edge["token"], "--repository", tmp_path / "no-models-here"])
+    assert proc.returncode == 0, proc.stderr
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(local))) ==
+            sitk.GetArrayFromImage(sitk.ReadImage(str(remote)))).all()
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    os.link(edge["source"], str(studies / "case.nii.gz"))
+    proc = _cli(["batch", studies, "--model", MODEL, "--out", tmp_path / "out", "--server", edge["url"],
+                 "--token-env", "LRS_EDGE_TOKEN", "--repository", tmp_path / "no-models-here"],
+                env={"LRS_EDGE_TOKEN": TOKEN})
+    assert proc.returncode == 0 and "1 case(s) done" in proc.stdout, proc.stderr
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz"))) ==
+            sitk.GetArrayFromImage(sitk.ReadImage(str(local)))).all()
+    proc = _cli(["compare", edge["source"], "--models", MODEL, "--out", tmp_path / "cmp", "--server", edge["url"],
+                 "--token-file", edge["token"], "--repository", tmp_path / "no-models-here"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(str(tmp_path / "cmp"))) == ["comparison.csv", "comparison.json", "comparison.png"]
+
+
+def test_a_wrong_token_or_a_down_server_is_one_line_and_leaves_nothing(tmp_path, edge):
+    bad = tmp_path / "bad-token"
+    bad.write_text("not-the-token-at-all\n")
+    os.chmod(str(bad), 0o600)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _cli(["segment", edge["source"], "--model", MODEL, "--output", out / "t.nii.gz", "--server", edge["url"],
+                 "--token-file", bad])
+    _one_line(proc, "segment", "token")
+    assert TOKEN not in proc.stderr and "not-the-token-at-all" not in proc.stderr
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    proc = _cli(["segment", edge["source"], "--model", MODEL, "--output", out / "t.nii.gz", "--server",
+                 "http://127.0.0.1:%d" % port, "--token-file", edge["token"]])
+    _one_line(proc, "segment", "127.0.0.1:%d" % port)
+    proc = _cli(["segment", edge["source"], "--model", "auto", "--budget", "1s", "--output", out / "t.nii.gz",
+                 "--server", edge["url"]])
+    _one_line(proc, "segment", "with --server name the model")
+    proc = _cli(["segment", edge["source"], "--model", MODEL, "--output", out / "t.nii.gz", "--token-file",
+                 edge["token"]])
+    _one_line(proc, "segment", "go with --server URL")
+    assert os.listdir(str(out)) == []

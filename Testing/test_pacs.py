@@ -409,3 +409,27 @@ def test_a_url_without_the_dicomweb_root_gets_a_hint(tmp_path, studies, repo, ca
     assert "check that the URL is its DICOMweb root (for Orthanc it ends in /dicom-web" in lines[0], lines[0]
     assert "Details" not in lines[0]
     assert not os.path.exists(str(tmp_path / "r.csv"))
+
+
+@needs_orthanc
+def test_pacs_segments_on_an_edge_server_with_server(tmp_path, studies, repo, capsys):
+    """Issue 30: `pacs --server URL --token-file F` runs the model on a real `lowresseg serve`.
+
+    Break: ignoring --server fails: the local repository given holds no model.
+    """
+    from test_server import start_server
+
+    token = tmp_path / "edge-token"
+    token.write_text("0123456789abcdef0123456789abcdef\n")
+    os.chmod(str(token), 0o600)
+    edge = start_server(repo, "--token-file", str(token))
+    server = _server(tmp_path, studies, ["A"])
+    try:
+        rc = main(["pacs", server.url, "--model", MODEL, "--repository", str(tmp_path / "no-models"), "--report",
+                   str(tmp_path / "r.csv"), "--auth-file", _auth_file(tmp_path), "--server", edge.url,
+                   "--token-file", str(token)])
+        assert rc == 0, capsys.readouterr()
+        assert len(_segs(server)) == 1
+    finally:
+        server.stop()
+        edge.stop()

@@ -74,7 +74,8 @@ def cmd_segment(args):
     _check_budget(args, args.model == AUTO)
     run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
                           overwrite=args.overwrite, channel=args.channel, series=args.series,
-                          repository=args.repository, threads=args.threads, budget=args.budget, log=_log)
+                          repository=args.repository, threads=args.threads, budget=args.budget, log=_log,
+                          engine=_remote(args, args.model))
     run.plan()  # every check that needs no inference: a bad path or series fails here, in a second
     if run.choice is not None:
         print("model auto: %s" % run.choice.reason)
@@ -91,6 +92,45 @@ def cmd_segment(args):
     if not run.written:
         print("(nothing written: pass --output OUT.nii.gz|OUT.seg.nrrd and/or --dicom-seg OUT.dcm)")
     return 0
+
+
+SERVER_HELP = ("run the models on this edge server (`lowresseg serve`, or Triton), e.g. http://jetson:8000, instead "
+               "of here; docs/jetson.md")
+
+
+def _add_server_options(parser):
+    parser.add_argument("--server", metavar="URL", help=SERVER_HELP)
+    parser.add_argument("--token-file", help="with --server: file holding the server's bearer token (mode 600)")
+    parser.add_argument("--token-env", metavar="VAR", help="with --server: environment variable holding the token")
+    parser.add_argument("--server-ca", metavar="PEM", help="with --server: the CA of a server's self-signed TLS "
+                                                           "certificate (TLS is always verified)")
+
+
+def _remote(args, model):
+    """The RemoteEngine for ``model`` when ``--server`` is given, else None; the token never on the command line."""
+    if not getattr(args, "server", None):
+        if getattr(args, "token_file", None) or getattr(args, "token_env", None) or getattr(args, "server_ca", None):
+            raise ValueError("--token-file, --token-env and --server-ca go with --server URL")
+        return None
+    from LowResSegLib.edge.tokens import read_token
+    from LowResSegLib.inference.engines import RemoteEngine
+
+    if model == AUTO:
+        raise ValueError("--model auto chooses among the models here; with --server name the model (see the "
+                         "server's models: curl URL/v2/repository/index)")
+    if args.token_file and args.token_env:
+        raise ValueError("give the server's token once: --token-file or --token-env, not both")
+    token = None
+    if args.token_file:
+        try:
+            token = read_token(args.token_file, min_chars=1)
+        except OSError as exc:
+            raise ValueError("cannot read the token file %s (%s)" % (args.token_file, exc.strerror or exc))
+    elif args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise ValueError("the environment variable %s is not set; put the server's token in it" % args.token_env)
+    return RemoteEngine(args.server, model, token=token, ca_file=args.server_ca)
 
 
 def _log(text):
@@ -135,7 +175,7 @@ def cmd_batch(args):
     from LowResSegLib.inference.modelchoice import BRATS_SLICES
 
     _check_budget(args, args.model == AUTO)
-    engine = None
+    engine = _remote(args, args.model)
     if args.model == AUTO:  # one model for the whole batch, sized for a 240x240x155 volume
         choice = _auto_choice(args, BRATS_SLICES)
         args.model, engine = choice.name, choice.engine
@@ -174,13 +214,14 @@ def cmd_pacs(args):
                          "out)" % args.study_date)
     filters = {k: v for k, v in (("PatientID", args.patient_id), ("StudyInstanceUID", args.study),
                                  ("StudyDate", args.study_date)) if v}
+    engine = _remote(args, args.model)
     try:
         auth = load_auth(args.auth_file, args.auth_env)
         rows = run_pacs(args.url, args.model, filters, report=None if args.dry_run else args.report, auth=auth,
                         ca_bundle=args.ca_bundle, force=args.force, dry_run=args.dry_run, series_uid=args.series,
                         repository=args.repository, threads=args.threads, timeout=args.timeout,
                         retries=args.retries, store_timeout=args.store_timeout, study_timeout=args.study_timeout,
-                        accept_unknown_contrast=args.accept_unknown_contrast,
+                        accept_unknown_contrast=args.accept_unknown_contrast, engine=engine,
                         progress=sys.stderr.isatty())
     except PacsError as e:
         print("lowresseg pacs: error: %s" % e, file=sys.stderr)
@@ -227,15 +268,22 @@ def cmd_compare(args):
     for t in targets:
         if os.path.exists(t) and not args.overwrite:
             raise FileExistsError("%s already exists; pass --overwrite to replace it" % t)
-    repo = ModelRepository(args.repository)
-    first = next((n for n in names if n != AUTO), None) or (repo.names() or [None])[0]
+    if args.server and AUTO in names:
+        _remote(args, AUTO)  # the one clear error
+    first = next((n for n in names if n != AUTO), None)
+    if args.server:
+        first_card = _remote(args, first).card
+    else:
+        repo = ModelRepository(args.repository)
+        first = first or (repo.names() or [None])[0]
+        first_card = repo.card(first) if first else None
     volume = read_volume(args.input, channel=args.channel, series=args.series,
-                         contrast=card_contrast(repo.card(first)) if first else None)
+                         contrast=card_contrast(first_card) if first_card else None)
     _print_warnings(volume)
     if AUTO in names:  # the model that fits the budget for this volume
         choice = _auto_choice(args, axial_slices(volume))
         names = list(dict.fromkeys(choice.name if n == AUTO else n for n in names))
-    engines = [LocalEngine(n, args.repository, threads=args.threads) for n in names]
+    engines = [_remote(args, n) or LocalEngine(n, args.repository, threads=args.threads) for n in names]
     ref = None
     if args.reference_label:
         ref_vol = read_volume(args.reference_label)
@@ -406,6 +454,7 @@ def build_parser():
     sg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     sg.add_argument("--repository", default=default_repository(),
                     help="model repository folder (default: the shipped models)")
+    _add_server_options(sg)
     sg.set_defaults(func=cmd_segment)
 
     bt = sub.add_parser("batch", help="segment every case under a folder tree (image files and DICOM studies)")
@@ -419,6 +468,7 @@ def build_parser():
     bt.add_argument("--accept-unknown-contrast", action="store_true",
                     help="segment DICOM series whose headers name no contrast (refused by default: docs/dicom.md)")
     bt.add_argument("--repository", default=default_repository())
+    _add_server_options(bt)
     bt.set_defaults(func=cmd_batch)
 
     pc = sub.add_parser("pacs", help="segment the FLAIR of each study on a DICOMweb server (PACS) and store the "
@@ -448,6 +498,7 @@ def build_parser():
     pc.add_argument("--dry-run", action="store_true", help="list what would be done; retrieve, store and write nothing")
     pc.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     pc.add_argument("--repository", default=default_repository())
+    _add_server_options(pc)
     pc.set_defaults(func=cmd_pacs)
 
     sub.add_parser("serve", help="the edge inference server (KServe v2 / Triton-compatible): the options of "
@@ -465,6 +516,7 @@ def build_parser():
     cp.add_argument("--threads", type=int, default=0)
     cp.add_argument("--overwrite", action="store_true")
     cp.add_argument("--repository", default=default_repository())
+    _add_server_options(cp)
     cp.set_defaults(func=cmd_compare)
 
     dm = sub.add_parser("demo", help="segment the bundled sample with every shipped model and write every output")
@@ -585,6 +637,13 @@ def main(argv=None):
     except Terminated:
         print("lowresseg %s: terminated (SIGTERM); nothing partial was left" % args.command, file=sys.stderr)
         return 143
+    except RuntimeError as e:  # the edge server's RemoteError: one line, as any other refusal
+        from LowResSegLib.inference.engines import RemoteError
+
+        if not isinstance(e, RemoteError):
+            raise
+        print("lowresseg %s: error: %s" % (args.command, e), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
