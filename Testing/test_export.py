@@ -134,3 +134,53 @@ def test_stop_after_ends_a_run_that_resume_finishes_on_the_same_schedule(tiny_ru
     b = torch.load(os.path.join(split, "last.pt"), weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_volume_calibration_picks_the_threshold_whose_median_volume_is_right():
+    """Issue 28: the median signed volume error is nearest 0 at the chosen threshold; ties go to 0.5."""
+    import numpy as np
+
+    from LowResSegLib.training.calibrate import choose_threshold
+
+    grid = (0.3, 0.4, 0.5, 0.6)
+    # every case is over-called by 20 % at 0.5 and right at 0.6
+    volumes = {c: (100.0 * (c + 1), np.array([1.5, 1.35, 1.2, 1.0]) * 100.0 * (c + 1)) for c in range(5)}
+    t, stats = choose_threshold(volumes, grid)
+    assert t == 0.6 and stats["median_signed_error"] == 0.0 and stats["median_signed_error_at_0.5"] == 0.2
+    flat = {c: (10.0, np.array([10.0, 10.0, 10.0, 10.0])) for c in range(3)}
+    assert choose_threshold(flat, grid)[0] == 0.5
+    with pytest.raises(ValueError, match="no tumour case"):
+        choose_threshold({}, grid)
+
+
+def test_exported_card_carries_its_calibration_and_inference_uses_it(tiny_run, tmp_path):
+    import numpy as np
+
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.images.geometry import Volume
+    from LowResSegLib.inference.pipeline import segment
+    from LowResSegLib.repository.modelstore import ModelCardError, card_threshold, validate_card
+    from LowResSegLib.training.export import export_run
+
+    run_dir, cfg = tiny_run
+    final = export_run(run_dir, str(tmp_path / "repo"))
+    card = json.load(open(os.path.join(final, "lowresseg.json")))
+    cal = card["calibration"]
+    assert 0.1 <= cal["threshold"] <= 0.9 and cal["cases"] >= 1 and cal["method"] == "median-volume-v1"
+    assert card_threshold(card) == cal["threshold"] and card_threshold({}) == 0.5
+    bad = dict(card, calibration={"threshold": 1.5})
+    with pytest.raises(ModelCardError, match="calibration.threshold"):
+        validate_card(bad)
+    # the pipeline thresholds at the card's number: a lower threshold never labels less
+    engine = LocalEngine(os.path.basename(final), repository=str(tmp_path / "repo"), threads=1)
+    rng = np.random.default_rng(0)
+    image = rng.normal(1.0, 0.05, (6, 64, 64)).astype(np.float32)
+    image[2:5, 14:30, 20:40] += 1.5
+    counts = []
+    for t in (0.2, 0.8):
+        engine.card["calibration"] = {"threshold": t}
+        seg = segment(Volume(image, np.eye(4)), engine, keep_probabilities=True)
+        labels, prob = seg.labels, seg.probabilities
+        assert np.array_equal(labels > 0, prob > t)
+        counts.append(int(labels.sum()))
+    assert counts[0] >= counts[1]

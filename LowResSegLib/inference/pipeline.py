@@ -15,6 +15,7 @@ from LowResSegLib.images.geometry import (Volume, apply_separable, area_resample
                                    crop_from_square, from_canonical, pad_to_square, square_pad_widths, to_canonical)
 from LowResSegLib.inference import postprocess
 from LowResSegLib.images.intensity import normalize_volume
+from LowResSegLib.repository.modelstore import DEFAULT_THRESHOLD, card_threshold
 
 
 class Segmentation(object):
@@ -36,10 +37,11 @@ class Segmentation(object):
         return self.reference.with_array(self.labels, model=self.card["name"])
 
 
-THRESHOLD = 0.5  # tumour where the resampled probability exceeds this
-#: A slice whose model output peaks at or below this cannot reach THRESHOLD after resampling (a convex
-#: combination, up to float32 rounding); the 8-bit outputs step from 127/255 = 0.498 to 128/255 = 0.502.
-NO_LABEL_BELOW = THRESHOLD - 1e-3
+THRESHOLD = DEFAULT_THRESHOLD  # tumour where the resampled probability exceeds the card's threshold (this by default)
+#: A slice whose model output peaks at or below ``threshold - NO_LABEL_MARGIN`` cannot reach the threshold after
+#: resampling (a convex combination, up to float32 rounding); the 8-bit outputs step by 1/255.
+NO_LABEL_MARGIN = 1e-3
+NO_LABEL_BELOW = THRESHOLD - NO_LABEL_MARGIN
 
 _ANISO_TOL = 1.5  # in-plane spacings further apart than this (a reformatted thick-slice scan) get square pixels
 _MAX_INPLANE = 1024
@@ -186,6 +188,8 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         raise TypeError("segment() needs a LowResSegLib.images.geometry.Volume")
     card = engine.card
     post = postprocessing_of(card)
+    threshold = card_threshold(card)
+    no_label_below = threshold - NO_LABEL_MARGIN
     t0 = time.perf_counter()
     if not np.all(np.isfinite(volume.array)):
         raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.images.io.read_volume, "
@@ -205,13 +209,13 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
         p = engine.infer(x)[:, 0]  # FP16 stays FP16 until resampled
         t2 = time.perf_counter()
         # resampling averages with non-negative weights: unless the probabilities are kept, only the slices,
-        # and in them the box, where the model output exceeds NO_LABEL_BELOW go back to full resolution
+        # and in them the box, where the model output exceeds no_label_below go back to full resolution
         if keep_probabilities:
             prob[start:start + len(p)] = prepared.to_slice_grid(p)
             written.add(start, start + len(p), (0, prob.shape[1], 0, prob.shape[2]))
         else:
-            busy = slices_above(p, NO_LABEL_BELOW)
-            found = prepared.window_above(p[busy], NO_LABEL_BELOW) if len(busy) else None
+            busy = slices_above(p, no_label_below)
+            found = prepared.window_above(p[busy], no_label_below) if len(busy) else None
             if found is not None:
                 maps, (y0, y1, x0, x1) = found
                 prob[start + busy, y0:y1, x0:x1] = maps
@@ -228,10 +232,11 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     labels = np.zeros(prob.shape, np.uint8)  # outside the box written above, prob is 0
     box = written.slices()
     if box is not None:
-        labels[box] = prob[box] > THRESHOLD
+        labels[box] = prob[box] > threshold
         if post:  # on the canonical grid: a permutation and flips of the axes keep every component as it is
             labels[box] = postprocess.drop_weak_components(labels[box], prob[box], volume.voxel_ml,
-                                                           post["min_component_ml"], post["min_component_peak"])
+                                                           post["min_component_ml"], post["min_component_peak"],
+                                                           threshold)
     labels = from_canonical(labels, volume.affine)
     if keep_probabilities:
         prob = from_canonical(prob, volume.affine)

@@ -39,12 +39,14 @@ def component_stats(labels, prob):
     return ids, counts, peaks
 
 
-def drop_weak_components(labels, prob, voxel_ml, min_ml, min_peak):
+def drop_weak_components(labels, prob, voxel_ml, min_ml, min_peak, threshold=0.5):
     """``labels`` without the components smaller than ``min_ml`` or less sure than ``min_peak``.
 
-    Only the bounding box of the labels is searched (no component reaches beyond it).
+    Only the bounding box of the labels is searched (no component reaches beyond it). ``threshold``:
+    the one that made ``labels`` (every labelled voxel is above it, so a ``min_peak`` at or below it
+    drops nothing).
     """
-    if not labels.any() or (min_ml <= 0 and min_peak <= 0.5):
+    if not labels.any() or (min_ml <= 0 and min_peak <= threshold):
         return labels
     box = tuple(slice(int(np.argmax(a)), len(a) - int(np.argmax(a[::-1])))
                 for a in (labels.any(axis=(1, 2)), labels.any(axis=(0, 2)), labels.any(axis=(0, 1))))

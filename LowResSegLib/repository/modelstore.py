@@ -84,7 +84,24 @@ def validate_card(card, where="model card"):
             raise ModelCardError("%s: class %r is missing %s" % (where, c.get("name"), ", ".join(miss)))
     if not re.match(r"^[0-9a-f]{64}$", str(card["sha256"])):
         raise ModelCardError("%s: sha256 must be 64 lower-case hex digits" % where)
+    if "calibration" in card:
+        t = (card["calibration"] or {}).get("threshold") if isinstance(card["calibration"], dict) else None
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 < float(t) < 1.0:
+            raise ModelCardError("%s: calibration.threshold must be a number between 0 and 1, got %r" % (where, t))
     return card
+
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def card_threshold(card):
+    """The probability above which a voxel is tumour: the card's calibrated threshold, else 0.5.
+
+    Why per model: a threshold chosen on the training side's validation split so that the median
+    tumour volume is right (issue 28); radiologists follow gliomas by volume.
+    """
+    calibration = card.get("calibration") or {}
+    return float(calibration.get("threshold", DEFAULT_THRESHOLD))
 
 
 def pbtxt_escape(text):

@@ -148,18 +148,28 @@ def build_card(model, info, ck, sha256, metrics=None):
     return validate_card(card)
 
 
-def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt"):
-    """Write ``<repo_dir>/<model name>/`` atomically; refuse to replace one unless ``overwrite``."""
+def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt", calibrate=True):
+    """Write ``<repo_dir>/<model name>/`` atomically; refuse to replace one unless ``overwrite``.
+
+    ``calibrate``: choose the volume threshold on the run's validation split (``training.calibrate``)."""
     model, info, ck = load_run(run_dir, checkpoint)
     info["_state_path"] = os.path.join(run_dir, "state.json")
     final = os.path.join(repo_dir, model.name)
     if os.path.exists(final) and not overwrite:
         raise FileExistsError("%s exists; pass --overwrite to replace it" % final)
+    calibration = None
+    if calibrate:
+        from LowResSegLib.training.calibrate import calibrate_run
+
+        calibration = calibrate_run(model, info["train_cfg"])
     with staged_folder(final) as tmp:
         onnx_path = os.path.join(tmp, ONNX_RELPATH)
         os.makedirs(os.path.dirname(onnx_path))
         export_onnx(model, onnx_path)
-        write_card_files(tmp, build_card(model, info, ck, sha256_file(onnx_path)))
+        card = build_card(model, info, ck, sha256_file(onnx_path))
+        if calibration:
+            card["calibration"] = calibration
+        write_card_files(tmp, card)
     return final
 
 
