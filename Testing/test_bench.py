@@ -184,3 +184,46 @@ def test_volume_error_is_signed_and_relative():
             for t, p in ((10.0, 8.0), (20.0, 26.0), (40.0, 40.0))]
     s = summarise(rows, ["m"])[("stripped", "m")]
     assert s["vol_err_median"] == pytest.approx(0.0) and s["abs_vol_err_median"] == pytest.approx(0.2)
+
+
+def _cases_csv(folder, name, rows):
+    import csv
+
+    os.makedirs(str(folder), exist_ok=True)
+    with open(os.path.join(str(folder), name), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case", "variant", "model", "dice", "hd95_mm", "truth_ml", "pred_ml",
+                                          "lesion_sd"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict({"hd95_mm": 1.0, "lesion_sd": 1.0}, **r))
+
+
+def test_ship_rule_pairs_cases_and_applies_every_condition(tmp_path):
+    sys.path.insert(0, ROOT)
+    from bench.ship_rule import verdict
+
+    m = "elunet-jhead-32to256"
+    old, new = tmp_path / "shipped", tmp_path / "new"
+    lgg = lambda d: [{"case": "p%d" % i, "variant": "as is", "model": m, "dice": d + 0.01 * (i % 3), "truth_ml": 30,
+                      "pred_ml": 30} for i in range(20)]  # noqa: E731
+    _cases_csv(old, "quality-lgg_cases.csv", lgg(0.35))
+    _cases_csv(new, "quality-lgg_cases.csv", lgg(0.70))
+    real = lambda d: [{"case": "r%d" % i, "variant": "as is", "model": m, "dice": d, "truth_ml": 50, "pred_ml": 50}
+                      for i in range(8)]  # noqa: E731
+    _cases_csv(old, "quality-real_cases.csv", real(0.70))
+    _cases_csv(new, "quality-real_cases.csv", real(0.69))
+    ph = lambda d, healthy: [{"case": "h%d" % i, "variant": v, "model": m, "dice": d if v != "healthy-raw" else 1.0,
+                              "truth_ml": 20 if v != "healthy-raw" else 0,
+                              "pred_ml": healthy if v == "healthy-raw" else 20}
+                             for i in range(6) for v in ("stripped", "raw", "raw-thick", "healthy-raw")]  # noqa: E731
+    _cases_csv(old, "quality-phantoms_cases.csv", ph(0.50, 9.0))
+    _cases_csv(new, "quality-phantoms_cases.csv", ph(0.47, 4.0))
+    ships, checks = verdict(m, str(old), str(new))
+    assert ships, checks
+    _cases_csv(new, "quality-phantoms_cases.csv", ph(0.40, 22.5))  # phantoms -0.10, healthy 22.5 mL
+    ships, checks = verdict(m, str(old), str(new))
+    failed = [c[0] for c in checks if c[1] is False]
+    assert not ships and "healthy raw heads ≤ 10 mL on average" in failed
+    assert "phantoms raw down by at most 0.05" in failed and len(failed) == 4
+    _cases_csv(new, "quality-lgg_cases.csv", lgg(0.35))  # level on lgg:val: the interval does not exclude 0
+    assert verdict(m, str(old), str(new))[1][0][1] is False

@@ -38,8 +38,9 @@ queue_b() {
   run r28-interp-32-s0 --head interp --input-size 32 --epochs 24 --seed 0
   run r28-interp-32-s1 --head interp --input-size 32 --epochs 24 --seed 1
   run r28-interp-32-s2 --head interp --input-size 32 --epochs 24 --seed 2
-  # full-256 on CPU: 128² crops of the same slices, inferred on whole slices
-  run r28-full-256-s0 --head full --input-size 256 --crop 128 --epochs 24 --seed 0
+  # full-256 on CPU: 128² crops of the same slices (uniformly placed), inferred on whole slices; validation on
+  # 200 whole slices (on whole 256² slices it would take most of the epoch)
+  run r28-full-256-s0 --head full --input-size 256 --crop 128 --epochs 24 --seed 0 --max-val-slices 200
 }
 queue_a > "$RUNS/queue_a.log" 2>&1 &
 queue_b > "$RUNS/queue_b.log" 2>&1 &
