@@ -24,7 +24,8 @@ from LowResSegLib.frontends.cli import main  # noqa: E402
 from orthanc_server import PASSWORD, USER  # noqa: E402
 from test_cli_segment import MODEL  # noqa: E402
 from test_faults import disk  # noqa: E402,F401  (the small tmpfs fixture)
-from test_pacs import _auth_file, _ours, _segs, _series, _server, needs_orthanc, repo, studies  # noqa: E402,F401
+from test_pacs import (_auth_file, _ours, _segs, _series, _server, needs_orthanc, orthanc_installed,  # noqa: E402,F401
+                       repo, studies)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUTH_VAR = "LRS_TEST_PACS_AUTH"

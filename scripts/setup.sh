@@ -56,8 +56,16 @@ fi
 # the tests make a throw-away TLS certificate for the edge server with the openssl command
 if [ "$MODE" != runtime ]; then apt_install openssl || die "the tests need the openssl command (Debian package openssl)"; fi
 # the PACS tests (Testing/test_pacs.py) run a real Orthanc with its DICOMweb plugin on 127.0.0.1
+# (required, as dciodvfy is: CI must not pass without PACS coverage). Debian enables a newly installed Orthanc as a
+# system service that starts at every boot; the tests start their own, so one installed here is disabled again.
 if [ "$MODE" != runtime ]; then
-  apt_install orthanc orthanc-dicomweb || say "continuing without Orthanc: the PACS tests will skip and say why"
+  had_orthanc=0; dpkg -s orthanc >/dev/null 2>&1 && had_orthanc=1
+  apt_install orthanc orthanc-dicomweb \
+    || die "the tests need Orthanc with its DICOMweb plugin (Debian packages orthanc, orthanc-dicomweb)"
+  if [ "$had_orthanc" = 0 ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    say "disabling the orthanc system service that Debian enabled (the tests start their own Orthanc)"
+    if [ "$(id -u)" = 0 ]; then run systemctl disable --now orthanc || true; else run sudo -n systemctl disable --now orthanc || true; fi
+  fi
 fi
 
 # --- the virtual environment ---------------------------------------------------------------------
