@@ -335,3 +335,24 @@ def test_batch_on_a_phantom_folder_takes_images_not_labels_and_never_its_own_out
     assert main(argv) == 0  # the rerun does not take results/images__p0.nii.gz as a case
     assert set(_rows(out)) == {"images__p0"}
     assert "0 case(s) done, 1 skipped" in capsys.readouterr().out
+
+
+def test_the_suite_has_a_per_test_timeout(tmp_path):
+    """A hanging test fails instead of holding CI for ever (pytest-timeout, set in pyproject.toml).
+
+    Break: removing ``timeout`` from [tool.pytest.ini_options] (the hang below then runs its full 600 s and this
+    test's own subprocess limit fails it)."""
+    import re
+
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        section = f.read().split("[tool.pytest.ini_options]", 1)[-1].split("\n[", 1)[0]
+    m = re.search(r"^timeout = (\d+)", section, re.M)
+    assert m and 0 < int(m.group(1)) <= 3600
+    hang = tmp_path / "test_hang.py"
+    hang.write_text("import time\n\ndef test_hangs():\n    time.sleep(600)\n")
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(hang), "-q", "-c", os.path.join(ROOT, "pyproject.toml"),
+                           "--rootdir", str(tmp_path), "-o", "timeout=%d" % min(3, int(m.group(1)))],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert proc.returncode != 0 and "Timeout" in proc.stdout, proc.stdout[-2000:]
+    assert time.time() - t0 < 60
