@@ -227,3 +227,21 @@ def test_ship_rule_pairs_cases_and_applies_every_condition(tmp_path):
     assert "phantoms raw down by at most 0.05" in failed and len(failed) == 4
     _cases_csv(new, "quality-lgg_cases.csv", lgg(0.35))  # level on lgg:val: the interval does not exclude 0
     assert verdict(m, str(old), str(new))[1][0][1] is False
+
+
+def test_seeds_pairs_cases_over_seeds_and_says_when_a_difference_is_noise(tmp_path):
+    sys.path.insert(0, ROOT)
+    from bench.seeds import compare, table
+
+    folders = []
+    for seed, (da, db) in enumerate(((0.72, 0.70), (0.69, 0.71), (0.71, 0.70))):
+        rows = [{"case": "p%d" % i, "variant": "as is", "model": m,
+                 "dice": d + 0.05 * ((i * 7) % 5 - 2) + (0.04 * ((i * 5) % 3 - 1) if m == "A" else 0.0),
+                 "truth_ml": 20.0, "pred_ml": 22.0} for i in range(12) for m, d in (("A", da), ("B", db))]
+        _cases_csv(tmp_path / str(seed), "quality-lgg_cases.csv", rows)
+        folders.append(str(tmp_path / str(seed)))
+    (row,) = compare(folders, "A", "B")
+    assert row["cases"] == 12 and row["seeds"] == 3
+    assert abs(row["mean_diff"] - (0.02 - 0.02 + 0.01) / 3) < 0.01
+    assert row["vol_a"] == [pytest.approx(0.1)] * 3
+    assert table([row], "A", "B")[-1].endswith("| yes |")  # +0.003 with this spread: within noise
