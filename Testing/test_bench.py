@@ -245,3 +245,27 @@ def test_seeds_pairs_cases_over_seeds_and_says_when_a_difference_is_noise(tmp_pa
     assert abs(row["mean_diff"] - (0.02 - 0.02 + 0.01) / 3) < 0.01
     assert row["vol_a"] == [pytest.approx(0.1)] * 3
     assert table([row], "A", "B")[-1].endswith("| yes |")  # +0.003 with this spread: within noise
+
+
+def test_quality_results_go_into_the_card_and_auto_ranks_by_them(repo, tmp_path):
+    import shutil
+
+    sys.path.insert(0, ROOT)
+    from bench.quality import card_metrics, write_card_metrics
+    from LowResSegLib.inference.modelchoice import quality_dice, quality_of
+    from LowResSegLib.repository.modelstore import ModelRepository
+
+    name = "elunet-jhead-16to64"
+    summary = lambda d: {"summary": {"as is|%s" % name: {"dice": d, "vol_err_median": 0.05,  # noqa: E731
+                                                          "abs_vol_err_median": 0.2, "n_tumour": 11}}}
+    assert card_metrics({"lgg:val": summary(0.70)}, name) == {}  # both sets, or nothing
+    metrics = card_metrics({"lgg:val": summary(0.70), "real:val": summary(0.74)}, name)
+    assert metrics["real_patients_dice"] == 0.72 and metrics["lgg_val_volume_error_median"] == 0.05
+    copy = str(tmp_path / "repo")
+    shutil.copytree(repo, copy)
+    before = ModelRepository(copy).card(name)
+    write_card_metrics(ModelRepository(copy), name, metrics)
+    after = ModelRepository(copy).card(name)
+    assert after["sha256"] == before["sha256"] and after["metrics"]["real_patients_dice"] == 0.72
+    assert ModelRepository(copy).onnx_path(name)  # the graph still checks against the card
+    assert quality_dice(after) == (0.72, "real patients never trained on") and quality_of(after) > 1.0

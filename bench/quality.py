@@ -320,6 +320,8 @@ def main(argv=None):
     ap.add_argument("--no-postprocessing", action="store_true",
                     help="ignore the models' component filters (to measure what they do)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for BENCHMARKS.md and figures")
+    ap.add_argument("--write-cards", action="store_true",
+                    help="write each model's lgg:val and real:val results into its card (both must be in --data)")
     args = ap.parse_args(argv)
 
     specs = [s for s in args.data.split(",") if s]
@@ -358,7 +360,39 @@ def main(argv=None):
         plot_worst(worst, [floor] + models, os.path.join(args.out, name + ".png"), spec)
         results[spec] = {"k": k, "command": command, "summary": {"%s|%s" % key: val for key, val in summary.items()}}
     write_results(os.path.join(args.out, "quality.json"), results)
+    if args.write_cards:
+        for n in models:
+            metrics = card_metrics(results, n)
+            if metrics:
+                write_card_metrics(repo, n, metrics)
+                print("%s: card metrics %s" % (n, metrics))
     return 0
+
+
+def card_metrics(results, model):
+    """The card's ``metrics`` from this run: Dice and median volume errors on ``lgg:val`` and ``real:val``,
+    and ``real_patients_dice`` (their mean), which ``--model auto`` ranks by; {} unless both were measured."""
+    out = {}
+    for spec, key in (("lgg:val", "lgg_val"), ("real:val", "real_val")):
+        s = (results.get(spec) or {}).get("summary", {}).get("as is|%s" % model)
+        if not s:
+            return {}
+        out[key + "_dice"] = round(s["dice"], 4)
+        out[key + "_volume_error_median"] = round(s["vol_err_median"], 4)
+        out[key + "_abs_volume_error_median"] = round(s["abs_vol_err_median"], 4)
+        out[key + "_cases"] = s["n_tumour"]
+    out["real_patients_dice"] = round((out["lgg_val_dice"] + out["real_val_dice"]) / 2, 4)
+    out["real_patients_measured_by"] = "bench/quality.py on lgg:val and real:val (patients never trained on)"
+    return out
+
+
+def write_card_metrics(repo, model, metrics):
+    """Replace ``model``'s card with one whose ``metrics`` hold ``metrics`` (the graph is kept as it is)."""
+    from LowResSegLib.training.export import replace_card
+
+    card = dict(repo.card(model))
+    card["metrics"] = dict(card.get("metrics") or {}, **metrics)
+    replace_card(repo.model_dir(model), card)
 
 
 def write_results(path, results):
