@@ -18,7 +18,7 @@ for seed in 0 1 2; do
   for run in "${runs[@]}"; do
     lowresseg export "$run" --repository "$repo" --overwrite
   done
-  python bench/quality.py --repository "$repo" --data "$DATA" --threads "${THREADS:-0}" --out "$out"
+  python bench/quality.py --repository "$repo" --data "$DATA" --threads "${THREADS:-0}" --out "$out" --write-cards
   python bench/ship_rule.py --shipped docs --candidates "$out"
 done
 folders=()
