@@ -152,3 +152,71 @@ def test_a_wrong_token_or_a_down_server_is_one_line_and_leaves_nothing(tmp_path,
                  edge["token"]])
     _one_line(proc, "segment", "go with --server URL")
     assert os.listdir(str(out)) == []
+
+
+def test_compare_figure_spreads_its_slices_over_the_tumour_and_labels_them_in_mm():
+    """Issue 30, item 3. Break: the old choice (the three slices with the most tumour) gives neighbours (23, 24, 25)
+    of a tumour that spans 10 slices; the old caption promised a green line that is not drawn without a truth."""
+    import numpy as np
+
+    from LowResSegLib.frontends.compare import figure_caption, figure_slices, slice_position
+
+    counts = np.zeros(40)
+    counts[10:30] = 100
+    counts[22:26] = 400  # the bulk in the middle: the old rule picked 23, 24, 25
+    ks = figure_slices(counts)
+    assert len(ks) == 3 and ks[0] <= 17 and 22 <= ks[1] <= 25 and ks[2] >= 24 and ks[2] - ks[0] >= 7, ks
+    assert figure_slices(np.zeros(9)) == [4]
+    affine = np.diag([0.9, 0.8, 5.0, 1.0])
+    affine[:3, 3] = [-100.0, -120.0, -20.0]
+    assert slice_position(affine, 2, (30, 40, 50)) == "I 10.0 mm"
+    assert slice_position(affine, 8, (30, 40, 50)) == "S 20.0 mm"
+    caption = " ".join(figure_caption(["a", "b"], "the highest-resolution run (b)", False))
+    assert "green" not in caption and "outlined in red" in caption and "highest-resolution run (b)" in caption
+    assert "green dashed: the ground truth" in " ".join(figure_caption(["a"], "the ground truth", True))
+
+
+def test_compare_figure_outlines_masks_and_its_caption_fits(tmp_path, monkeypatch):
+    """The figure itself, inspected: each overlay panel holds one image (the anatomy) and outlines, no mask image
+    over it; the per-panel titles give the position in mm; the caption lies inside the figure.
+
+    Break: the old 35 % red fill (a second image on each overlay), or an unwrapped caption cut at both ends."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from LowResSegLib.frontends.compare import comparison_figure, run_comparison
+    from LowResSegLib.images.io import read_volume
+    from LowResSegLib.inference.engines import LocalEngine
+
+    repo = str(tmp_path / "models")
+    for name, r in (("threshold-16to64", 16), ("threshold-32to64", 32)):
+        add_threshold_model(repo, name, r=r, big_r=64, threshold=2.5)
+    img, _ = phantom()
+    volume = read_volume(write_nifti(tmp_path / "flair.nii.gz", img))
+    engines = [LocalEngine(n, repo, threads=1) for n in ("threshold-16to64", "threshold-32to64")]
+    _, segs = run_comparison(volume, engines)
+    saved = []
+    real = Figure.savefig
+
+    def keep(fig, *a, **k):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        saved.append((fig, [t.get_window_extent(renderer) for t in fig.texts]))
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    comparison_figure(volume, segs, str(tmp_path / "c.png"))
+    fig, extents = saved[0]
+    axes = fig.axes
+    overlays = [ax for ax in axes if " mm" in ax.get_title()]
+    assert len(overlays) == len(axes) // 2 and overlays, [ax.get_title() for ax in axes]
+    for ax in overlays:
+        assert len(ax.images) == 1, "a mask image drawn over the anatomy"
+    assert any(ax.collections for ax in overlays), "no outline drawn"
+    assert all("whole volume" in ax.get_title() for ax in axes[:2])
+    box = fig.bbox
+    assert extents
+    for ext in extents:
+        assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y1 <= box.y1 + 1, "the caption is cut off"
+    assert "green" not in " ".join(t.get_text() for t in fig.texts)
