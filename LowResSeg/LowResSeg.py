@@ -395,7 +395,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._nodes = self.logic.addSegmentationNodes(self._volumeNode, self._pending)
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = _("Done: {n} segmentation(s) added; review and edit them in "
-                                                 "Segment Editor.").format(n=len(self._pending)) + self._chosen
+                                                 "Segment Editor.").format(n=len(self._pending)) + self._chosen \
+                        + slicersupport.review_warning(self._pending)
                     self.updateReferenceSelector()
                 else:
                     self._segmentations = {}
@@ -593,7 +594,8 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         rows = comparison_rows(segmentations, self._volume, reference_model=reference or None)
         for row in rows:
             seg = segmentations[row["model"]]
-            found = (self.inputWarnings(volumeNode, seg.card) if volumeNode is not None else []) + result_warnings(seg)
+            found = (self.inputWarnings(volumeNode, seg.card) if volumeNode is not None else []) + result_warnings(seg) \
+                + slicersupport.review_lines(seg)
             row["warning"] = "; ".join(found)
         return rows
 
@@ -609,12 +611,11 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
             node.SetAttribute(slicersupport.RUN_ATTRIBUTE, segmentation.card["name"])
             node.CreateDefaultDisplayNodes()
             node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            for spec in slicersupport.segment_specs(segmentation.card):
+            for spec, mask in slicersupport.segment_masks(segmentation):  # an ensemble adds "members disagree"
                 segmentId = node.GetSegmentation().AddEmptySegment("", spec["name"], spec["color"])
                 if spec["terminology"]:
                     segment = node.GetSegmentation().GetSegment(segmentId)
                     segment.SetTag(segment.GetTerminologyEntryTagName(), spec["terminology"])
-                mask = (segmentation.labels == spec["index"]).astype("uint8")
                 slicer.util.updateSegmentBinaryLabelmapFromArray(mask, node, segmentId, volumeNode)
             shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
             study = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))

@@ -117,3 +117,21 @@ def add_untrained_model(repo, backbone="elunet", head="jhead", r=16, big_r=64, w
         return card
 
     return _install(repo, model.name, lambda p: export_onnx(model, p), card_fn)
+
+
+def add_ensemble(repo, name, members, **extra):
+    """An ensemble card (no graph) naming ``members`` of ``repo``; ``extra`` overrides card fields."""
+    from LowResSegLib.repository.modelstore import ENSEMBLE_KIND, ENSEMBLE_RULE
+
+    card = {
+        "format_version": CARD_FORMAT_VERSION, "kind": ENSEMBLE_KIND, "name": name, "version": "0.0.1",
+        "task": "test", "modality": "MR", "sequence": "FLAIR (test fixture)", "orientation": "axial",
+        "classes": [dict(TUMOUR)], "ensemble": {"members": list(members), "rule": ENSEMBLE_RULE},
+        "intended_use": "tests only",
+    }
+    card.update(extra)
+    d = os.path.join(repo, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "lowresseg.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    return d

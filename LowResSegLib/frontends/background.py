@@ -234,7 +234,13 @@ class BackgroundRuns(_Child):
         if labels.shape != tuple(self.volume.shape):
             raise ValueError("labels of shape %s for a volume of %s" % (labels.shape, self.volume.shape))
         timings = dict(event.timings or {})
-        return Segmentation(labels, None, event.card, timings, self.volume)
+        seg = Segmentation(labels, None, event.card, timings, self.volume)
+        if event.review:  # an ensemble: its "members disagree" mask and review flag (slicersupport shows them)
+            disagree = np.load(event.review["path"])
+            if disagree.shape != labels.shape:
+                raise ValueError("a disagreement mask of shape %s for labels of %s" % (disagree.shape, labels.shape))
+            seg.disagree, seg.review_info = disagree, dict(event.review)
+        return seg
 
 
 class BackgroundProbe(_Child):

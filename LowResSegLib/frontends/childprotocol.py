@@ -22,7 +22,8 @@ class RunEvent(object):
     - ``"chosen"``: ``model`` picked for ``auto``, ``message`` why (LowResSegLib.inference.modelchoice);
     - ``"progress"``: ``model``, ``fraction`` (0..1 over all runs);
     - ``"result"``: ``model``, ``segmentation`` (a :class:`LowResSegLib.inference.pipeline.Segmentation`);
-      on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``;
+      on the wire: ``path`` (the labels' ``.npy``), ``card`` and ``timings``; for an ensemble also ``review``:
+      ``score``, ``threshold``, ``flag``, ``line`` and ``path`` (the "members disagree" mask's ``.npy``);
     - ``"connected"``: an edge server answered a connection test; ``card``: its ``name``, ``version``,
       ``models`` and the round trip ``ms``;
     - ``"error"``: ``model``, ``message`` (one line for the user); the remaining runs are skipped;
@@ -30,15 +31,15 @@ class RunEvent(object):
     - ``"finished"``: always the last event.
     """
 
-    __slots__ = ("kind", "model", "fraction", "segmentation", "message", "path", "card", "timings")
+    __slots__ = ("kind", "model", "fraction", "segmentation", "message", "path", "card", "timings", "review")
 
     def __init__(self, kind, model=None, fraction=None, segmentation=None, message=None, path=None, card=None,
-                 timings=None):
+                 timings=None, review=None):
         if kind not in _KINDS:
             raise ValueError("unknown run event %r" % (kind,))
         self.kind, self.model, self.fraction = kind, model, fraction
         self.segmentation, self.message = segmentation, message
-        self.path, self.card, self.timings = path, card, timings
+        self.path, self.card, self.timings, self.review = path, card, timings, review
 
     def __repr__(self):
         return "RunEvent(%s, %s)" % (self.kind, self.model)
@@ -47,7 +48,7 @@ class RunEvent(object):
 def event_line(event):
     """One JSON line for the wire (no newline); the segmentation itself travels as a file."""
     body = {"event": event.kind}
-    for key in ("model", "fraction", "message", "path", "card", "timings"):
+    for key in ("model", "fraction", "message", "path", "card", "timings", "review"):
         value = getattr(event, key)
         if value is not None:
             body[key] = value
@@ -61,4 +62,4 @@ def parse_event_line(line):
         raise ValueError("not a run event: %r" % (line[:80],))
     return RunEvent(body["event"], model=body.get("model"), fraction=body.get("fraction"),
                     message=body.get("message"), path=body.get("path"), card=body.get("card"),
-                    timings=body.get("timings"))
+                    timings=body.get("timings"), review=body.get("review"))

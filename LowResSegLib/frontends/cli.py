@@ -28,7 +28,8 @@ def cmd_models(args):
         ok, msg = repo.check(name)
         try:
             card = repo.card(name)
-            rows.append((name, "%d²" % card["input_size"], "%d²" % card["output_size"],
+            inputs = "/".join(map(str, card.get("member_input_sizes") or [card["input_size"]]))  # an ensemble: all
+            rows.append((name, "%s²" % inputs, "%d²" % card["output_size"],
                          str(card["params"]["head"]), str(card["params"]["backbone"]),
                          "%.3f" % card["metrics"].get("val_dice_at_output_size", float("nan")),
                          "ok" if ok else "FAILED"))
@@ -75,7 +76,7 @@ def cmd_segment(args):
     run = SegmentationRun(args.input, args.model, labels_out=args.output, dicom_seg_out=args.dicom_seg,
                           overwrite=args.overwrite, channel=args.channel, series=args.series,
                           repository=args.repository, threads=args.threads, budget=args.budget, log=_log,
-                          engine=_remote(args, args.model))
+                          engine=_remote(args, args.model), uncertainty_out=args.uncertainty)
     run.plan()  # every check that needs no inference: a bad path or series fails here, in a second
     if run.choice is not None:
         print("model auto: %s" % run.choice.reason)
@@ -87,6 +88,8 @@ def cmd_segment(args):
     print("%s: tumour %.1f mL; %d slices in %.2f s (%.1f ms/slice: preprocess %.0f ms, inference %.0f ms, "
           "postprocess %.0f ms)" % (args.model, seg.volume_ml(), t["slices"], t["total_s"], t["ms_per_slice"],
                                     t["preprocess_ms"], t["infer_ms"], t["postprocess_ms"]))
+    if hasattr(seg, "review_score"):  # an ensemble: how much its members agree, and whether to review
+        print("%s: %s" % (args.model, seg.review_line()))
     for w in run.warnings:
         print("warning: %s" % w, file=sys.stderr)
     if not run.written:
@@ -113,7 +116,8 @@ def _remote(args, model):
             raise ValueError("--token-file, --token-env and --server-ca go with --server URL")
         return None
     from LowResSegLib.edge.tokens import read_token
-    from LowResSegLib.inference.engines import RemoteEngine
+    from LowResSegLib.inference.engines import RemoteEngine, RemoteServer
+    from LowResSegLib.inference.ensemble import open_engine
 
     if model == AUTO:
         raise ValueError("--model auto chooses among the models here; with --server name the model (see the "
@@ -130,7 +134,10 @@ def _remote(args, model):
         token = os.environ.get(args.token_env, "").strip()
         if not token:
             raise ValueError("the environment variable %s is not set; put the server's token in it" % args.token_env)
-    return RemoteEngine(args.server, model, token=token, ca_file=args.server_ca)
+    # an ensemble of the local repository runs its members on the server, over one connection
+    server = RemoteServer(args.server, token, args.server_ca)
+    return open_engine(model, getattr(args, "repository", None),
+                       engine_for=lambda member: RemoteEngine(args.server, member, server=server))
 
 
 def _log(text):
@@ -158,13 +165,13 @@ def _check_budget(args, auto):
 
 def _auto_choice(args, slices):
     """The model ``auto`` stands for, on this machine, for a volume of ``slices`` axial slices."""
-    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.ensemble import open_engine
     from LowResSegLib.inference.modelchoice import choose_model
     from LowResSegLib.repository.modelstore import ModelRepository
 
     repo = ModelRepository(args.repository)
     names = repo.usable_names()
-    choice = choose_model(names, args.budget, lambda n: LocalEngine(n, args.repository, threads=args.threads),
+    choice = choose_model(names, args.budget, lambda n: open_engine(n, args.repository, threads=args.threads),
                           slices=slices, log=_log)
     print("model auto: %s" % choice.reason)
     return choice
@@ -182,7 +189,8 @@ def cmd_batch(args):
     try:
         rows = run_batch(args.root, args.model, args.out, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                          repository=args.repository, threads=args.threads, engine=engine,
-                         accept_unknown_contrast=args.accept_unknown_contrast, progress=sys.stderr.isatty())
+                         accept_unknown_contrast=args.accept_unknown_contrast, progress=sys.stderr.isatty(),
+                         uncertainty=args.uncertainty)
     except FolderInUse as exc:
         print("lowresseg batch: error: %s" % exc, file=sys.stderr)
         return 2
@@ -196,6 +204,10 @@ def cmd_batch(args):
         print("error: %s could not be updated for %d case(s) (%s): %s" % (
             CSV_NAME, len(unsaved), ", ".join(r["case"] for r in unsaved[:5]) + (", ..." if len(unsaved) > 5 else ""),
             unsaved[-1]["report_error"]), file=sys.stderr)
+    flagged = [r for r in rows if r.get("review") == "yes"]
+    if flagged:  # an ensemble whose members disagree on these: a human should look
+        print("review: %d case(s) flagged, the ensemble's members disagree (review column of %s): %s" % (
+            len(flagged), CSV_NAME, ", ".join(r["case"] for r in flagged[:10]) + (", ..." if len(flagged) > 10 else "")))
     print("%d case(s) done, %d skipped (done before), %d failed; summary in %s"
           % (count.get("done", 0), count.get("skipped", 0), count.get("failed", 0),
              os.path.join(args.out, CSV_NAME)))
@@ -249,7 +261,7 @@ def cmd_pacs(args):
 
 def cmd_compare(args):
     from LowResSegLib.frontends.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
-    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.ensemble import open_engine
     from LowResSegLib.images.io import read_volume
     from LowResSegLib.results.outputs import labels_on_grid
     from LowResSegLib.workflow.run import card_contrast, commit_files
@@ -283,7 +295,7 @@ def cmd_compare(args):
     if AUTO in names:  # the model that fits the budget for this volume
         choice = _auto_choice(args, axial_slices(volume))
         names = list(dict.fromkeys(choice.name if n == AUTO else n for n in names))
-    engines = [_remote(args, n) or LocalEngine(n, args.repository, threads=args.threads) for n in names]
+    engines = [_remote(args, n) or open_engine(n, args.repository, threads=args.threads) for n in names]
     ref = None
     if args.reference_label:
         ref_vol = read_volume(args.reference_label)
@@ -447,6 +459,8 @@ def build_parser():
     sg.add_argument("--budget", default=None, help=BUDGET_HELP)
     sg.add_argument("--output", help="labels: OUT.nii.gz, OUT.nrrd, OUT.mha or a Slicer OUT.seg.nrrd")
     sg.add_argument("--dicom-seg", help="DICOM-SEG output (DICOM input only)")
+    sg.add_argument("--uncertainty", metavar="OUT", help="ensemble models only: the members' disagreement map "
+                    "(OUT.nii.gz, .nrrd or .mha; per voxel the %% of members calling it tumour where they disagree)")
     sg.add_argument("--channel", type=int, default=None,
                     help="channel of a 4-D / multi-component image, or volume of a DICOM series that holds several")
     sg.add_argument("--series", default=None, help="SeriesInstanceUID to read from a DICOM folder holding several")
@@ -463,6 +477,8 @@ def build_parser():
     bt.add_argument("--budget", default=None, help=BUDGET_HELP + " (sized for a 240x240x155 volume)")
     bt.add_argument("--out", required=True, help="output folder: <case>.nii.gz per case and batch.csv")
     bt.add_argument("--dicom-seg", action="store_true", help="also write <case>.seg.dcm for DICOM cases")
+    bt.add_argument("--uncertainty", action="store_true", help="ensemble models only: also write the members' "
+                    "disagreement map as <case>.disagreement.nii.gz")
     bt.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all cores)")
     bt.add_argument("--overwrite", action="store_true", help="redo cases already done and replace their outputs")
     bt.add_argument("--accept-unknown-contrast", action="store_true",

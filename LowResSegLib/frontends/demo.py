@@ -21,7 +21,7 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     from tqdm import tqdm
 
     from LowResSegLib.frontends.compare import comparison_figure, reference_volume_ml, run_comparison, write_table
-    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.ensemble import open_engine
     from LowResSegLib.images.io import read_volume
     from LowResSegLib.repository.modelstore import ModelRepository
     from LowResSegLib.results.outputs import staged_folder, write_segmentation
@@ -39,7 +39,7 @@ def run_demo(out_dir, repository=None, overwrite=False, threads=0, log=print):
     names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
     if not names:
         raise ValueError("no models in %s" % repo.root)
-    engines = [LocalEngine(n, repository, threads=threads) for n in names]
+    engines = [open_engine(n, repository, threads=threads) for n in names]  # ensembles too
     volume = read_volume(SAMPLE_IMAGE)
     truth = read_volume(SAMPLE_LABEL).array.astype(np.uint8)
     log("sample: %s, %d×%d×%d voxels, spacing %s mm" % (

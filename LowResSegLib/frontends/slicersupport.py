@@ -42,6 +42,36 @@ def segment_specs(card):
     return out
 
 
+#: An ensemble's extra segment: the voxels where its members disagree (LowResSegLib.inference.ensemble).
+DISAGREE_SPEC = {"index": 0, "name": "members disagree", "color": (1.0, 0.85, 0.1), "terminology": None}
+
+
+def segment_masks(segmentation):
+    """[(spec, uint8 mask)] to put in a run's segmentation node: one per card class, and for an ensemble
+    the "members disagree" segment (a separate segment, so the user can hide or show it)."""
+    out = [(spec, (segmentation.labels == spec["index"]).astype("uint8")) for spec in segment_specs(segmentation.card)]
+    disagree = getattr(segmentation, "disagree", None)
+    if disagree is not None:
+        out.append((dict(DISAGREE_SPEC), (disagree > 0).astype("uint8")))
+    return out
+
+
+def review_lines(segmentation):
+    """[the review line] of an ensemble run flagged for review, else []: for the results table."""
+    info = getattr(segmentation, "review_info", None) or {}
+    return [info["line"]] if info.get("flag") else []
+
+
+def review_warning(segmentations):
+    """The status line's warning for ensemble runs flagged for review ("" when none is)."""
+    lines = []
+    for model, seg in sorted(segmentations.items()):
+        info = getattr(seg, "review_info", None) or {}
+        if info.get("flag"):
+            lines.append("%s: %s" % (model, info.get("line")))
+    return (" ⚠ " + "; ".join(lines)) if lines else ""
+
+
 # the model selector's automatic entries: the worker picks the model (LowResSegLib.inference.modelchoice)
 AUTO_CHOICES = (("Auto: fastest", "fastest"), ("Auto: balanced", "balanced"), ("Auto: best quality", "best"))
 
@@ -67,6 +97,10 @@ def node_name(volume_name, model):
 
 def card_summary(card):
     """Two lines a radiologist reads before choosing a model."""
+    if card.get("kind") == "ensemble":
+        return ("%s: an ensemble of %s (mean of their probabilities); shows where they disagree as a separate "
+                "segment and flags the case for review when they disagree much. %s" % (
+                    card["name"], ", ".join(card["ensemble"]["members"]), card.get("intended_use", "")))
     metrics = card.get("metrics") or {}
     val = metrics.get("val_dice_at_output_size")
     return ("%s: %d\u00b2 input \u2192 %d\u00b2 mask, %s head (%d parameters). %s%s" % (

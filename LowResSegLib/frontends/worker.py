@@ -39,20 +39,37 @@ def labels_file(folder, n):
     return os.path.join(folder, "%d.labels.npy" % n)
 
 
-def _engine(spec, name):
-    from LowResSegLib.inference.engines import LocalEngine, RemoteEngine
+def disagree_file(folder, n):
+    """Where the ``n``-th run's "members disagree" mask is written (an ensemble's; uint8 0/1, like the labels)."""
+    return os.path.join(folder, "%d.disagree.npy" % n)
 
-    if spec.get("kind") == "remote":
-        return RemoteEngine(spec["url"], name, token=spec.get("token"))
-    return LocalEngine(name, spec.get("repository"), threads=int(spec.get("threads") or 0))
+
+def _engine(spec, name):
+    from LowResSegLib.inference.engines import RemoteEngine, RemoteServer
+    from LowResSegLib.inference.ensemble import open_engine
+
+    if spec.get("kind") == "remote":  # an ensemble of the local repository runs its members on the server
+        server = RemoteServer(spec["url"], spec.get("token"))
+        return open_engine(name, spec.get("repository"),
+                           engine_for=lambda member: RemoteEngine(spec["url"], member, server=server))
+    return open_engine(name, spec.get("repository"), threads=int(spec.get("threads") or 0))
 
 
 def _engine_models(spec):
     """The models the engine can run: the repository's usable ones, or the server's."""
     if spec.get("kind") == "remote":
         from LowResSegLib.inference.engines import RemoteServer
+        from LowResSegLib.repository.modelstore import ModelRepository, ModelStoreError
 
-        return list(RemoteServer(spec["url"], spec.get("token")).probe()["models"])
+        served = list(RemoteServer(spec["url"], spec.get("token")).probe()["models"])
+        repo = ModelRepository(spec.get("repository"))  # its ensembles whose members the server serves run too
+        for name in repo.names():
+            try:
+                if repo.is_ensemble(name) and all(m in served for m in repo.members(name)):
+                    served.append(name)
+            except ModelStoreError:
+                pass
+        return served
     from LowResSegLib.repository.modelstore import ModelRepository
 
     return ModelRepository(spec.get("repository")).usable_names()
@@ -133,10 +150,15 @@ def run_request(folder, emit):
             seg.timings.setdefault("wall_s", time.perf_counter() - t0)
             path = labels_file(folder, i)
             _save_atomic(path, seg.labels.astype(np.uint8))
+            review = None
+            if hasattr(seg, "disagreement"):  # an ensemble: where its members disagree, and whether to review
+                review = {"score": seg.review_score, "threshold": seg.review_threshold, "flag": bool(seg.review),
+                          "line": seg.review_line(), "path": disagree_file(folder, i)}
+                _save_atomic(review["path"], (seg.disagreement > 0).astype(np.uint8))
         except Exception as exc:  # one line for the user; the parent shows it
             emit(RunEvent("error", name, message="%s: %s" % (name, _one_line(exc))))
             return
-        emit(RunEvent("result", name, path=path, card=seg.card, timings=seg.timings))
+        emit(RunEvent("result", name, path=path, card=seg.card, timings=seg.timings, review=review))
 
 
 def main(argv=None):

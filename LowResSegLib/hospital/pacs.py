@@ -36,7 +36,8 @@ __all__ = ["PacsError", "Auth", "load_auth", "PacsClient", "StoreResult", "Study
 
 AUTH_ENV = "LOWRESSEG_PACS_AUTH"  # read when neither an auth file nor another variable is named
 REPORT_FIELDS = ["study", "patient_id", "study_date", "status", "message", "series", "series_description",
-                 "volume_ml", "seconds", "warnings", "seg_series", "seg_instance"]
+                 "volume_ml", "review_score", "review", "seconds", "warnings", "seg_series", "seg_instance"]
+# review_score, review: an ensemble model's disagreement score and flag (LowResSegLib.inference.ensemble)
 _RETRY_STATUS = (429, 502, 503, 504)
 _NOT_IMAGES = ("SR", "PR", "KO", "DOC")  # series modalities whose headers are not worth fetching
 _PAGE = 100  # QIDO results asked for per request
@@ -563,6 +564,7 @@ class StudyJob(object):
             except StoreUnconfirmed as exc:
                 stored = self._confirm(exc)
         self.row.update(status="done", message="", volume_ml=summary["volume_ml"], seconds=summary["seconds"],
+                        review_score=summary["review_score"], review=summary["review"],
                         seg_series=stored.series_uid, seg_instance=stored.sop_uid)
         return stored
 
@@ -620,7 +622,7 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
 
     from LowResSegLib.images import dicomread as dr
     from LowResSegLib.workflow.batch import read_report, write_report
-    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.ensemble import open_engine
 
     if report and not dry_run and not os.path.isdir(os.path.dirname(os.path.abspath(report))):
         raise PacsError("the folder of the report %s does not exist; create it or pass another --report" % report)
@@ -635,7 +637,7 @@ def run_pacs(url: str, model: Optional[str] = None, filters: Optional[Dict[str, 
         filters = dict(filters or {})
         filters.setdefault("ModalitiesInStudy", "MR")
         studies = client.search_studies(filters)
-        engine = engine or LocalEngine(model, repository, threads=threads)
+        engine = engine or open_engine(model, repository, threads=threads)  # an ensemble, or one model
         rows = {} if dry_run or not report else read_report(report, key="study")
         out = []
         bar = tqdm(studies, desc="pacs", unit="study", disable=not progress)

@@ -178,14 +178,20 @@ def postprocessing_of(card):
     return post or None
 
 
-def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabilities=True):
+def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabilities=True, prepared=None):
     """Segment ``volume`` (a :class:`Volume`) with ``engine``; None if cancelled.
 
     ``progress(done, total)`` is called after each chunk of slices; ``cancel()`` is
     polled between chunks, and a cancelled run returns None having written nothing.
+    ``prepared``: :func:`prepare_slices` of ``volume`` for this card's normalisation, when the caller has it
+    (an ensemble prepares once for all its members). An engine with its own ``segment_volume`` (an
+    ensemble, :mod:`LowResSegLib.inference.ensemble`) segments the volume itself, with the same arguments.
     """
     if not isinstance(volume, Volume):
         raise TypeError("segment() needs a LowResSegLib.images.geometry.Volume")
+    own = getattr(engine, "segment_volume", None)
+    if own is not None:
+        return own(volume, chunk=chunk, progress=progress, cancel=cancel, keep_probabilities=keep_probabilities)
     card = engine.card
     post = postprocessing_of(card)
     threshold = card_threshold(card)
@@ -194,7 +200,8 @@ def segment(volume, engine, chunk=32, progress=None, cancel=None, keep_probabili
     if not np.all(np.isfinite(volume.array)):
         raise ValueError("the volume has NaN/Inf voxels; read it with LowResSegLib.images.io.read_volume, "
                          "which replaces them by 0 and says so")
-    prepared = prepare_slices(volume, card)
+    if prepared is None:
+        prepared = prepare_slices(volume, card)
     slices, nk = prepared.slices, prepared.shape[0]
     t_pre = time.perf_counter() - t0
     t_inf = t_post = 0.0

@@ -30,8 +30,9 @@ __all__ = ["Case", "find_cases", "run_batch", "read_report", "write_report", "CS
 CSV_NAME = "batch.csv"
 LOCK_NAME = ".lowresseg-batch.lock"
 _LABEL_DIRS = {"labels": "images", "labelstr": "imagestr", "labelsts": "imagests"}
-CSV_FIELDS = ["case", "status", "message", "volume_ml", "series", "series_description", "seconds", "warnings",
-              "input", "outputs"]
+CSV_FIELDS = ["case", "status", "message", "volume_ml", "review_score", "review", "series", "series_description",
+              "seconds", "warnings", "input", "outputs"]  # review_score, review: an ensemble's (see inference/ensemble)
+UNCERTAINTY_SUFFIX = ".disagreement.nii.gz"
 
 
 class Case(object):
@@ -209,8 +210,11 @@ class FolderLock(object):
 
 
 def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=None, threads=0, progress=True,
-              engine=None, accept_unknown_contrast=False):
+              engine=None, accept_unknown_contrast=False, uncertainty=False):
     """Segment every case under ``root`` into ``out``; returns one row per case.
+
+    With an ensemble model, each row holds the review score and flag; ``uncertainty`` also writes the
+    disagreement map as ``<case>.disagreement.nii.gz``.
 
     Outputs per case: ``<case>.nii.gz`` and, with ``dicom_seg``, ``<case>.seg.dcm`` for
     DICOM cases. A case already marked done whose outputs exist is skipped unless
@@ -220,23 +224,27 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
     in the row's ``report_error`` and the batch goes on. Raises :class:`FolderInUse` when another
     batch works in ``out``.
     """
-    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.ensemble import open_engine
+    from LowResSegLib.repository.modelstore import is_ensemble
     from LowResSegLib.workflow.run import SegmentationRun, card_contrast
 
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError("--out %s is a file, not a folder" % out)
-    engine = engine or LocalEngine(model, repository, threads=threads)
+    engine = engine or open_engine(model, repository, threads=threads)  # an ensemble, or one model
+    if uncertainty and not is_ensemble(engine.card):
+        raise ValueError("--uncertainty needs an ensemble model (one whose card names member models, e.g. "
+                         "elunet-ensemble-16-32-64); %s is a single model" % engine.card["name"])
     cases = find_cases(root, card_contrast(engine.card), exclude=out, accept_unknown_contrast=accept_unknown_contrast)
     if not cases:
         raise ValueError("no images found under %s (NIfTI, NRRD, MetaImage files or DICOM series)" % root)
     os.makedirs(out, exist_ok=True)
     with FolderLock(out):
         remove_stale_temps(out)
-        return _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationRun)
+        return _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationRun, uncertainty)
 
 
-def _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationRun):
+def _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationRun, uncertainty=False):
     from tqdm import tqdm
 
     csv_path = os.path.join(out, CSV_NAME)
@@ -256,7 +264,8 @@ def _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationR
         bar.set_postfix_str(case.case_id[-40:])
         labels_out = os.path.join(out, case.case_id + ".nii.gz")
         seg_out = os.path.join(out, case.case_id + ".seg.dcm") if dicom_seg and case.dicom else None
-        wanted = [p for p in (labels_out, seg_out) if p]
+        unc_out = os.path.join(out, case.case_id + UNCERTAINTY_SUFFIX) if uncertainty else None
+        wanted = [p for p in (labels_out, seg_out, unc_out) if p]
         old = rows.get(case.case_id)
         if old and old.get("status") == "done" and all(os.path.exists(p) for p in wanted) and not overwrite:
             result[case.case_id] = dict(old, status="skipped", message="done in an earlier run")
@@ -275,7 +284,7 @@ def _run_cases(cases, out, dicom_seg, overwrite, engine, progress, SegmentationR
                 continue
             mine = overwrite or (old is not None and old.get("status") == "running")
             run = SegmentationRun(case.path, labels_out=labels_out, dicom_seg_out=seg_out, overwrite=mine,
-                                  series=case.series, engine=engine)
+                                  series=case.series, engine=engine, uncertainty_out=unc_out)
             try:
                 run.run()
                 if case.note:

@@ -21,6 +21,7 @@ import os
 import re
 import time
 
+from LowResSegLib.repository.modelstore import is_ensemble
 from LowResSegLib.results.outputs import LABEL_SUFFIXES, check_output_path
 
 __all__ = ["RunError", "SegmentationRun", "card_contrast", "contrast_from_name", "contrast_warning", "result_warnings",
@@ -125,6 +126,11 @@ def commit_files(pairs, overwrite=False):
 class SegmentationRun(object):
     """Segment ``input_path`` with ``model`` and write ``labels_out`` and/or ``dicom_seg_out``.
 
+    ``model`` may be an ensemble (:mod:`LowResSegLib.inference.ensemble`): then ``uncertainty_out`` (NIfTI,
+    NRRD or MetaImage) receives the disagreement map as whole percent (uint8: the share of members calling
+    a voxel tumour where they disagree, 0 where all agree), the summary holds the review score and flag,
+    and a flagged case adds a warning.
+
     ``engine`` may be given (e.g. a remote engine); else the model is loaded from
     ``repository``. ``channel`` and ``series`` pick a volume / a DICOM series (see
     :func:`LowResSegLib.images.io.read_volume`). ``volume``: a volume already in memory (Slicer's
@@ -135,11 +141,13 @@ class SegmentationRun(object):
     """
 
     def __init__(self, input_path, model=None, labels_out=None, dicom_seg_out=None, overwrite=False, channel=None,
-                 series=None, repository=None, threads=0, engine=None, volume=None, budget=None, log=None):
+                 series=None, repository=None, threads=0, engine=None, volume=None, budget=None, log=None,
+                 uncertainty_out=None):
         self.input_path = os.fspath(input_path)
         self.model, self.engine = model, engine
         self.labels_out = os.path.abspath(labels_out) if labels_out else None
         self.dicom_seg_out = os.path.abspath(dicom_seg_out) if dicom_seg_out else None
+        self.uncertainty_out = os.path.abspath(uncertainty_out) if uncertainty_out else None
         self.overwrite, self.channel, self.series = overwrite, channel, series
         self.repository, self.threads = repository, threads
         self.volume = volume
@@ -154,13 +162,20 @@ class SegmentationRun(object):
         """Every check that needs no inference; raises before anything is written."""
         from LowResSegLib.images.io import read_volume
 
-        outs = [p for p in (self.labels_out, self.dicom_seg_out) if p]
+        outs = [p for p in (self.labels_out, self.dicom_seg_out, self.uncertainty_out) if p]
         if self.labels_out:
             check_output_path(self.labels_out, self.overwrite, LABEL_SUFFIXES + (".seg.nrrd",))
         if self.dicom_seg_out:
             check_output_path(self.dicom_seg_out, self.overwrite, (".dcm",))
+        if self.uncertainty_out:
+            if self.uncertainty_out.lower().endswith(".seg.nrrd"):
+                raise RunError("--uncertainty %s: the disagreement map is an image; use .nii.gz, .nii, .nrrd or .mha"
+                               % self.uncertainty_out)
+            check_output_path(self.uncertainty_out, self.overwrite, LABEL_SUFFIXES)
         if len(set(os.path.normcase(p) for p in outs)) < len(outs):
-            raise RunError("--output and --dicom-seg name the same file %s; give them different names" % outs[0])
+            dup = next(p for p in outs if sum(os.path.normcase(q) == os.path.normcase(p) for q in outs) > 1)
+            raise RunError("two outputs (--output, --dicom-seg, --uncertainty) name the same file %s; give them "
+                           "different names" % dup)
         from LowResSegLib.images.io import remove_stale_temps
 
         for folder in set(os.path.dirname(p) for p in outs):
@@ -168,12 +183,15 @@ class SegmentationRun(object):
         if self.engine is None and self.model == AUTO:
             self._choose_model(read_volume)
         if self.engine is None:
-            from LowResSegLib.inference.engines import LocalEngine
+            from LowResSegLib.inference.ensemble import open_engine
 
             if not self.model:
                 raise RunError("no model given; pick one of `lowresseg models`")
-            self.engine = LocalEngine(self.model, self.repository, threads=self.threads)
+            self.engine = open_engine(self.model, self.repository, threads=self.threads)  # an ensemble, or one model
         card = self.engine.card
+        if self.uncertainty_out and not is_ensemble(card):
+            raise RunError("--uncertainty needs an ensemble model (one whose card names member models, e.g. "
+                           "elunet-ensemble-16-32-64); %s is a single model" % card["name"])
         if self.volume is None:
             self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
                                       contrast=card_contrast(card))
@@ -197,7 +215,7 @@ class SegmentationRun(object):
 
     def _choose_model(self, read_volume):
         """``--model auto``: read the volume, then pick the model whose time for it fits the budget."""
-        from LowResSegLib.inference.engines import LocalEngine
+        from LowResSegLib.inference.ensemble import open_engine
         from LowResSegLib.inference.modelchoice import axial_slices, choose_model
         from LowResSegLib.repository.modelstore import ModelRepository
 
@@ -211,7 +229,7 @@ class SegmentationRun(object):
         if self.volume is None:
             self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
                                       contrast=card_contrast(repo.card(names[0])))
-        self.choice = choose_model(names, self.budget, lambda n: LocalEngine(n, self.repository, threads=self.threads),
+        self.choice = choose_model(names, self.budget, lambda n: open_engine(n, self.repository, threads=self.threads),
                                    slices=axial_slices(self.volume), log=self.log)
         self.engine, self.model = self.choice.engine, self.choice.name
 
@@ -229,6 +247,8 @@ class SegmentationRun(object):
         self.seconds = time.perf_counter() - t0
         if self.segmentation is not None:
             self.warnings.extend(result_warnings(self.segmentation))
+            if getattr(self.segmentation, "review", False):  # an ensemble whose members disagree: say so
+                self.warnings.append(self.segmentation.review_line())
         return self.segmentation
 
     # ------------------------------------------------------------------ commit
@@ -253,6 +273,13 @@ class SegmentationRun(object):
                 meta = self.volume.meta
                 write_dicom_seg(self.segmentation.labels, meta["files"], self.engine.card, staged,
                                 source_frames=meta.get("frames"), sources=self.seg_sources, target=self.dicom_seg_out)
+            if self.uncertainty_out:
+                from LowResSegLib.images.io import write_labels
+
+                staged = _stage_name(self.uncertainty_out)
+                pairs.append((staged, self.uncertainty_out))
+                write_labels(self.segmentation.disagreement_percent(), self.segmentation.reference, staged,
+                             target=self.uncertainty_out)
         except BaseException:
             _remove_quietly(staged for staged, _ in pairs)
             raise
@@ -277,6 +304,9 @@ class SegmentationRun(object):
             "series": meta.get("series_instance_uid") or "",
             "series_description": meta.get("series_description") or "",
             "volume_ml": round(seg.volume_ml(), 2) if seg is not None else None,
+            # an ensemble's review score (members' disagreement) and flag; empty for a single model
+            "review_score": round(seg.review_score, 3) if hasattr(seg, "review_score") else "",
+            "review": ("yes" if seg.review else "no") if hasattr(seg, "review") else "",
             "seconds": round(self.seconds, 2),
             "warnings": " | ".join(self.warnings),
             "outputs": " ".join(self.written),
