@@ -9,6 +9,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+_CACHE = {}
+
+
+def pytest_configure(config):
+    """The suite's caches (phantoms, calibrations, slices) go to a temporary folder, never ~/.cache (issue 30):
+    ``$LOWRESSEG_CACHE`` is set for this process and every subprocess it starts, and removed at the end."""
+    import tempfile
+
+    _CACHE["old"] = os.environ.get("LOWRESSEG_CACHE")
+    _CACHE["dir"] = os.environ["LOWRESSEG_CACHE"] = tempfile.mkdtemp(prefix="lowresseg-test-cache-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if "dir" in _CACHE:
+        shutil.rmtree(_CACHE.pop("dir"), ignore_errors=True)
+        if _CACHE.get("old") is None:
+            os.environ.pop("LOWRESSEG_CACHE", None)
+        else:
+            os.environ["LOWRESSEG_CACHE"] = _CACHE["old"]
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):

@@ -220,3 +220,21 @@ def test_compare_figure_outlines_masks_and_its_caption_fits(tmp_path, monkeypatc
     for ext in extents:
         assert ext.x0 >= box.x0 - 1 and ext.x1 <= box.x1 + 1 and ext.y1 <= box.y1 + 1, "the caption is cut off"
     assert "green" not in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_the_suite_keeps_its_caches_out_of_the_home_folder():
+    """Issue 30, item 7: the tests wrote 135 MB of phantoms into ~/.cache/lowresseg. Break: dropping the
+    LOWRESSEG_CACHE set-up of conftest.pytest_configure."""
+    import tempfile
+
+    from LowResSegLib.inference.modelchoice import CalibrationCache
+    from LowResSegLib.training.cache import default_cache_dir
+
+    home = os.path.realpath(os.path.expanduser("~"))
+    cache = os.path.realpath(default_cache_dir())
+    assert cache.startswith(os.path.realpath(tempfile.gettempdir())) and not cache.startswith(
+        os.path.join(home, ".cache")), cache
+    assert os.path.isdir(cache)
+    calibration = getattr(CalibrationCache(), "path", None)
+    if calibration is not None:
+        assert os.path.realpath(calibration).startswith(cache), calibration
