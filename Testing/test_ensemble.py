@@ -290,3 +290,27 @@ def test_the_ensemble_runs_its_members_on_an_edge_server_with_the_same_result(re
         remote.close()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- compare
+
+
+def yellow_pixels(png):
+    import matplotlib.image as mpimg
+
+    rgb = (mpimg.imread(png)[..., :3] * 255).astype(int)
+    return int(np.count_nonzero((rgb[..., 0] > 200) & (rgb[..., 1] > 200) & (rgb[..., 2] < 80)))
+
+
+def test_cli_compare_shows_where_the_ensemble_members_disagree(repo, tmp_path):
+    src = write_nifti(graded_volume(), str(tmp_path / "case.nii.gz"))
+    res = cli("compare", src, "--models", "t16,%s" % ENS, "--repository", repo, "--out", str(tmp_path / "a"))
+    assert res.returncode == 0, res.stderr
+    assert "%s: members disagree on" % ENS in res.stdout and "review score" in res.stdout
+    with open(str(tmp_path / "a" / "comparison.json")) as f:
+        rows = {r["model"]: r for r in json.load(f)["runs"]}
+    assert set(rows) == {"t16", ENS}
+    plain = cli("compare", src, "--models", "t16,t32", "--repository", repo, "--out", str(tmp_path / "b"))
+    assert plain.returncode == 0, plain.stderr
+    assert yellow_pixels(str(tmp_path / "a" / "comparison.png")) > 50  # the disagreement overlay
+    assert yellow_pixels(str(tmp_path / "b" / "comparison.png")) == 0

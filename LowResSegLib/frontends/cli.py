@@ -318,6 +318,9 @@ def cmd_compare(args):
     for r in rows:
         print("%-26s %6s %9.2f %9.1f %8.3f %9.1f  %s" % (r["model"], "%d²" % r["input_size"], r["time_s"],
                                                         r["volume_ml"], r["dice"], r["hd95_mm"], r["reference"]))
+    for name, seg in segs.items():
+        if hasattr(seg, "review_score"):  # an ensemble: how much its members agree, and whether to review
+            print("%s: %s" % (name, seg.review_line()))
     print("wrote %s" % ", ".join(targets))
     return 0
 

@@ -117,7 +117,7 @@ def slice_position(affine_canonical, k, shape):
     return "%s %.1f mm" % ("S" if z >= 0 else "I", abs(z))
 
 
-def figure_caption(names, reference_name, has_truth):
+def figure_caption(names, reference_name, has_truth, ensembles=()):
     """What the figure draws, and nothing else."""
     if has_truth:
         lines = ["Each model's actual input (top) and its mask outlined in red on the full-resolution slice (bottom); "
@@ -125,6 +125,10 @@ def figure_caption(names, reference_name, has_truth):
     else:
         lines = ["Each model's actual input (top) and its mask outlined in red on the full-resolution slice (bottom); "
                  "Dice on that slice against %s (no ground truth given)." % reference_name]
+    if ensembles:  # an ensemble has no input of its own: its top cell shows where its members disagree
+        lines.append("Ensemble (%s): top, in yellow, where its members disagree (some, not all, call it tumour); "
+                     "its review score is the disagreeing volume over the volume any member finds."
+                     % ", ".join(ensembles))
     lines.append("Slices at the 25th, 50th and 75th percentile of the tumour's extent, positions along the patient "
                  "axis. Radiological view (patient's right on the left). Research use only.")
     return lines
@@ -156,7 +160,11 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
 
     prepared = {}  # slices depend only on the normalisation method, shared by the models
     lows = {}
+    ensembles = [n for n in names if getattr(segs[n], "disagreement", None) is not None]
+    disagree = {n: to_canonical(segs[n].disagreement > 0, volume.affine)[0] for n in ensembles}
     for n in names:
+        if n in ensembles:
+            continue
         card = segs[n].card
         method = card["normalization"]["method"]
         if method not in prepared:
@@ -165,7 +173,7 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
     cols = len(names) + (1 if ref_c is not None else 0)
     width = max(2.6 * cols, 7.0)
     caption = [textwrap.fill(line, width=int(width * 15)) for line in figure_caption(names, basis_name,
-                                                                                   ref_c is not None)]
+                                                                                   ref_c is not None, ensembles)]
     n_caption = sum(line.count("\n") + 1 for line in caption)
     fig, axes = plt.subplots(2 * len(ks), cols, figsize=(width, 2.7 * 2 * len(ks) + 0.16 * n_caption),
                              squeeze=False)
@@ -174,12 +182,19 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
         where = slice_position(c_aff, k, canon_img.shape)
         for col, name in enumerate(names):
             seg = segs[name]
-            low = lows[name][row, 0]
             ax_in, ax_ov = axes[2 * row, col], axes[2 * row + 1, col]
-            ax_in.imshow(low, cmap="gray", interpolation="nearest")
-            r = seg.card["input_size"]
-            ax_in.set_title("%s\ninput %d×%d; whole volume %.1f mL" % (name, r, r, seg.volume_ml()) if row == 0
-                            else "input %d×%d" % (r, r), fontsize=7)
+            if name in ensembles:  # where the members disagree, over the full-resolution slice
+                ax_in.imshow(canon_img[k], cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
+                ax_in.imshow(np.ma.masked_where(~disagree[name][k], disagree[name][k]), cmap="autumn", vmin=0,
+                             vmax=1, alpha=0.75, aspect=aspect, interpolation="nearest")
+                ax_in.set_title("%s\nmembers disagree on %.1f mL; review score %.2f%s; whole volume %.1f mL"
+                                % (name, seg.disagree_ml(), seg.review_score, " REVIEW" if seg.review else "",
+                                   seg.volume_ml()) if row == 0 else "members disagree (yellow)", fontsize=7)
+            else:
+                ax_in.imshow(lows[name][row, 0], cmap="gray", interpolation="nearest")
+                r = seg.card["input_size"]
+                ax_in.set_title("%s\ninput %d×%d; whole volume %.1f mL" % (name, r, r, seg.volume_ml()) if row == 0
+                                else "input %d×%d" % (r, r), fontsize=7)
             ax_ov.imshow(canon_img[k], cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
             mask = canon[name][k] > 0
             if mask.any():  # outlines only: the anatomy under the mask stays visible
