@@ -269,3 +269,16 @@ def test_quality_results_go_into_the_card_and_auto_ranks_by_them(repo, tmp_path)
     assert after["sha256"] == before["sha256"] and after["metrics"]["real_patients_dice"] == 0.72
     assert ModelRepository(copy).onnx_path(name)  # the graph still checks against the card
     assert quality_dice(after) == (0.72, "real patients never trained on") and quality_of(after) > 1.0
+
+
+def test_no_real_patient_image_is_committed_or_written_for_the_real_sets():
+    """Issue 30, item 10: real cases are published as numbers; images only of phantoms or the shipped sample.
+
+    Break: plotting the worst case of real:/lgg: sets again (bench/quality.py) or committing such a figure."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import quality
+
+    assert quality._patient_set("real:val") and quality._patient_set("lgg:val")
+    assert not quality._patient_set("phantom:12:7") and not quality._patient_set("folder:/data/x")
+    docs = os.listdir(os.path.join(ROOT, "docs"))
+    assert not [n for n in docs if n.startswith(("quality-real", "quality-lgg")) and n.endswith(".png")]

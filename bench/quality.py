@@ -273,9 +273,18 @@ def report(spec, rows, summary, models, floor, cards, command, n_cases, k_info):
             if g:
                 lines.append("| %s | %+.3f | %+.3f | %d/%d |" % (n, np.mean(g), min(g), sum(abs(x) <= 0.05 for x in g),
                                                                   len(g)))
-    lines += ["", "Per-case numbers: `%s_cases.csv`; worst case of each model: `%s.png` (beside this file)."
-              % (section_name(spec), section_name(spec))]
+    if _patient_set(spec):
+        lines += ["", "Per-case numbers: `%s_cases.csv` (beside this file); no figure: the project commits no image "
+                  "of a real patient, so real cases are shown as numbers only." % section_name(spec)]
+    else:
+        lines += ["", "Per-case numbers: `%s_cases.csv`; worst case of each model: `%s.png` (beside this file)."
+                  % (section_name(spec), section_name(spec))]
     return lines
+
+
+def _patient_set(spec):
+    """The project's real-patient sets (real:…, lgg:…): their results are published as numbers, never images."""
+    return str(spec).split(":", 1)[0] in ("real", "lgg")
 
 
 def plot_worst(worst, order, path, title):
@@ -357,7 +366,8 @@ def main(argv=None):
         n_cases = len(set(r["case"] for r in rows))
         lines = report(spec, rows, summary, models, floor, cards, command.strip(), n_cases, k_info)
         print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), name, lines))
-        plot_worst(worst, [floor] + models, os.path.join(args.out, name + ".png"), spec)
+        if not _patient_set(spec):  # issue 30: no real patient's scan in a committed figure
+            plot_worst(worst, [floor] + models, os.path.join(args.out, name + ".png"), spec)
         results[spec] = {"k": k, "command": command, "summary": {"%s|%s" % key: val for key, val in summary.items()}}
     write_results(os.path.join(args.out, "quality.json"), results)
     if args.write_cards:
