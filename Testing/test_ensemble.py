@@ -314,3 +314,38 @@ def test_cli_compare_shows_where_the_ensemble_members_disagree(repo, tmp_path):
     assert plain.returncode == 0, plain.stderr
     assert yellow_pixels(str(tmp_path / "a" / "comparison.png")) > 50  # the disagreement overlay
     assert yellow_pixels(str(tmp_path / "b" / "comparison.png")) == 0
+
+
+# ---------------------------------------------------------------- DICOM-SEG
+
+
+def test_an_ensemble_dicom_seg_holds_the_disagreement_segment_and_passes_dciodvfy(repo, tmp_path):
+    import pydicom
+
+    from LowResSegLib.images.dicomsynth import write_mr_series
+    from LowResSegLib.results.dicomseg import read_dicom_seg, seg_errors_by_origin
+    from LowResSegLib.workflow.run import SegmentationRun
+
+    vol = graded_volume()
+    files = write_mr_series(Volume(vol.array, vol.affine, {"modality": "MR"}), str(tmp_path / "mr"),
+                            series_description="AX FLAIR", seed=3)
+    out = str(tmp_path / "seg.dcm")
+    run = SegmentationRun(str(tmp_path / "mr"), ENS, dicom_seg_out=out, repository=repo)
+    seg = run.run()
+    assert seg.review and seg.disagreement.any()
+    ds = pydicom.dcmread(out)
+    items = list(ds.SegmentSequence)
+    assert [str(i.SegmentLabel) for i in items] == ["Tumour", "members disagree"]
+    assert str(items[1].SegmentDescription).startswith("LowResSeg extra: members disagree (review score")
+    ours, _inherited = seg_errors_by_origin(out, files[0])
+    assert ours == [], ours
+    back = read_dicom_seg(out, run.volume.meta["files"])  # the classes only: the extra segment is no label
+    np.testing.assert_array_equal(back, seg.labels)
+    import highdicom as hd
+
+    uids = [str(pydicom.dcmread(f).SOPInstanceUID) for f in run.volume.meta["files"]]
+    frames = hd.seg.segread(out).get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[2],
+                                                               assert_missing_frames_are_empty=True)[..., 0]
+    np.testing.assert_array_equal(frames > 0, seg.disagreement > 0)
+    np.testing.assert_array_equal(back, seg.labels)
+    assert run.summary()["review"] == "yes" and run.summary()["review_score"] == round(seg.review_score, 3)

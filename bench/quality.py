@@ -341,7 +341,7 @@ def main(argv=None):
         if d["kind"] in ("real", "lgg") and d["split"] != "val":
             raise SystemExit("only real:val and lgg:val are held out of training; %s is not" % spec)
     repo = ModelRepository(args.repository)
-    models = args.models.split(",") if args.models else repo.names()
+    models = args.models.split(",") if args.models else repo.graph_names()  # ensembles: --ensemble NAME
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in models}
     if args.no_postprocessing:  # the ablation: the same graphs without their cards' component filters
         for e in engines.values():

@@ -119,7 +119,7 @@ def local_vs_remote(volume, url, model, repository, repeats):
 def wire_tolerance(repository, cases):
     """Per shipped model: labels read from probabilities_8bit vs from FP32 probabilities, over ``cases``."""
     rows = []
-    for name in ModelRepository(repository).names():
+    for name in ModelRepository(repository).graph_names():  # an ensemble has no graph to read outputs of
         coarse, exact = LocalEngine(name, repository), LocalEngine(name, repository, output="probabilities")
         differ = voxels = mask = 0
         dices = []
@@ -202,7 +202,7 @@ def emulated_nano(repository, volume, chunk_size=32, seconds=5.0):
     url = "http://127.0.0.1:%d" % port
     rows = []
     try:
-        for name in ModelRepository(repository).names():
+        for name in ModelRepository(repository).graph_names():  # what the server serves (no ensembles)
             engine = RemoteEngine(url, name)
             chunk = low_res_inputs(prepare_slices(volume, engine.card).slices[60:60 + chunk_size], engine.card)
             engine.infer(chunk)  # warm-up

@@ -167,7 +167,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     repo = ModelRepository(args.repository)
-    names = sorted(repo.names(), key=lambda n: (repo.card(n)["input_size"], n))
+    names = sorted(repo.graph_names(), key=lambda n: (repo.card(n)["input_size"], n))  # the ensembles: below
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
     if args.volume:
         from LowResSegLib.images.io import read_volume

@@ -29,6 +29,7 @@ from LowResSegLib.inference.pipeline import Segmentation
 from LowResSegLib.repository.modelstore import ModelRepository, ModelStoreError, card_threshold, is_ensemble
 
 __all__ = ["Ensemble", "EnsembleSegmentation", "open_engine", "review_score", "disagreement_map", "review_threshold",
+           "disagreement_segment",
            "REVIEW_THRESHOLD", "DISAGREE_SEGMENT"]
 
 #: The review flag's threshold when the card names none (the shipped card carries the one chosen on
@@ -62,6 +63,15 @@ def open_engine(name, repository=None, threads=0, engine_for=None):
             raise
         return Ensemble(card, engines)
     return make(name)
+
+
+def disagreement_segment(segmentation):
+    """The "members disagree" region of an :class:`EnsembleSegmentation` as an extra DICOM-SEG segment
+    (:func:`LowResSegLib.results.dicomseg.write_dicom_seg`): the tumour class's codes, its own name and colour."""
+    cls = segmentation.card["classes"][0]
+    return {"name": DISAGREE_SEGMENT, "color": [255, 215, 0], "category": cls["category"], "type": cls["type"],
+            "description": "%s (review score %.2f)" % (DISAGREE_SEGMENT, segmentation.review_score),
+            "mask": segmentation.disagreement > 0}
 
 
 def review_threshold(card):

@@ -233,6 +233,18 @@ class ModelRepository(object):
         return sorted(d for d in os.listdir(self.root)
                       if not d.startswith(".") and os.path.isfile(os.path.join(self.root, d, CARD_FILE)))
 
+    def graph_names(self):
+        """The models with a graph of their own: every name but the ensembles (a broken card counts as one)."""
+        out = []
+        for n in self.names():
+            try:
+                if self.is_ensemble(n):
+                    continue
+            except ModelStoreError:
+                pass
+            out.append(n)
+        return out
+
     def model_dir(self, name):
         if name not in self.names():
             known = ", ".join(self.names()) or "none"

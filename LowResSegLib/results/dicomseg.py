@@ -43,6 +43,7 @@ __all__ = ["check_seg_sources", "SegSources", "write_dicom_seg", "software_versi
 _INSTALL_HINT = 'DICOM-SEG support needs the optional extra: pip install "LowResSegLib[dicom]"'
 _CLASS_TAG = "LowResSeg class %d"
 _CLASS_RE = re.compile(r"LowResSeg class (\d+)")
+_EXTRA_TAG = "LowResSeg extra: "  # SegmentDescription of a segment that is no class (read_dicom_seg skips it)
 _POSITION_TOL_MM = 1e-3
 
 
@@ -265,7 +266,7 @@ def software_versions(card):
 
 
 def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, series_description=None,
-                    source_frames=None, sources=None, target=None):
+                    source_frames=None, sources=None, target=None, extra_segments=None):
     """Write ``labels`` (uint8, (k, j, i) on the source grid) as a BINARY DICOM-SEG; return ``out_path``.
 
     ``source_files`` are the source series' files in k order (as a reader gives them);
@@ -281,6 +282,11 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
     Raises ValueError for a labels shape other than the source's (slices, rows, columns),
     label values that are not card class indices, or source files that cannot carry a SEG;
     FileExistsError for an existing ``out_path``.
+
+    ``extra_segments``: further segments that are no class of the card and may overlap the labels (an
+    ensemble's "members disagree" region), each a dict with ``name``, ``color``, ``category``, ``type``
+    (SNOMED codes as in a card class), ``description`` and ``mask`` (bool, the labels' shape). An empty
+    one is left out. They follow the class segments; :func:`read_dicom_seg` reads the classes only.
     """
     import warnings
 
@@ -311,7 +317,19 @@ def write_dicom_seg(labels, source_files, card, out_path, overwrite=False, serie
 
     descriptions = [_segment_description(n + 1, classes[idx], card, hd, codes)
                     for n, idx in enumerate(indices)]
-    stacked = np.stack([labels == idx for idx in indices], axis=-1).astype(np.uint8)
+    planes = [labels == idx for idx in indices]
+    for extra in extra_segments or ():
+        mask = np.asarray(extra["mask"]).astype(bool)
+        if mask.shape != labels.shape:
+            raise ValueError("extra segment %r has shape %s, the labels %s" % (extra.get("name"), mask.shape,
+                                                                               labels.shape))
+        if not mask.any():
+            continue
+        desc = _segment_description(len(descriptions) + 1, dict(extra, index=1), card, hd, codes)
+        desc.SegmentDescription = (_EXTRA_TAG + str(extra.get("description") or extra["name"]))[:64]
+        descriptions.append(desc)
+        planes.append(mask)
+    stacked = np.stack(planes, axis=-1).astype(np.uint8)
     source_images = sources.datasets
     if sources.multiframe:
         # highdicom refuses a source whose frames repeat positions (a 4-D file), so it gets a header
@@ -387,6 +405,8 @@ def _segment_values(seg, card):
     values = {}
     for item in seg.SegmentSequence:
         number = int(item.SegmentNumber)
+        if str(item.get("SegmentDescription", "")).startswith(_EXTRA_TAG):
+            continue  # not a class (e.g. where an ensemble's members disagree): no label value
         value = None
         label = str(item.get("SegmentLabel", "")).strip().lower()
         if card is not None:

@@ -271,8 +271,14 @@ class SegmentationRun(object):
                 staged = _stage_name(self.dicom_seg_out)
                 pairs.append((staged, self.dicom_seg_out))
                 meta = self.volume.meta
+                extra = None
+                if hasattr(self.segmentation, "disagreement"):  # an ensemble: where its members disagree, too
+                    from LowResSegLib.inference.ensemble import disagreement_segment
+
+                    extra = [disagreement_segment(self.segmentation)]
                 write_dicom_seg(self.segmentation.labels, meta["files"], self.engine.card, staged,
-                                source_frames=meta.get("frames"), sources=self.seg_sources, target=self.dicom_seg_out)
+                                source_frames=meta.get("frames"), sources=self.seg_sources, target=self.dicom_seg_out,
+                                extra_segments=extra)
             if self.uncertainty_out:
                 from LowResSegLib.images.io import write_labels
 
