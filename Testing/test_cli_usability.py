@@ -238,3 +238,19 @@ def test_the_suite_keeps_its_caches_out_of_the_home_folder():
     calibration = getattr(CalibrationCache(), "path", None)
     if calibration is not None:
         assert os.path.realpath(calibration).startswith(cache), calibration
+
+
+def test_the_auto_pick_message_reads_as_a_sentence_for_every_preset(tmp_path):
+    """Issue 30, item 9: '--budget best' said 'among the models that fit best quality'."""
+    from LowResSegLib.inference.engines import LocalEngine
+    from LowResSegLib.inference.modelchoice import choose_model
+
+    repo = str(tmp_path / "models")
+    for name, r in (("threshold-16to64", 16), ("threshold-32to64", 32)):
+        add_threshold_model(repo, name, r=r, big_r=64, threshold=2.5)
+    names = ["threshold-16to64", "threshold-32to64"]
+    for budget, words in (("best", "of the 2 models (--budget best)"), ("balanced", "among the models that fit "
+                                                                                    "balanced"),
+                          ("10s", "among the models that fit a budget of")):
+        choice = choose_model(names, budget, lambda n: LocalEngine(n, repo, threads=1), slices=20, cache=False)
+        assert words in choice.reason and "fit best quality" not in choice.reason, choice.reason

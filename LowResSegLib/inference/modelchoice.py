@@ -250,8 +250,12 @@ def choose_model(names, budget, engine_for, slices=BRATS_SLICES, cache=None, clo
     elif fits:
         name = max(fits, key=lambda n: (estimates[n][1], -estimates[n][0]))
         better = [n for n in names if estimates[n][1] > estimates[name][1]]
-        reason = ("chose %s: the best card quality (%s) among the models that fit %s, estimated %s for "
-                  "%d slices on this engine" % (name, dice(name), what, _fmt(estimates[name][0]), slices))
+        if budget == math.inf:
+            reason = ("chose %s: the best card quality (%s) of the %d models (--budget best), estimated %s for %d "
+                      "slices on this engine" % (name, dice(name), len(names), _fmt(estimates[name][0]), slices))
+        else:
+            reason = ("chose %s: the best card quality (%s) among the models that fit %s, estimated %s for "
+                      "%d slices on this engine" % (name, dice(name), what, _fmt(estimates[name][0]), slices))
         if better:
             top = max(better, key=lambda n: estimates[n][1])
             reason += "; %s (%s) would take %s" % (top, dice(top), _fmt(estimates[top][0]))
