@@ -349,3 +349,59 @@ def test_an_ensemble_dicom_seg_holds_the_disagreement_segment_and_passes_dciodvf
     np.testing.assert_array_equal(frames > 0, seg.disagreement > 0)
     np.testing.assert_array_equal(back, seg.labels)
     assert run.summary()["review"] == "yes" and run.summary()["review_score"] == round(seg.review_score, 3)
+
+
+# ---------------------------------------------------------------- measurement (bench/ensemble.py)
+
+
+def test_auroc_and_threshold_helpers_by_hand():
+    sys.path.insert(0, ROOT)
+    from bench.ensemble import auroc, leave_one_out, sens_spec, youden_threshold
+
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5 and auroc([0.3], [True]) != auroc([0.3], [True])  # nan
+    t = youden_threshold([0.9, 0.8, 0.1, 0.2], [True, True, False, False])
+    assert 0.2 < t < 0.8 and sens_spec([0.9, 0.8, 0.1, 0.2], [True, True, False, False], t) == (1.0, 1.0)
+    assert leave_one_out([0.9, 0.8, 0.7, 0.1, 0.2, 0.3], [True] * 3 + [False] * 3) == (1.0, 1.0)
+
+
+def test_the_ensemble_bench_writes_its_section_and_the_card_threshold(repo_copy, tmp_path):
+    data = tmp_path / "data"
+    for sub in ("images", "labels"):
+        (data / sub).mkdir(parents=True)
+    for i, amp in enumerate((0.8, 1.2, 2.0, 3.0)):
+        vol = graded_volume(amp)
+        write_nifti(vol, str(data / "images" / ("c%d.nii.gz" % i)))
+        truth = Volume((vol.array > 100 * (1 + 0.6 * amp)).astype(np.uint8), vol.affine)
+        write_nifti(truth, str(data / "labels" / ("c%d.nii.gz" % i)))
+    out = tmp_path / "docs"
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality.py"), "--ensemble", ENS, "--data",
+                          "folder:%s" % data, "--repository", repo_copy, "--out", str(out)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "<!-- ensemble:begin -->" in md and "ensemble − best member, Dice" in md and "95 % CI" in md
+    assert "AUROC, Dice < 0.5" in md and "leave-one-out" in md
+    rows = list(csv.DictReader(open(str(out / "ensemble_cases.csv"))))
+    assert len(rows) == 4 and all(0 <= float(r["review_score"]) <= 1 for r in rows)
+    assert (out / "ensemble-review.png").stat().st_size > 1000
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ensemble.py"), "--ensemble", ENS, "--data",
+                          "folder:%s" % data, "--repository", repo_copy, "--out", str(out), "--write-card"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+    review = ModelRepository(repo_copy).card(ENS)["ensemble"]["review"]
+    assert 0 < review["threshold"] < 1 and "Youden" in review["chosen_on"]
+
+
+def test_the_speed_bench_times_the_ensemble_in_the_same_rounds(repo, tmp_path):
+    out = tmp_path / "docs"
+    sample = str(tmp_path / "vol.nii.gz")
+    write_nifti(graded_volume(), sample)
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "speed.py"), "--repeats", "1", "--repository",
+                          repo, "--out", str(out), "--volume", sample], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True)
+    assert res.returncode == 0, res.stdout[-3000:]
+    md = (out / "BENCHMARKS.md").read_text()
+    assert "| ensemble | members | end-to-end s / volume |" in md and "| ens | t16, t32, t64 |" in md
+    assert json.loads((out / "speed.json").read_text())["median"][ENS]["total_s"] > 0

@@ -331,7 +331,15 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="folder for BENCHMARKS.md and figures")
     ap.add_argument("--write-cards", action="store_true",
                     help="write each model's lgg:val and real:val results into its card (both must be in --data)")
+    ap.add_argument("--ensemble", metavar="NAME", help="measure this ensemble instead (bench/ensemble.py: vs its "
+                    "best member, review-score AUROC, scatter); --data, --cases, --repository, --threads, --out apply")
     args = ap.parse_args(argv)
+    if args.ensemble:  # issue 31
+        from bench.ensemble import main as ensemble_main
+
+        return ensemble_main(["--ensemble", args.ensemble, "--data", args.data, "--out", args.out,
+                              "--threads", str(args.threads)] + (["--cases", str(args.cases)] if args.cases else [])
+                             + (["--repository", args.repository] if args.repository else []))
 
     specs = [s for s in args.data.split(",") if s]
     for spec in specs:

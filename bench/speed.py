@@ -25,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from LowResSegLib.inference.engines import LocalEngine  # noqa: E402
+from LowResSegLib.inference.ensemble import open_engine  # noqa: E402
 from LowResSegLib.images.geometry import Volume  # noqa: E402
 from LowResSegLib.inference.modelchoice import cpu_name  # noqa: E402
 from LowResSegLib.repository.modelstore import ModelRepository  # noqa: E402
@@ -169,6 +170,8 @@ def main(argv=None):
     repo = ModelRepository(args.repository)
     names = sorted(repo.graph_names(), key=lambda n: (repo.card(n)["input_size"], n))  # the ensembles: below
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
+    ensembles = [n for n in repo.names() if repo.is_ensemble(n) and repo.check(n)[0]]
+    ens_engines = {n: open_engine(n, args.repository, threads=args.threads) for n in ensembles}
     if args.volume:
         from LowResSegLib.images.io import read_volume
 
@@ -177,14 +180,17 @@ def main(argv=None):
         vol = bench_volume()
     print("volume %s, %d models, %d repeats, threads=%s" % (vol.shape, len(names), args.repeats,
                                                              args.threads or "all"))
-    for e in engines.values():  # warm-up
+    for e in list(engines.values()) + list(ens_engines.values()):  # warm-up
         segment(vol, e, chunk=args.chunk)
-    runs = {n: [] for n in names}
+    runs = {n: [] for n in names + ensembles}  # the ensembles in the same rounds: their cost in the same noise
     for rep in range(args.repeats):
-        for n in names:
-            runs[n].append(segment(vol, engines[n], chunk=args.chunk, keep_probabilities=False).timings)
+        for n in names + ensembles:
+            runs[n].append(segment(vol, engines.get(n) or ens_engines[n], chunk=args.chunk,
+                                   keep_probabilities=False).timings)
         print("repeat %d/%d done" % (rep + 1, args.repeats), flush=True)
-    med = {n: {k: float(np.median([t[k] for t in runs[n]])) for k in runs[n][0]} for n in names}
+    med = {n: {k: float(np.median([t[k] for t in runs[n]])) for k in ("total_s", "ms_per_slice", "preprocess_ms",
+                                                                       "infer_ms", "postprocess_ms")}
+           for n in names + ensembles}
 
     # the graph alone, one chunk of slices, interleaved: as engines run it, and as shipped
     shipped = {n: LocalEngine(n, args.repository, threads=args.threads, optimise=False) for n in names}
@@ -230,6 +236,20 @@ def main(argv=None):
             1000 * shipped_med[n], g_up))
     lines.append("")
     result = {"median": med, "graph_median_s": graph_med, "shipped_graph_median_s": shipped_med}
+    if ensembles:  # issue 31: an ensemble's members one after the other on one prepared volume
+        lines += ["Ensembles (issue 31), end to end in the same rounds (members run one after the other on one "
+                  "prepared volume; the mean, the disagreement map and the review score included):", "",
+                  "| ensemble | members | end-to-end s / volume | × %s | × %s |" % (j32, full or "full"),
+                  "|---|---|---|---|---|"]
+        for n in ensembles:
+            per_round = [a["total_s"] / b["total_s"] for a, b in zip(runs[n], runs[j32])] if j32 in runs else []
+            x32 = med[n]["total_s"] / med[j32]["total_s"] if j32 in med else float("nan")
+            xfull = med[n]["total_s"] / med[full]["total_s"] if full in med else float("nan")
+            lines.append("| %s | %s | %.2f | %.2f (per round %s) | %.2f |" % (
+                n, ", ".join(repo.members(n)), med[n]["total_s"], x32, ", ".join("%.2f" % x for x in per_round),
+                xfull))
+            result.setdefault("ensembles", {})[n] = {"x_" + j32: x32, "x_full": xfull, "per_round": per_round}
+        lines.append("")
     if j32 in med and i32 in med:
         e2e = med[j32]["total_s"] / med[i32]["total_s"]
         # the graph ratio from many short back-to-back pairs: robust to the machine's drift

@@ -99,13 +99,15 @@ def review_score(votes, n):
 
 class EnsembleSegmentation(Segmentation):
     """What :meth:`Ensemble.segment_volume` returns: a Segmentation (labels, probabilities, card, timings,
-    reference) plus ``member_names``, ``member_volumes_ml``, ``votes`` (uint8: members voting tumour),
+    reference) plus ``member_names``, ``member_volumes_ml``, ``member_labels`` (each member's uint8 mask, for
+    measurement), ``votes`` (uint8: members voting tumour),
     ``disagreement`` (see :func:`disagreement_map`), ``review_score``, ``review_threshold``, ``review``
     (the flag)."""
 
     def __init__(self, labels, probabilities, card, timings, reference, member_names, member_volumes_ml, votes,
-                 threshold):
+                 threshold, member_labels=None):
         Segmentation.__init__(self, labels, probabilities, card, timings, reference)
+        self.member_labels = member_labels
         self.member_names, self.member_volumes_ml = list(member_names), list(member_volumes_ml)
         n = len(self.member_names)
         self.votes = votes
@@ -184,7 +186,7 @@ class Ensemble(object):
         t_pre = 0.0
         n = len(self.members)
         mean = votes = None
-        volumes, timings = [], {}
+        volumes, timings, member_labels = [], {}, []
         for i, member in enumerate(self.members):
             method = member.card["normalization"]["method"]
             if method not in prepared:
@@ -207,6 +209,7 @@ class Ensemble(object):
                 mean += seg.probabilities
                 votes += seg.labels > 0
             volumes.append(seg.volume_ml())
+            member_labels.append(seg.labels)
             timings[member.card["name"]] = seg.timings
         if cancel is not None and cancel():
             return None
@@ -229,4 +232,5 @@ class Ensemble(object):
             "volumes_per_s": 1.0 / total_s if total_s > 0 else float("inf"),
         }
         return EnsembleSegmentation(labels, mean if keep_probabilities else None, card, timing, volume,
-                                    [m.card["name"] for m in self.members], volumes, votes, review_threshold(card))
+                                    [m.card["name"] for m in self.members], volumes, votes, review_threshold(card),
+                                    member_labels)
