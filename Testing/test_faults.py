@@ -198,6 +198,10 @@ mode, flag = os.environ["FAULT_MODE"], os.environ.get("FAULT_FLAG")
 real = wr.commit_files
 calls = []
 def commit_files(pairs, overwrite=False):
+    if mode == "hold-before-commit":
+        open(flag, "w").close()  # the case's outputs are staged (hidden files) but not yet in place
+        while True:
+            time.sleep(0.05)
     real(pairs, overwrite)
     calls.append(pairs)
     if mode == "kill-after-first-commit":
@@ -356,3 +360,52 @@ def test_the_suite_has_a_per_test_timeout(tmp_path):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
     assert proc.returncode != 0 and "Timeout" in proc.stdout, proc.stdout[-2000:]
     assert time.time() - t0 < 60
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    """Ours whose process is gone go; a running process's stay; the PID-less older form goes after a day;
+    anything not of our naming stays. Break: matching on the prefix alone deletes a running batch's files."""
+    from LowResSegLib.images.io import remove_stale_temps
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {
+        ".lowresseg-%dx0badcafe-case.nii.gz" % dead.pid: False,
+        ".t.tmp-%dx0badcafe.nii.gz" % dead.pid: False,
+        ".lowresseg-%dx0badcafe-live.nii.gz" % os.getpid(): True,
+        ".lowresseg-0badcafe-old.nii.gz": False,
+        ".lowresseg-cafebabe-new.nii.gz": True,
+        ".hidden-of-the-user": True,
+        "case.nii.gz": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(str(tmp_path / ".lowresseg-0badcafe-old.nii.gz"), (day_ago, day_ago))
+    removed = remove_stale_temps(str(tmp_path))
+    assert sorted(removed) == sorted(n for n, keep in names.items() if not keep)
+    assert sorted(os.listdir(str(tmp_path))) == sorted(n for n, keep in names.items() if keep)
+
+
+def test_sigterm_ends_a_batch_cleanly_and_a_rerun_completes_it(tmp_path, repo):
+    """SIGTERM (a service stop) while a case's outputs are staged: exit 143, one line, no staged file left,
+    batch.csv whole; the rerun completes. Break: without the SIGTERM handler the process dies at once and its
+    staged files stay."""
+    root, out = _tree(tmp_path / "studies"), tmp_path / "out"
+    argv = ["batch", root, "--model", MODEL, "--repository", repo, "--out", out, "--threads", "1"]
+    flag = tmp_path / "holding"
+    child = _child(argv, "hold-before-commit", flag)
+    deadline = time.time() + 60
+    while not flag.exists():
+        assert child.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    assert [n for n in os.listdir(str(out)) if n.startswith(".lowresseg-%dx" % child.pid)], "nothing staged yet"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "lowresseg batch: terminated (SIGTERM); nothing partial was left"
+    assert [n for n in os.listdir(str(out)) if n.startswith(".") and n != ".lowresseg-batch.lock"] == []
+    assert _rows(out)["case0"]["status"] == "running"
+    assert main([str(a) for a in argv]) == 0
+    assert [r["status"] for r in _rows(out).values()] == ["done"] * 3
+    _check_outputs(out, ["case0", "case1", "case2"])

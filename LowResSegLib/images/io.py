@@ -23,6 +23,7 @@ import re
 import secrets
 import struct
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -369,6 +370,8 @@ def _geometry_image(labels, affine):
 
 
 _TEMP_RX = re.compile(r"^\.(?:lowresseg-|.+\.tmp-)(\d+)x[0-9a-f]{8}")  # ours: the writing process's PID inside
+_OLD_TEMP_RX = re.compile(r"^\.(?:lowresseg-[0-9a-f]{8}-.+|.+\.tmp-[0-9a-f]{8}\..+)$")  # before the PID was in them
+_OLD_TEMP_AGE_S = 24 * 3600
 
 
 def temp_tag():
@@ -390,16 +393,27 @@ def remove_stale_temps(folder):
     """Remove our hidden temporary files in ``folder`` whose writing process is gone; their names.
 
     A process killed mid-write (SIGKILL, power loss) cannot clean up; the next run does. Files of a
-    process still running on this machine are left alone.
+    process still running on this machine are left alone; names of the older form, without a PID,
+    once they are a day old.
     """
     removed = []
     try:
         names = os.listdir(folder)
     except OSError:
         return removed
+    now = time.time()
     for name in names:
         m = _TEMP_RX.match(name)
-        if not m or _pid_alive(int(m.group(1))):
+        if m:
+            if _pid_alive(int(m.group(1))):
+                continue
+        elif _OLD_TEMP_RX.match(name):  # no PID to ask: a day old is long dead
+            try:
+                if now - os.path.getmtime(os.path.join(folder, name)) < _OLD_TEMP_AGE_S:
+                    continue
+            except OSError:
+                continue
+        else:
             continue
         try:
             os.remove(os.path.join(folder, name))

@@ -286,10 +286,10 @@ class SegmentationRun(object):
                 pairs.append((staged, self.uncertainty_out))
                 write_labels(self.segmentation.disagreement_percent(), self.segmentation.reference, staged,
                              target=self.uncertainty_out)
+            commit_files(pairs, self.overwrite)  # inside: a SIGTERM just before it leaves no staged file either
         except BaseException:
             _remove_quietly(staged for staged, _ in pairs)
             raise
-        commit_files(pairs, self.overwrite)
         self.written = [final for _, final in pairs]
         return self.written
 
