@@ -311,3 +311,59 @@ def test_a_corrupt_instance_is_named_by_its_sop_instance_uid(tmp_path, studies, 
     assert rc == 1 and row["status"] == "failed"
     assert row["message"].startswith("instance %s looks like a DICOM slice but could not be read" % bad), row
     assert "lowresseg-pacs-" not in row["message"] and "/tmp" not in row["message"]
+
+
+class _SlowAfterSearch(_Trickler):
+    """Answers the study search at once (one study), then trickles every other answer."""
+
+    STUDY = ('[{"0020000D": {"vr": "UI", "Value": ["1.2.3.4.5"]}, "00100020": {"vr": "LO", "Value": ["LRS-SLOW"]}}]'
+             ).encode()
+
+    def _handle(self, conn):
+        try:
+            request = conn.recv(65536)
+            if request.startswith(b"GET /dicom-web/studies?"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(self.STUDY), self.STUDY))
+                conn.close()
+                return
+        except OSError:
+            conn.close()
+            return
+        self._trickle(conn)
+
+    def _trickle(self, conn):
+        body = b"[]" + b" " * 4000
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: %d\r\n\r\n"
+                         % len(body))
+            for byte in body:
+                if self.stopped:
+                    return
+                conn.sendall(bytes([byte]))
+                time.sleep(self.every)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def test_a_study_whose_transfers_pass_the_study_deadline_fails_alone(tmp_path, repo):
+    """--study-timeout bounds all of a study's transfers, retries included; the study fails with that reason.
+
+    Break: without the study deadline, 6 tries of 2 s plus waits take about 45 s."""
+    from LowResSegLib.hospital.pacs import run_pacs
+    from LowResSegLib.inference.engines import LocalEngine
+
+    server = _SlowAfterSearch()
+    t0 = time.time()
+    try:
+        rows = run_pacs(server.url, filters={}, report=str(tmp_path / "pacs.csv"), timeout=2, retries=5,
+                        backoff=1.0, study_timeout=3, engine=LocalEngine(MODEL, repo, threads=1), progress=False)
+    finally:
+        server.stop()
+    took = time.time() - t0
+    assert [r["status"] for r in rows] == ["failed"]
+    assert rows[0]["message"] == ("listing the series of study 1.2.3.4.5: the study's transfers passed their "
+                                  "deadline of 3 s (--study-timeout)"), rows[0]["message"]
+    assert took < 12, "took %.1f s" % took
