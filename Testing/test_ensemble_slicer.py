@@ -3,7 +3,6 @@ real onnxruntime members): an ensemble run adds a separate "members disagree" se
 warning in the status line and the results table."""
 
 import os
-import sys
 
 import numpy as np
 import pytest

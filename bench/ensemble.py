@@ -37,7 +37,7 @@ from LowResSegLib.images.metrics import dice, volume_ml  # noqa: E402
 from LowResSegLib.inference.ensemble import open_engine  # noqa: E402
 from LowResSegLib.inference.pipeline import segment  # noqa: E402
 from LowResSegLib.repository.modelstore import ModelRepository  # noqa: E402
-from bench.quality import bootstrap_ci, held_out_cases, paired  # noqa: E402
+from bench.quality import held_out_cases, paired  # noqa: E402
 from bench.report import replace_section  # noqa: E402
 
 FAIL_DICE = 0.5
