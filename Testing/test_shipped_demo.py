@@ -9,11 +9,13 @@ from LowResSegLib.repository.modelstore import ModelRepository
 
 SHIPPED = ["elunet-full-256", "elunet-interp-32to256", "elunet-jhead-16to256", "elunet-jhead-32to256",
            "elunet-jhead-64to256"]
+ENSEMBLE = "elunet-ensemble-16-32-64"  # issue 31: a card naming three of them, no graph of its own
 
 
 def test_five_shipped_models_pass_their_integrity_check():
     repo = ModelRepository()
-    assert repo.names() == SHIPPED
+    assert repo.graph_names() == SHIPPED and repo.names() == sorted(SHIPPED + [ENSEMBLE])
+    assert repo.check(ENSEMBLE) == (True, "ok")
     for name in SHIPPED:
         assert repo.check(name) == (True, "ok"), name
         card = repo.card(name)
@@ -26,11 +28,11 @@ def test_demo_on_shipped_models(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    for name in SHIPPED:
+    for name in SHIPPED + [ENSEMBLE]:
         assert (out / "labels" / (name + ".nii.gz")).exists()
         assert (out / "labels" / (name + ".seg.nrrd")).exists()
     table = json.loads((out / "comparison.json").read_text())
-    assert sorted(r["model"] for r in table["runs"]) == SHIPPED
+    assert sorted(r["model"] for r in table["runs"]) == sorted(SHIPPED + [ENSEMBLE])
     assert all(r["reference"] == "ground truth" for r in table["runs"])
     assert (out / "comparison.png").stat().st_size > 50000
     seg = out / "elunet-jhead-32to256.seg.dcm"
