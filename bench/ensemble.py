@@ -16,7 +16,10 @@ volume, through the real inference path):
     python bench/quality.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val,phantom:8:1001
     python bench/ensemble.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val --write-card
 
-``--write-card`` writes the chosen threshold into the ensemble card's ``ensemble.review``.
+``--write-card`` writes the chosen threshold into the ensemble card's ``ensemble.review``, and its Dice on
+``lgg:val`` and ``real:val`` into its ``metrics`` (``real_patients_dice``: what ``--model auto`` ranks by).
+``--from-cases CSV`` recomputes the report (and ``--write-card``) from an earlier run's ``ensemble_cases.csv``
+without segmenting again.
 """
 
 import argparse
@@ -114,12 +117,26 @@ def pairwise_score(masks):
     return 1.0 - float(np.mean(ds))
 
 
+def long_rows(cases, models):
+    """The per-(case, model) rows that ``bench/quality.py``'s ``paired`` reads."""
+    return [{"case": c["case"], "variant": c["variant"], "model": m, "dice": c["dice|" + m], "truth_ml": c["truth_ml"],
+             "pred_ml": c["ml|" + m]} for c in cases for m in models]
+
+
+def cases_from_csv(path):
+    """The per-case rows of an earlier run (``ensemble_cases.csv``), numbers as numbers."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    text = ("set", "case", "variant")
+    return [{k: (v if k in text else float(v)) for k, v in r.items()} for r in rows]
+
+
 def evaluate(spec, engine, limit=None, progress=True):
     """Per case: the ensemble's and every member's Dice and mL, the review scores, the time."""
     from tqdm import tqdm
 
     name = engine.card["name"]
-    long_rows, cases = [], []
+    cases = []
     for case, variant in tqdm(held_out_cases(spec, limit), desc=spec, unit="volume", disable=not progress):
         vol = Volume(case.image, case.affine)
         sp = vol.spacing_kji
@@ -130,12 +147,9 @@ def evaluate(spec, engine, limit=None, progress=True):
                "review_score": seg.review_score, "pairwise_score": pairwise_score(seg.member_labels),
                "disagree_ml": seg.disagree_ml(), "seconds": seg.timings["total_s"]}
         for model, labels in [(name, seg.labels)] + list(zip(seg.member_names, seg.member_labels)):
-            d, p_ml = dice(labels, truth), volume_ml(labels, sp)
-            row["dice|" + model], row["ml|" + model] = d, p_ml
-            long_rows.append({"case": case.case_id, "variant": variant, "model": model, "dice": d,
-                              "truth_ml": t_ml, "pred_ml": p_ml})
+            row["dice|" + model], row["ml|" + model] = dice(labels, truth), volume_ml(labels, sp)
         cases.append(row)
-    return cases, long_rows
+    return cases
 
 
 def failures(cases, name):
@@ -240,28 +254,36 @@ def main(argv=None):
     ap.add_argument("--repository", default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
-    ap.add_argument("--write-card", action="store_true", help="write the chosen review threshold into the card")
+    ap.add_argument("--write-card", action="store_true", help="write the chosen review threshold and the measured "
+                                                              "lgg:val / real:val Dice into the card")
+    ap.add_argument("--from-cases", metavar="CSV", help="report from an earlier run's ensemble_cases.csv (no inference)")
     args = ap.parse_args(argv)
 
     repo = ModelRepository(args.repository)
     if not repo.is_ensemble(args.ensemble):
         raise SystemExit("%s is not an ensemble" % args.ensemble)
-    engine = open_engine(args.ensemble, args.repository, threads=args.threads)
     name, members = args.ensemble, repo.members(args.ensemble)
     command = "python bench/ensemble.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                               else sys.argv[1:]))
-    by_set, long_by_set = {}, {}
-    for spec in [s for s in args.data.split(",") if s]:
-        by_set[spec], long_by_set[spec] = evaluate(spec, engine, args.cases)
+    by_set = {}
+    if args.from_cases:
+        for c in cases_from_csv(args.from_cases):
+            by_set.setdefault(c["set"], []).append(c)
+    else:
+        engine = open_engine(args.ensemble, args.repository, threads=args.threads)
+        for spec in [s for s in args.data.split(",") if s]:
+            by_set[spec] = evaluate(spec, engine, args.cases)
+    long_by_set = {spec: long_rows(cs, [name] + members) for spec, cs in by_set.items()}
     all_cases = [c for cs in by_set.values() for c in cs]
     patient = [c for c in all_cases if not c["set"].startswith("phantom:") and c["truth_ml"] > 0]  # real data
     det = detection(patient, name, "review_score") if patient else None
     det_pair = detection(patient, name, "pairwise_score") if patient else None
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ensemble_cases.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(all_cases[0]))
-        w.writeheader()
-        w.writerows(all_cases)
+    if not args.from_cases:
+        with open(os.path.join(args.out, "ensemble_cases.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(all_cases[0]))
+            w.writeheader()
+            w.writerows(all_cases)
     if det:
         scatter(patient + [c for c in all_cases if c["set"].startswith("phantom:") and c["truth_ml"] > 0], name,
                 det["threshold"], os.path.join(args.out, "ensemble-review.png"))
@@ -280,6 +302,16 @@ def main(argv=None):
             "auroc_dice_below_0.5": round(det["auroc_dice"], 3),
             "sensitivity_leave_one_out": round(det["leave_one_out"][0], 3),
             "specificity_leave_one_out": round(det["leave_one_out"][1], 3)}
+        measured = {}
+        for spec, key in (("lgg:val", "lgg_val"), ("real:val", "real_val")):
+            tum = [c for c in by_set.get(spec, []) if c["truth_ml"] > 0]
+            if tum:
+                measured[key + "_dice"] = round(float(np.mean([c["dice|" + name] for c in tum])), 4)
+                measured[key + "_cases"] = len(tum)
+        if "lgg_val_dice" in measured and "real_val_dice" in measured:  # what --model auto ranks by
+            measured["real_patients_dice"] = round((measured["lgg_val_dice"] + measured["real_val_dice"]) / 2, 4)
+            measured["real_patients_measured_by"] = "bench/ensemble.py on lgg:val and real:val (never trained on)"
+            card["metrics"] = dict(card.get("metrics") or {}, **measured)
         with open(path + ".part", "w") as f:
             json.dump(card, f, indent=2, sort_keys=True)
             f.write("\n")
