@@ -165,12 +165,15 @@ def main(argv=None):
     ap.add_argument("--repository", default=None)
     ap.add_argument("--volume", default=None, help="time this volume instead of a 240×240×155 phantom")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    ap.add_argument("--models", default=None, help="comma-separated subset of the models and ensembles (default: all)")
     args = ap.parse_args(argv)
 
     repo = ModelRepository(args.repository)
-    names = sorted(repo.graph_names(), key=lambda n: (repo.card(n)["input_size"], n))  # the ensembles: below
+    wanted = set(args.models.split(",")) if args.models else None
+    names = sorted((n for n in repo.graph_names() if wanted is None or n in wanted),
+                   key=lambda n: (repo.card(n)["input_size"], n))  # the ensembles: below
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
-    ensembles = [n for n in repo.names() if repo.is_ensemble(n) and repo.check(n)[0]]
+    ensembles = [n for n in repo.names() if repo.is_ensemble(n) and repo.check(n)[0] and (wanted is None or n in wanted)]
     ens_engines = {n: open_engine(n, args.repository, threads=args.threads) for n in ensembles}
     if args.volume:
         from LowResSegLib.images.io import read_volume
