@@ -16,8 +16,9 @@ volume, through the real inference path):
     python bench/quality.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val,phantom:8:1001
     python bench/ensemble.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val --write-card
 
-``--write-card`` writes the chosen threshold into the ensemble card's ``ensemble.review``, and its Dice on
-``lgg:val`` and ``real:val`` into its ``metrics`` (``real_patients_dice``: what ``--model auto`` ranks by).
+``--write-card`` writes the chosen threshold into the ensemble card's ``ensemble.review``; ``--write-metrics``
+its Dice on ``lgg:val`` and ``real:val`` into its ``metrics`` (``real_patients_dice``: what ``--model auto`` ranks
+by, so write it only when the other cards carry theirs from the same sets, or auto would rank it above them all).
 ``--from-cases CSV`` recomputes the report (and ``--write-card``) from an earlier run's ``ensemble_cases.csv``
 without segmenting again.
 """
@@ -254,8 +255,9 @@ def main(argv=None):
     ap.add_argument("--repository", default=None)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
-    ap.add_argument("--write-card", action="store_true", help="write the chosen review threshold and the measured "
-                                                              "lgg:val / real:val Dice into the card")
+    ap.add_argument("--write-card", action="store_true", help="write the chosen review threshold into the card")
+    ap.add_argument("--write-metrics", action="store_true", help="write the measured lgg:val / real:val Dice into the "
+                                                                 "card's metrics (what --model auto ranks by)")
     ap.add_argument("--from-cases", metavar="CSV", help="report from an earlier run's ensemble_cases.csv (no inference)")
     args = ap.parse_args(argv)
 
@@ -291,10 +293,11 @@ def main(argv=None):
     print(replace_section(os.path.join(args.out, "BENCHMARKS.md"), SECTION, lines))
     with open(os.path.join(args.out, "ensemble.json"), "w") as f:
         json.dump({"command": command, "review": det, "pairwise": det_pair}, f, indent=2)
-    if args.write_card and det:
+    if (args.write_card and det) or args.write_metrics:
         path = os.path.join(repo.model_dir(name), "lowresseg.json")
         with open(path) as f:
             card = json.load(f)
+    if args.write_card and det:
         card["ensemble"]["review"] = {
             "threshold": round(det["threshold"], 3),
             "chosen_on": "%s: %d tumour cases, Youden's J for ensemble Dice < %.1f (bench/ensemble.py)" % (
@@ -302,6 +305,7 @@ def main(argv=None):
             "auroc_dice_below_0.5": round(det["auroc_dice"], 3),
             "sensitivity_leave_one_out": round(det["leave_one_out"][0], 3),
             "specificity_leave_one_out": round(det["leave_one_out"][1], 3)}
+    if args.write_metrics:
         measured = {}
         for spec, key in (("lgg:val", "lgg_val"), ("real:val", "real_val")):
             tum = [c for c in by_set.get(spec, []) if c["truth_ml"] > 0]
@@ -312,11 +316,14 @@ def main(argv=None):
             measured["real_patients_dice"] = round((measured["lgg_val_dice"] + measured["real_val_dice"]) / 2, 4)
             measured["real_patients_measured_by"] = "bench/ensemble.py on lgg:val and real:val (never trained on)"
             card["metrics"] = dict(card.get("metrics") or {}, **measured)
+    if (args.write_card and det) or args.write_metrics:
         with open(path + ".part", "w") as f:
             json.dump(card, f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(path + ".part", path)
-        print("%s: review threshold %.3f written into %s" % (name, det["threshold"], path))
+        print("%s: card updated (%s): %s" % (name, ", ".join(w for w, on in (("review threshold", args.write_card and det),
+                                                                             ("metrics", args.write_metrics)) if on),
+                                            path))
     return 0
 
 
