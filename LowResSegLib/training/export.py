@@ -134,6 +134,8 @@ def build_card(model, info, ck, sha256, metrics=None):
             "train_seconds": round(state.get("train_seconds", 0.0), 1),
             "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
             "augmentation": tc.get("augment", "standard"),
+            "crop": tc.get("crop") or None,  # full-resolution models: trained on random crops of this size
+            "precision": tc.get("precision", "fp32"),
             "loss": "mean over head scales of BCE + soft Dice vs. the HR label area-resampled to each scale",
             "optimizer": "Adam lr %g, cosine schedule, batch %d%s" % (
                 tc["lr"], tc["batch_size"],
