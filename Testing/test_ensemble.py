@@ -411,3 +411,23 @@ def test_the_speed_bench_times_the_ensemble_in_the_same_rounds(repo, tmp_path):
     assert "| ensemble | members | end-to-end s / volume |" in md and "| ens | t16, t32, t64 |" in md
     med = json.loads((out / "speed.json").read_text())["median"]
     assert sorted(med) == sorted(["t16", ENS]) and med[ENS]["total_s"] > 0  # --models: these only
+
+
+def test_a_probability_floor_of_zero_gives_the_full_paths_probabilities_exactly(repo):
+    volume = graded_volume()
+    engine = LocalEngine("t32", repo)
+    full = segment(volume, engine)
+    fast = segment(volume, engine, probability_floor=0.0)
+    np.testing.assert_array_equal(fast.probabilities, full.probabilities)
+    np.testing.assert_array_equal(fast.labels, full.labels)
+    high = segment(volume, engine, probability_floor=0.3)  # exact above the floor, at most the floor elsewhere
+    above = full.probabilities > 0.3
+    np.testing.assert_array_equal(high.probabilities[above], full.probabilities[above])
+    assert (high.probabilities[~above] <= 0.3).all() and (high.probabilities[~above] == 0).any()
+    np.testing.assert_array_equal(high.labels, full.labels)
+
+
+def test_the_ensemble_timings_add_up(repo):
+    t = segment(graded_volume(), open_engine(ENS, repo)).timings
+    parts = t["preprocess_ms"] + t["infer_ms"] + t["postprocess_ms"]
+    assert 0 < parts <= 1000 * t["total_s"] * 1.01 + 1 and set(t["members"]) == set(MEMBERS)

@@ -198,8 +198,10 @@ class Ensemble(object):
                 if progress is not None:
                     progress(i * count + done, n * count)
 
+            # floor 0: the probabilities are those of the full path exactly, resampled only where the 8-bit
+            # output is not 0 (most slices and most of each slice hold no tumour)
             seg = segment(volume, member, chunk=chunk, progress=member_progress, cancel=cancel,
-                          keep_probabilities=True, prepared=prepared[method])
+                          keep_probabilities=True, prepared=prepared[method], probability_floor=0.0)
             if seg is None:
                 return None
             if mean is None:
@@ -225,7 +227,7 @@ class Ensemble(object):
         nk = max(1, int(max(tm["slices"] for tm in timings.values())))
         timing = {
             "slices": nk, "members": timings,
-            "preprocess_ms": 1000 * (t_pre + sum(tm["preprocess_ms"] for tm in timings.values())),
+            "preprocess_ms": 1000 * t_pre + sum(tm["preprocess_ms"] for tm in timings.values()),
             "infer_ms": sum(tm["infer_ms"] for tm in timings.values()),
             "postprocess_ms": 1000 * t_post + sum(tm["postprocess_ms"] for tm in timings.values()),
             "total_s": total_s, "ms_per_slice": 1000 * total_s / nk,
