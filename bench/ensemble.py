@@ -258,7 +258,8 @@ def main(argv=None):
     ap.add_argument("--write-card", action="store_true", help="write the chosen review threshold into the card")
     ap.add_argument("--write-metrics", action="store_true", help="write the measured lgg:val / real:val Dice into the "
                                                                  "card's metrics (what --model auto ranks by)")
-    ap.add_argument("--from-cases", metavar="CSV", help="report from an earlier run's ensemble_cases.csv (no inference)")
+    ap.add_argument("--from-cases", metavar="CSV",
+                    help="report from an earlier run's ensemble_cases.csv (no inference)")
     args = ap.parse_args(argv)
 
     repo = ModelRepository(args.repository)
@@ -321,9 +322,8 @@ def main(argv=None):
             json.dump(card, f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(path + ".part", path)
-        print("%s: card updated (%s): %s" % (name, ", ".join(w for w, on in (("review threshold", args.write_card and det),
-                                                                             ("metrics", args.write_metrics)) if on),
-                                            path))
+        what = [w for w, on in (("review threshold", args.write_card and det), ("metrics", args.write_metrics)) if on]
+        print("%s: card updated (%s): %s" % (name, ", ".join(what), path))
     return 0
 
 

@@ -173,7 +173,8 @@ def main(argv=None):
     names = sorted((n for n in repo.graph_names() if wanted is None or n in wanted),
                    key=lambda n: (repo.card(n)["input_size"], n))  # the ensembles: below
     engines = {n: LocalEngine(n, args.repository, threads=args.threads) for n in names}
-    ensembles = [n for n in repo.names() if repo.is_ensemble(n) and repo.check(n)[0] and (wanted is None or n in wanted)]
+    ensembles = [n for n in repo.names()
+                 if repo.is_ensemble(n) and repo.check(n)[0] and (wanted is None or n in wanted)]
     ens_engines = {n: open_engine(n, args.repository, threads=args.threads) for n in ensembles}
     if args.volume:
         from LowResSegLib.images.io import read_volume

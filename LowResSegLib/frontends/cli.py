@@ -31,7 +31,8 @@ def cmd_models(args):
             inputs = "/".join(map(str, card.get("member_input_sizes") or [card["input_size"]]))  # an ensemble: all
             rows.append((name, "%s²" % inputs, "%d²" % card["output_size"],
                          str(card["params"]["head"]), str(card["params"]["backbone"]),
-                         "%.3f" % card["metrics"].get("val_dice_at_output_size", float("nan")),
+                         "%.3f" % card["metrics"]["val_dice_at_output_size"]
+                         if "val_dice_at_output_size" in card["metrics"] else "–",  # an ensemble: none of its own
                          "ok" if ok else "FAILED"))
         except ModelStoreError:
             rows.append((name, "?", "?", "?", "?", "?", "FAILED"))
@@ -207,7 +208,8 @@ def cmd_batch(args):
     flagged = [r for r in rows if r.get("review") == "yes"]
     if flagged:  # an ensemble whose members disagree on these: a human should look
         print("review: %d case(s) flagged, the ensemble's members disagree (review column of %s): %s" % (
-            len(flagged), CSV_NAME, ", ".join(r["case"] for r in flagged[:10]) + (", ..." if len(flagged) > 10 else "")))
+            len(flagged), CSV_NAME,
+            ", ".join(r["case"] for r in flagged[:10]) + (", ..." if len(flagged) > 10 else "")))
     print("%d case(s) done, %d skipped (done before), %d failed; summary in %s"
           % (count.get("done", 0), count.get("skipped", 0), count.get("failed", 0),
              os.path.join(args.out, CSV_NAME)))
