@@ -19,6 +19,26 @@ import time
 
 import requests
 
+
+def relay(client, upstream, watch=None, idle=5.0):
+    """Copy bytes both ways between two sockets until either closes or ``idle`` seconds pass quietly.
+
+    ``watch(data)``, if given, sees each chunk the client sends before it is passed on; it returns
+    False to end the relay there (the chunk is not passed on). Used by the test proxies in front of Orthanc.
+    """
+    ends = {client: upstream, upstream: client}
+    while True:
+        ready, _, _ = select.select(list(ends), [], [], idle)
+        if not ready:
+            return
+        for end in ready:
+            data = end.recv(65536)
+            if not data:
+                return
+            if end is client and watch is not None and watch(data) is False:
+                return
+            ends[end].sendall(data)
+
 USER, PASSWORD = "lrs-test", "Orthanc-Pw-7f3c9e21"
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc/plugins")
 
@@ -152,16 +172,7 @@ class TlsProxy(object):
                 except (ssl.SSLError, OSError):
                     return  # the client refused our certificate: what the tests expect of it
                 with client, socket.create_connection(("127.0.0.1", port)) as upstream:
-                    ends = {client: upstream, upstream: client}
-                    while True:
-                        ready, _, _ = select.select(list(ends), [], [], 5)
-                        if not ready:
-                            return
-                        for end in ready:
-                            data = end.recv(65536)
-                            if not data:
-                                return
-                            ends[end].sendall(data)
+                    relay(client, upstream)
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Pipe)
         self.server.daemon_threads = True

@@ -26,7 +26,7 @@ from LowResSegLib.images.geometry import Volume  # noqa: E402
 
 from helpers import installed_tool, self_signed_cert  # noqa: E402
 from model_factory import add_threshold_model  # noqa: E402
-from orthanc_server import PASSWORD, USER, Orthanc, TlsProxy, orthanc_missing  # noqa: E402
+from orthanc_server import PASSWORD, USER, Orthanc, TlsProxy, orthanc_missing, relay  # noqa: E402
 from test_cli_segment import MODEL, lps_affine, phantom  # noqa: E402
 
 MISSING = orthanc_missing()
@@ -356,7 +356,6 @@ class _RecordingProxy(object):
     REQUEST = re.compile(rb"(?:^|\r\n)([A-Z]{3,10}) (/\S*) HTTP/1\.[01]\r\n")
 
     def __init__(self, port):
-        import select
         import socketserver
         import threading
 
@@ -365,18 +364,8 @@ class _RecordingProxy(object):
         class Pipe(socketserver.BaseRequestHandler):
             def handle(self):
                 with socket.create_connection(("127.0.0.1", port)) as upstream:
-                    ends = {self.request: upstream, upstream: self.request}
-                    while True:
-                        ready, _, _ = select.select(list(ends), [], [], 5)
-                        if not ready:
-                            return
-                        for end in ready:
-                            data = end.recv(65536)
-                            if not data:
-                                return
-                            if end is self.request:
-                                seen.extend((m.decode(), p.decode()) for m, p in self.REQUEST_RX.findall(data))
-                            ends[end].sendall(data)
+                    relay(self.request, upstream, watch=lambda data: seen.extend(
+                        (m.decode(), p.decode()) for m, p in self.REQUEST_RX.findall(data)))
 
         Pipe.REQUEST_RX = self.REQUEST
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Pipe)

@@ -21,7 +21,7 @@ pytest.importorskip("requests")
 
 from LowResSegLib.frontends.cli import main  # noqa: E402
 
-from orthanc_server import PASSWORD, USER  # noqa: E402
+from orthanc_server import PASSWORD, USER, relay  # noqa: E402
 from test_cli_segment import MODEL  # noqa: E402
 from test_faults import disk  # noqa: E402,F401  (the small tmpfs fixture)
 from test_pacs import (_auth_file, _ours, _segs, _series, _server, needs_orthanc, orthanc_installed,  # noqa: E402,F401
@@ -200,36 +200,28 @@ class _KillsOrthancOnCheck(object):
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
-        import select
-
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._pipe, args=(conn, select), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(conn,), daemon=True).start()
 
-    def _pipe(self, client, select):
+    def _pipe(self, client):
         try:
             upstream = socket.create_connection(("127.0.0.1", self.orthanc.port))
         except OSError:
             client.close()
             return
-        ends = {client: upstream, upstream: client}
+        def watch(data):
+            if self.armed and data.startswith(b"GET") and b"SOPInstanceUID=" in data:
+                self.orthanc.proc.kill()
+                self.orthanc.proc.wait()
+                return False
+            return True
+
         try:
-            while True:
-                ready, _, _ = select.select(list(ends), [], [], 5)
-                if not ready:
-                    return
-                for end in ready:
-                    data = end.recv(65536)
-                    if not data:
-                        return
-                    if end is client and self.armed and data.startswith(b"GET") and b"SOPInstanceUID=" in data:
-                        self.orthanc.proc.kill()
-                        self.orthanc.proc.wait()
-                        return
-                    ends[end].sendall(data)
+            relay(client, upstream, watch)
         except OSError:
             pass
         finally:
