@@ -84,10 +84,14 @@ def measure(args):
 def section(result, args):
     from LowResSegLib.inference.modelchoice import cpu_name
 
-    lines = ["Measured by `python bench/train_speed.py %s` on %s, torch threads %d: %s of `%s`, batch %d, "
+    import datetime
+
+    lines = ["## Training throughput", "",
+             "Measured by `python bench/train_speed.py %s` on %s (%s), torch threads %d: %s of `%s`, batch %d, "
              "%d rounds of %d batches per arm, interleaved (the first round only warms up). Each round's "
              "speed-up is the arm's samples/s over `before`'s in the same round."
-             % (" ".join(shlex.quote(a) for a in sys.argv[1:]), cpu_name(), args.threads,
+             % (" ".join(shlex.quote(a) for a in sys.argv[1:]), cpu_name(), datetime.date.today().isoformat(),
+                args.threads,
                 "jhead" if args.head == "jhead" else args.head, args.data, args.batch_size, args.rounds,
                 args.batches),
              "",
