@@ -126,3 +126,22 @@ def test_training_subpixel_head_gives_the_plain_heads_outputs_and_gradients(r, R
     for a, b in zip(gp0, gp1):
         assert torch.allclose(a, b, atol=1e-2, rtol=1e-4), (a - b).abs().max()
     assert not torch.allclose(plain[-1], torch.zeros_like(plain[-1]))
+
+
+@pytest.mark.parametrize("n_in,n_out", [(16, 256), (32, 128), (64, 256), (32, 64)])
+def test_training_bilinear_is_interpolate(n_in, n_out):
+    """Issue 28: in training the heads upsample with two matrix products; same values and gradients."""
+    import torch
+    import torch.nn.functional as F
+
+    from LowResSegLib.training.models import _bilinear_for_training
+
+    x = torch.randn(3, 2, n_in, n_in, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, n_out, n_out, dtype=torch.float64)
+    ref = F.interpolate(x, size=(n_out, n_out), mode="bilinear", align_corners=False)
+    (gx_ref,) = torch.autograd.grad((ref * w).sum(), x)
+    got = _bilinear_for_training(x.float(), n_out)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    xf = x.detach().float().requires_grad_(True)
+    (gx,) = torch.autograd.grad((_bilinear_for_training(xf, n_out) * w.float()).sum(), xf)
+    assert torch.allclose(gx.double(), gx_ref, atol=1e-4)

@@ -143,6 +143,33 @@ def _bilinear(x, size):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
+_BILINEAR_MATRICES = {}
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in]: ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis as a matrix."""
+    key = (n_in, n_out)
+    if key not in _BILINEAR_MATRICES:
+        src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        i1 = (i0 + 1).clamp(max=n_in - 1)
+        w1 = src - i0
+        m = torch.zeros(n_out, n_in, dtype=torch.float64)
+        rows = torch.arange(n_out)
+        m.index_put_((rows, i0), 1 - w1, accumulate=True)
+        m.index_put_((rows, i1), w1, accumulate=True)
+        _BILINEAR_MATRICES[key] = m.float()
+    return _BILINEAR_MATRICES[key]
+
+
+def _bilinear_for_training(x, size):
+    """:func:`_bilinear` of a square map as two matrix products: the same numbers (float rounding), and
+    forward plus backward about 4x cheaper on a CPU than ``upsample_bilinear2d`` (issue 28). Export keeps
+    :func:`_bilinear` (an ONNX Resize)."""
+    a = bilinear_matrix(x.shape[-1], size).to(x.device, x.dtype)
+    return a @ x @ a.t()
+
+
 class InterpHead(nn.Module):
     """Bilinear up-sampling of the logits: the parameter-free baseline."""
 
@@ -151,7 +178,8 @@ class InterpHead(nn.Module):
         self.output_size = output_size
 
     def forward(self, logits) -> List[torch.Tensor]:
-        return [logits, _bilinear(logits, self.output_size)]
+        up = _bilinear_for_training if self.training else _bilinear
+        return [logits, up(logits, self.output_size)]
 
 
 def _subpixel_selection():
@@ -238,8 +266,9 @@ class JHead(nn.Module):
             x = self._stage(stage, x)
             outs.append(x)
         half = self.output_size // 2
-        skip = logits if self.skip_is_identity else _bilinear(logits, half)
-        outs.append(self._stage(self.fuse, torch.cat([skip, x], 1)) + _bilinear(logits, self.output_size))
+        up = _bilinear_for_training if self.training and self.subpixel else _bilinear
+        skip = logits if self.skip_is_identity else up(logits, half)
+        outs.append(self._stage(self.fuse, torch.cat([skip, x], 1)) + up(logits, self.output_size))
         return outs
 
     def _stage(self, stage: nn.Sequential, x):
