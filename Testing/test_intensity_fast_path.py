@@ -204,7 +204,12 @@ def test_the_box_gives_the_whole_grids_mask_and_mode(volumes, monkeypatch):
 
 
 def test_slab_threads_work_in_a_forked_child(monkeypatch):
-    """Training forks its batch workers: a child must not wait on the parent's pool threads, which it lacks."""
+    """Training forks its batch workers: a child must not wait on the parent's pool threads, which it lacks.
+
+    Two slab threads whatever the machine's cores, so the parent's pool exists before the fork. The break this
+    catches: without ``slabs._forget_the_pool`` registered at fork, the child submits to the parent's pool,
+    whose threads it does not have, and waits forever (here: the 20 s timeout fails the test).
+    """
     import multiprocessing
 
     from LowResSegLib.images import slabs
@@ -212,11 +217,25 @@ def test_slab_threads_work_in_a_forked_child(monkeypatch):
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork here")
     monkeypatch.setattr(slabs, "MIN_VOXELS_PER_SLAB", 1)
-    assert slabs.run(lambda a, b: b - a, 64, 1) == [32, 32] or len(slabs.bounds(64, 1)) == 1  # the pool exists now
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        result = pool.apply_async(slabs.run, (_slab_length, 64, 1))
-        assert sum(result.get(timeout=60)) == 64
+    monkeypatch.setattr(slabs, "worker_count", lambda: 2)
+    monkeypatch.setattr(slabs, "_pool", None)
+    for _ in range(3):  # slow slabs, so that the pool starts both its threads (and both end idle)
+        assert slabs.run(_slow_slab_length, 64, 1) == [32, 32]
+    assert len(slabs._pool._threads) == 2  # the parent's pool threads exist now
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            result = pool.apply_async(slabs.run, (_slab_length, 64, 1))
+            assert result.get(timeout=20) == [32, 32]
+    finally:
+        slabs._pool.shutdown(wait=False)
 
 
 def _slab_length(a, b):
+    return b - a
+
+
+def _slow_slab_length(a, b):
+    import time
+
+    time.sleep(0.05)
     return b - a
