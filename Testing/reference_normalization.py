@@ -7,8 +7,6 @@ largest component, 3-D and per-slice hole filling, and a distance map on the 2 m
 
 import numpy as np
 
-from LowResSegLib.images.intensity import histogram_mode
-
 _WORK_MM, _SMOOTH_MM, _CORE_MM = 2.0, 2.0, 10.0
 
 
@@ -19,6 +17,30 @@ def _block_mean(v, factors):
     k, j, i = v.shape
     fk, fj, fi = factors
     return v.reshape(k // fk, fk, j // fj, fj, i // fi, fi).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def reference_histogram_mode(values, bins=256):
+    """The tissue mode written out on its own (not the product's ``histogram_mode``), so that a shifted mode in
+    the product fails the comparison (issue 32): the centre of the fullest of ``bins`` equal bins between the 1st
+    and 99th percentiles, after smoothing the counts with a Gaussian of 2 bins (13 taps, zero beyond the ends)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return 0.0
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    if hi <= lo:
+        return float(np.median(values))
+    inside = values[(values >= lo) & (values <= hi)]
+    which = np.minimum(((inside - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(np.float64)
+    taps = [np.exp(-0.5 * (d / 2.0) ** 2) for d in range(-6, 7)]
+    total = sum(taps)
+    smooth = np.zeros(bins)
+    for b in range(bins):
+        for d, w in zip(range(-6, 7), taps):
+            if 0 <= b + d < bins:
+                smooth[b] += counts[b + d] * w / total
+    width = (hi - lo) / bins
+    return float(lo + (int(np.argmax(smooth)) + 0.5) * width)
 
 
 def reference_mask_and_scale(v, spacing_kji):
@@ -51,7 +73,7 @@ def reference_mask_and_scale(v, spacing_kji):
     core = tissue & (inside > _CORE_MM)
     if core.sum() < 0.05 * m_small.sum():
         core = tissue if tissue.any() else m_small
-    scale = histogram_mode(small[core])
+    scale = reference_histogram_mode(small[core])
     mask = m_small
     for axis, f in enumerate(factors):
         if f > 1:
