@@ -8,6 +8,7 @@ import ctypes
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,11 +74,16 @@ def test_results_arrive_in_order_with_progress_and_match_a_direct_run(repo, volu
 
 
 def test_cancel_kills_the_worker_and_leaves_no_file(repo):
+    """The break this catches: a Cancel that leaves the worker running. A worker that dies before its first
+    progress ends the wait below with a failure (bounded: 120 s) instead of hanging the suite (issue 32)."""
     img, _ = cube_phantom((600, 40, 48), (slice(1, 599), slice(4, 36), slice(4, 44)), CUBE)
     big = Volume(img.astype(np.float32), np.diag([0.9, 0.8, 3.0, 1.0]))
     runs = runs_of(big, repo, "high-32to64", chunk=1).start()  # 600 requests: still running at Cancel
     folder, seen = runs.folder, []
-    while not any(e.kind == "progress" for e in seen):  # the worker is segmenting
+    deadline = time.monotonic() + 120
+    # the worker is segmenting; a worker that dies first ends the loop (and fails below) instead of hanging it
+    while not any(e.kind in ("progress", "finished") for e in seen):
+        assert time.monotonic() < deadline, "no progress within 120 s: %s" % seen
         seen += runs.wait(0.01)
     assert [e.kind for e in seen if e.kind != "progress"] == [], "ended before it could be cancelled: %s" % seen
     runs.cancel()
@@ -214,7 +220,9 @@ def test_a_normal_end_through_the_launcher_is_waited_for_not_killed(volume, repo
                     else None)
     assert tree and len(tree) == 2
     folder, seen = runs.folder, []
+    deadline = time.monotonic() + 60
     while not runs.finished:
+        assert time.monotonic() < deadline, "the run did not finish within 60 s: %s" % seen
         events = runs.poll()
         if any(e.kind == "finished" for e in events):
             assert [p for p in tree if alive(p)] == [], "finished reported while the tree still runs"
