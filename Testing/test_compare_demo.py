@@ -321,3 +321,13 @@ def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
     assert (target / "precious.txt").read_text() == "mine"
     assert os.listdir(str(target)) == ["precious.txt"]
     assert_refused("demo", rc, stdout, err, "not made by `lowresseg demo`")
+
+
+def test_demo_dicom_series_says_it_is_flair(demo_run):
+    """The demo's MR series names its contrast as a scanner does, so `pacs` and `batch` (which refuse a series
+    that names none) take it without --accept-unknown-contrast (docs/pacs.md's recipe)."""
+    from LowResSegLib.images.dicomread import contrast_of_files
+
+    folder = os.path.join(str(demo_run["out"]), "sample-dicom")
+    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
+    assert files and contrast_of_files(files) == "FLAIR"

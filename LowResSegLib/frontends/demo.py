@@ -112,7 +112,8 @@ def _dicom_outputs(volume, staging, repository, threads, written):
     from LowResSegLib.inference.pipeline import segment
 
     series_dir = os.path.join(staging, "sample-dicom")
-    write_mr_series(volume, series_dir, series_description="LowResSeg sample (phantom)", seed=2024)
+    # the series says what it is, as a scanner's does, so that unattended runs (pacs, batch) take it as FLAIR
+    write_mr_series(volume, series_dir, series_description="LowResSeg sample FLAIR (phantom)", seed=2024)
     dicom_volume = read_volume(series_dir)
     engine = LocalEngine(DICOM_MODEL, repository, threads=threads)
     seg = segment(dicom_volume, engine)
