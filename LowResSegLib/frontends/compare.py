@@ -187,7 +187,7 @@ def comparison_figure(volume, segs, path, reference=None, n_slices=3):
                 ax_in.imshow(canon_img[k], cmap="gray", vmin=0, vmax=vmax, aspect=aspect)
                 ax_in.imshow(np.ma.masked_where(~disagree[name][k], disagree[name][k]), cmap="autumn", vmin=0,
                              vmax=1, alpha=0.75, aspect=aspect, interpolation="nearest")
-                ax_in.set_title("%s\nmembers disagree on %.1f mL; review score %.2f%s; whole volume %.1f mL"
+                ax_in.set_title("%s\nmembers disagree on %.1f mL\nreview score %.2f%s; whole volume %.1f mL"
                                 % (name, seg.disagree_ml(), seg.review_score, " REVIEW" if seg.review else "",
                                    seg.volume_ml()) if row == 0 else "members disagree (yellow)", fontsize=7)
             else:
