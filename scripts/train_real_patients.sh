@@ -4,6 +4,8 @@
 # Run folders live OUTSIDE the repository: $LOWRESSEG_RUNS (default ~/lowresseg-runs).
 # Resumable: every epoch writes last.pt (an epoch is well under 20 minutes here); re-run this script
 # and finished runs are skipped, interrupted ones continue with --resume.
+# The data mix is the one that held real:val in the first session's trials (docs/method.md, "Issue 28, first
+# session": 140 varied tumour phantoms keep the large BraTS tumours; 30 healthy twins against false positives).
 # Two queues run side by side, one torch thread each. When a model passes the ship rule
 # (docs/method.md, issue 28) its line moves into scripts/train_shipped.sh with the card it produced.
 set -euo pipefail
@@ -11,7 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="${LOWRESSEG_VENV:-$PWD/.venv}/bin:$PATH"
 RUNS=${LOWRESSEG_RUNS:-$HOME/lowresseg-runs}
-DATA=${DATA:-lgg:train*6+real:train*5+phantom:30:1:capped+phantom:30:3:healthy*2}
+DATA=${DATA:-lgg:train*6+real:train*5+phantom:100:1:capped+phantom:40:2+phantom:30:3:healthy}
 COMMON=(--width 8 --neg-ratio 1.0 --batch-size 16 --val-fraction 0.1 --patience 100 --ema 0.998
         --augment cut-large --max-slices 2500 --threads 1)
 run() {  # run folder name, then train options
