@@ -184,3 +184,25 @@ def test_exported_card_carries_its_calibration_and_inference_uses_it(tiny_run, t
         assert np.array_equal(labels > 0, prob > t)
         counts.append(int(labels.sum()))
     assert counts[0] >= counts[1]
+
+
+def test_cli_export_warns_when_the_threshold_is_at_the_grid_edge(tiny_run, tmp_path, monkeypatch):
+    """A threshold at the end of the calibration grid means the volumes are far off: export says so."""
+    import subprocess
+    import sys
+
+    from LowResSegLib.training import calibrate
+
+    run_dir, _ = tiny_run
+    volumes = {"c": (10.0, np.linspace(30.0, 21.0, len(calibrate.GRID)))}  # over-called at every threshold
+    assert calibrate.choose_threshold(volumes)[0] == calibrate.GRID[-1]
+    out = subprocess.run([sys.executable, "-c",
+                          "import sys, numpy as np\n"
+                          "from LowResSegLib.training import calibrate\n"
+                          "calibrate.case_volumes = lambda model, cache: {'c': (10.0, np.linspace(30.0, 21.0, len(calibrate.GRID)))}\n"
+                          "from LowResSegLib.frontends.cli import main\n"
+                          "sys.exit(main(['export', sys.argv[1], '--repository', sys.argv[2]]))",
+                          run_dir, str(tmp_path / "repo")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         universal_newlines=True)
+    assert out.returncode == 0, out.stdout
+    assert "warning: the volume threshold 0.90 is at the end of the calibration grid" in out.stdout

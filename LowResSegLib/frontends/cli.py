@@ -406,6 +406,7 @@ def cmd_train(args):
 
 
 def cmd_export(args):
+    from LowResSegLib.repository.modelstore import ModelRepository
     from LowResSegLib.training.export import export_run
     from LowResSegLib.training.tensorrt_ops import check_tensorrt82
     import os
@@ -413,6 +414,12 @@ def cmd_export(args):
     path = export_run(args.run, args.repository, overwrite=args.overwrite, calibrate=not args.no_calibrate)
     problems = check_tensorrt82(os.path.join(path, "1", "model.onnx"))
     print("exported %s" % path)
+    card = ModelRepository(args.repository).card(os.path.basename(path))
+    cal = card.get("calibration") or {}
+    if cal.get("at_grid_edge"):
+        print("warning: the volume threshold %.2f is at the end of the calibration grid (median volume error %+.0f %% "
+              "at 0.5 on the run's validation split): the model's volumes are far off there; check its data mix"
+              % (cal["threshold"], 100 * cal["median_signed_error_at_0.5"]))
     for p in problems:
         print("warning (TensorRT 8.2): %s" % p)
     return 0

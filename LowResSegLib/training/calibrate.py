@@ -69,6 +69,8 @@ def calibrate_run(model, train_cfg, progress=False):
                              train_cfg.get("modality", "FLAIR"), train_cfg.get("label", "wt"), progress)
     _, val_set = cache.split(train_cfg["val_fraction"], seed=train_cfg["seed"])
     threshold, stats = choose_threshold(case_volumes(model, val_set))
+    if threshold in (GRID[0], GRID[-1]):  # the median error wants a threshold beyond the grid: say so
+        stats["at_grid_edge"] = True
     return dict({"method": METHOD, "threshold": threshold,
                  "chosen_on": "the run's validation split (%d tumour cases of %s, --val-fraction %g, seed %d): "
                               "the threshold in 0.10..0.90 whose median signed volume error there is nearest 0"
