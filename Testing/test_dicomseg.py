@@ -355,3 +355,7 @@ def test_labels_for_source_files_follow_the_files_and_refuse_a_resampled_volume(
     shifted[:3, 3] += 0.5 * vol.affine[:3, 2]  # half a slice off: resampled, not the source grid
     with pytest.raises(ValueError, match="does not lie on a slice of the volume"):
         labels_for_source_files(labels, shifted, files)
+    # slices of another size than the files' (a volume resampled in plane): one clear message, not a TypeError
+    smaller = labels[:, ::2, ::2]
+    with pytest.raises(ValueError, match=r"has \d+x\d+ pixels but the volume's slices are %dx%d" % smaller.shape[1:]):
+        labels_for_source_files(smaller, vol.affine, files)

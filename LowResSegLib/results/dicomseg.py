@@ -560,7 +560,7 @@ def labels_for_source_files(labels, affine, files):
             raise ValueError("%s is a multi-frame file; export its SEG with `lowresseg segment --dicom-seg`" % path)
         if (int(ds.Rows), int(ds.Columns)) != labels.shape[1:]:
             raise ValueError("%s has %dx%d pixels but the volume's slices are %dx%d: the volume was resampled, so no "
-                             "DICOM-SEG can reference these files" % (path, ds.Rows, ds.Columns) + labels.shape[1:])
+                             "DICOM-SEG can reference these files" % ((path, ds.Rows, ds.Columns) + labels.shape[1:]))
         ijk = inv @ np.append([float(v) for v in ds.ImagePositionPatient], 1.0)
         k = int(round(ijk[2]))
         if np.abs(ijk[:2]).max() > 0.01 or abs(ijk[2] - k) > 0.01 or not 0 <= k < labels.shape[0]:
