@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 from bench.report import replace_section  # noqa: E402
 
 
-def make_arm(name, cache, model_kw, batch_size, seed):
+def make_arm(name, cache, model_kw, seed):
     import torch
 
     from LowResSegLib.training.models import JHead, SegModel
@@ -41,7 +41,7 @@ def make_arm(name, cache, model_kw, batch_size, seed):
     if isinstance(model.head, JHead):
         model.head.subpixel = name != "before"
     precision = "bf16" if name.endswith("bf16") else "fp32"
-    return StepRunner(model, cache, batch_size, precision=precision, pin_blas=name != "before",
+    return StepRunner(model, cache, precision=precision, pin_blas=name != "before",
                       one_by_one=name == "before")
 
 
@@ -56,7 +56,7 @@ def measure(args):
     rows = cache.sample(np.random.default_rng(0), 1.0)
     model_kw = dict(backbone="elunet", head=args.head, input_size=args.input_size, output_size=256, width=8)
     names = ["before", "after"] + (["after + bf16"] if args.bf16 else [])
-    arms = {n: make_arm(n, cache, model_kw, args.batch_size, args.seed) for n in names}
+    arms = {n: make_arm(n, cache, model_kw, args.seed) for n in names}
     per_arm = {n: [] for n in names}
     n_rows = args.batches * args.batch_size
     for rnd in range(args.rounds + 1):  # round 0 warms every arm up and is not counted

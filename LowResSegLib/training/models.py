@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from LowResSegLib.images.geometry import bilinear_matrix  # the inference path's matrix (cached there)
+
 BACKBONES = ("elunet", "unet", "dsunet")
 HEADS = ("interp", "jhead", "full")
 
@@ -143,30 +145,11 @@ def _bilinear(x, size):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
-_BILINEAR_MATRICES = {}
-
-
-def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """[n_out, n_in]: ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis as a matrix."""
-    key = (n_in, n_out)
-    if key not in _BILINEAR_MATRICES:
-        src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        i1 = (i0 + 1).clamp(max=n_in - 1)
-        w1 = src - i0
-        m = torch.zeros(n_out, n_in, dtype=torch.float64)
-        rows = torch.arange(n_out)
-        m.index_put_((rows, i0), 1 - w1, accumulate=True)
-        m.index_put_((rows, i1), w1, accumulate=True)
-        _BILINEAR_MATRICES[key] = m.float()
-    return _BILINEAR_MATRICES[key]
-
-
 def _bilinear_for_training(x, size):
-    """:func:`_bilinear` of a square map as two matrix products: the same numbers (float rounding), and
+    """:func:`_bilinear` of a square map as two products with the inference path's bilinear matrix: the same numbers (float rounding), and
     forward plus backward about 4x cheaper on a CPU than ``upsample_bilinear2d`` (issue 28). Export keeps
     :func:`_bilinear` (an ONNX Resize)."""
-    a = bilinear_matrix(x.shape[-1], size).to(x.device, x.dtype)
+    a = torch.from_numpy(bilinear_matrix(x.shape[-1], size)).to(x.device, x.dtype)
     return a @ x @ a.t()
 
 

@@ -45,7 +45,7 @@ class TrainingBatches(object):
     """
 
     def __init__(self, cache, input_size, scales, crop, workers, augment=DEFAULT_AUGMENTATION):
-        self.args = (cache, input_size, scales, crop, augment)
+        self.args = (cache, input_size, scales, crop, augment, False)
         self.pool = None
         if workers > 0:
             import multiprocessing
@@ -80,9 +80,9 @@ def _pool_batch(task):
 
 def _make_training_batch(task, args):
     rows, seed = task
-    cache, input_size, scales, crop, augment = args[:5]
+    cache, input_size, scales, crop, augment, one_by_one = args
     return make_batch(cache, rows, input_size, scales, rng=np.random.default_rng(list(seed)), crop=crop,
-                      augment=augment, one_by_one=len(args) > 5 and args[5])
+                      augment=augment, one_by_one=one_by_one)
 
 
 def blas_pinned(threads=1):
@@ -103,13 +103,13 @@ class StepRunner(object):
     """One optimiser step on one batch: forward (fp32, or bfloat16 autocast), deep-supervised loss
     in fp32, backward, Adam. The trainer and ``bench/train_speed.py`` run the same code."""
 
-    def __init__(self, model, cache, batch_size, lr=1e-3, precision="fp32", pin_blas=True, scales=None,
+    def __init__(self, model, cache, lr=1e-3, precision="fp32", pin_blas=True, scales=None,
                  augment=DEFAULT_AUGMENTATION, crop=None, device=None, one_by_one=False):
         import contextlib
 
         if precision not in PRECISIONS:
             raise ValueError("--precision is one of %s, not %r" % (", ".join(PRECISIONS), precision))
-        self.model, self.cache, self.batch_size = model, cache, batch_size
+        self.model = model
         self.device = device or torch.device("cpu")
         self.precision = precision
         self.opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -217,7 +217,7 @@ def train(cfg, progress=True):
     if cfg.get("max_val_slices"):
         val_rows = val_rows[: cfg["max_val_slices"]]
     batches = TrainingBatches(train_set, r, scales, cfg.get("crop"), cfg.get("workers") or 0, augment)
-    runner = StepRunner(model.to(device), train_set, cfg["batch_size"], lr=cfg["lr"],
+    runner = StepRunner(model.to(device), train_set, lr=cfg["lr"],
                         precision=cfg.setdefault("precision", "fp32"), scales=scales, augment=augment,
                         crop=cfg.get("crop"), device=device)
     try:
