@@ -206,3 +206,31 @@ def test_cli_export_warns_when_the_threshold_is_at_the_grid_edge(tiny_run, tmp_p
                          universal_newlines=True)
     assert out.returncode == 0, out.stdout
     assert "warning: the volume threshold 0.90 is at the end of the calibration grid" in out.stdout
+
+
+def test_final_checkpoint_exports_the_last_epochs_kept_weights(tiny_run, tmp_path):
+    """``--checkpoint final``: the moving average of the last epoch with --ema (the raw weights without), the card
+    saying which weights it carries and that epoch's validation Dice. Breaks if final fell back to best.pt, or
+    exported the raw weights of an --ema run."""
+    from LowResSegLib.training.export import export_run, load_run
+    from LowResSegLib.training.trainer import train
+
+    cfg = dict(tiny_run[1], out=str(tmp_path / "ema"), epochs=2, ema=0.9)
+    train(cfg, progress=False)
+    last = torch.load(os.path.join(cfg["out"], "last.pt"), map_location="cpu", weights_only=False)
+    model, _, ck = load_run(cfg["out"], "final")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, last["ema"]["model"][name]), name
+    assert any(not torch.equal(last["ema"]["model"][k], last["model"][k])
+               for k in last["model"] if last["model"][k].dtype.is_floating_point)  # the two differ: the check bites
+    rows = open(os.path.join(cfg["out"], "metrics.csv")).read().split()
+    assert ck["epoch"] == 2 and ck["val_dice"] == float(rows[-1].split(",")[4])
+
+    plain, _, _ = load_run(tiny_run[0], "final")  # a run without --ema: its raw weights
+    raw = torch.load(os.path.join(tiny_run[0], "last.pt"), map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(v, raw[k]) for k, v in plain.state_dict().items())
+
+    path = export_run(cfg["out"], str(tmp_path / "repo"), checkpoint="final", calibrate=False)
+    card = json.load(open(os.path.join(path, "lowresseg.json")))
+    assert card["training"]["weights_kept"] == "final" and card["training"]["epochs"] == 2
+    assert card["metrics"]["val_dice_at_output_size"] == round(ck["val_dice"], 4)

@@ -62,28 +62,46 @@ def test_budgets_are_read_in_seconds_or_as_presets():
             parse_budget(bad)
 
 
+def _expected(limit, pace=PACE, slices=BRATS_SLICES):
+    """What the rule should choose, worked out here from the shipped cards' qualities and the paces."""
+    quality = {n: quality_of(ModelRepository().card(n)) for n in pace}
+    fits = [n for n in pace if pace[n] * slices <= limit]
+    return max(fits, key=lambda n: (quality[n], -pace[n])) if fits else min(pace, key=pace.get)
+
+
 def test_the_best_card_quality_that_fits_the_budget_is_chosen():
+    from LowResSegLib.inference.modelchoice import quality_dice
+
     repo = ModelRepository()
     quality = {n: quality_of(repo.card(n)) for n in PACE}
-    assert quality["elunet-full-256"] > quality["elunet-jhead-32to256"] > quality["elunet-interp-32to256"] \
-        > quality["elunet-jhead-64to256"] > quality["elunet-jhead-16to256"]
+    assert len(set(quality.values())) == len(PACE)  # distinct, so each budget below has one right answer
+    by_quality = sorted(PACE, key=quality.get, reverse=True)
     # 155 slices: full 9.3 s, jhead-64 1.24 s, jhead-32 0.62 s, interp 0.54 s, jhead-16 0.47 s
-    choice = _choose("1.5s")
-    assert choice.name == "elunet-jhead-32to256" and choice.engine.card["name"] == choice.name
-    assert choice.estimates["elunet-jhead-32to256"][0] == pytest.approx(0.004 * 155)
-    assert "Dice 0.725" in choice.reason and "elunet-full-256" in choice.reason and "1.5 s" in choice.reason
-    assert _choose("0.6s").name == "elunet-interp-32to256"
-    assert _choose("500ms").name == "elunet-jhead-16to256"
-    assert _choose("best").name == "elunet-full-256"
+    for budget, limit in (("1.5s", 1.5), ("0.6s", 0.6), ("500ms", 0.5), ("best", math.inf)):
+        choice = _choose(budget)
+        assert choice.name == _expected(limit) and choice.engine.card["name"] == choice.name, budget
+        assert "Dice %.3f" % quality_dice(repo.card(choice.name))[0] in choice.reason
+        assert choice.estimates[choice.name][0] == pytest.approx(PACE[choice.name] * 155)
+        if choice.name != by_quality[0]:  # the reason names the better model that did not fit
+            better = [n for n in by_quality if quality[n] > quality[choice.name]]
+            assert better[0] in choice.reason
+    assert _choose("best").name == by_quality[0]
     fastest = _choose("fastest")
     assert fastest.name == "elunet-jhead-16to256" and "no model fits" not in fastest.reason
-    assert _choose("balanced").name == "elunet-jhead-32to256"  # within 2 x 0.47 s
+    assert _choose("balanced").name == _expected(2 * 0.003 * 155)  # within 2 x 0.47 s
     slow = _choose("100ms")
     assert slow.name == "elunet-jhead-16to256" and "no model fits" in slow.reason
-    # a faster engine (a GPU, say) fits the full-resolution model in the same budget
-    assert _choose("1.5s", pace={n: p / 10 for n, p in PACE.items()}).name == "elunet-full-256"
+    # a faster engine (a GPU, say) fits every model in the same budget: the best card wins
+    assert _choose("1.5s", pace={n: p / 10 for n, p in PACE.items()}).name == by_quality[0]
     # a budget is per volume: a thin slab fits more
-    assert _choose("1.5s", slices=20).name == "elunet-full-256"
+    assert _choose("1.5s", slices=20).name == _expected(1.5, slices=20)
+
+
+def test_a_real_patient_dice_ranks_above_any_training_split_dice():
+    """The rule of issue 28: the card's real-patient Dice (bench/quality.py) outranks a validation-split Dice."""
+    measured = {"metrics": {"real_patients_dice": 0.40, "val_dice_at_output_size": 0.40}}
+    split_only = {"metrics": {"val_dice_at_output_size": 0.95}}
+    assert quality_of(measured) > quality_of(split_only) > quality_of({})
 
 
 def test_calibrations_are_cached_per_engine_and_model(tmp_path):

@@ -38,9 +38,14 @@ def script_runs():
     defaults = dict(re.findall(r'^(\w+)=\$\{\1:-([^}]*)\}', text, re.M))
     common = re.search(r'^COMMON=\((.*?)\)', text, re.M | re.S).group(1)
     common = shlex.split(common.replace('"${WORKERS:-0}"', "0"))
+    arrays = {k: shlex.split(v) for k, v in re.findall(r'^(\w+)=\((.*?)\)', text, re.M | re.S)}
     runs = {}
     for name, var, rest in re.findall(r'^\s*run (\S+)\s+"\$(\w+)"\s+(.*)$', text, re.M):
-        runs[name] = train_options(["--data", defaults[var]] + common + shlex.split(rest) + ["--out", name])
+        words = []
+        for w in shlex.split(rest):  # "${REAL_OPTIONS[@]}" expands to that array's words
+            m = re.match(r'^\$\{(\w+)\[@\]\}$', w)
+            words += arrays[m.group(1)] if m else [w]
+        runs[name] = train_options(["--data", defaults[var]] + common + words + ["--out", name])
     return runs
 
 
@@ -74,7 +79,8 @@ def test_run_trains_with_its_own_data_and_the_common_options():
     text = open(SCRIPT).read()
     body = re.search(r'^run\(\) \{(.*?)^\}', text, re.M | re.S).group(1)
     assert "local name=$1 data=$2; shift 2" in body
-    assert 'lowresseg train --data "$data" "${COMMON[@]}" "$@" --out "runs/$name"' in body
+    assert 'lowresseg train --data "$data" "${COMMON[@]}" "$@" --out "$RUNS/$name"' in body
+    assert "--checkpoint final" in body  # the real-patient models ship the weights they were measured with
     assert re.search(r"^queue_a >", text, re.M) and re.search(r"^queue_b >", text, re.M)
 
 
@@ -82,4 +88,6 @@ def test_the_parser_sees_every_run():
     """Guards the test above against a parser that silently finds nothing."""
     runs = script_runs()
     assert len(runs) == len(shipped_cards())
-    assert all(r["data"].startswith("phantom:") for r in runs.values())
+    # every run's data is one of the script's two recipes: phantom-led, or real patients first (issue 28)
+    assert all(r["data"].startswith("phantom:") or r["data"].startswith("lgg:train") for r in runs.values())
+    assert any(r["data"].startswith("lgg:train") and r["ema"] == 0.998 for r in runs.values())

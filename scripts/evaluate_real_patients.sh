@@ -3,6 +3,8 @@
 # seed, each card with its volume calibration), score them with bench/quality.py on lgg:val, real:val and
 # held-out phantoms (the cases of the shipped models' tables in docs/), then apply the ship rule
 # (bench/ship_rule.py) and compare jhead with interp over the seeds (bench/seeds.py).
+# Every model is exported with its final weights (the moving average of the last epoch): on real patients the
+# validation split's best epoch was an early, under-trained one (docs/method.md, issue 28).
 # Writes only under $LOWRESSEG_RUNS (default ~/lowresseg-runs); docs/ is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +18,7 @@ for seed in 0 1 2; do
   [ ${#runs[@]} -gt 0 ] || continue
   mkdir -p "$repo"
   for run in "${runs[@]}"; do
-    lowresseg export "$run" --repository "$repo" --overwrite
+    lowresseg export "$run" --repository "$repo" --overwrite --checkpoint final
   done
   python bench/quality.py --repository "$repo" --data "$DATA" --threads "${THREADS:-0}" --out "$out" --write-cards
   python bench/ship_rule.py --shipped docs --candidates "$out"

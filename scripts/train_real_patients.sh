@@ -29,11 +29,12 @@ mkdir -p "$RUNS"
 # slice the data once (cached in ~/.cache/lowresseg), before the queues start
 lowresseg train --data "$DATA" "${COMMON[@]}" --head interp --input-size 16 --epochs 0 --out "$RUNS/.slice-cache" --resume >/dev/null
 rm -rf "$RUNS/.slice-cache"
+# Order: the seeds of the head-vs-bilinear claim first, then the other sizes; full-256, the longest run, last (about 26 min per 32² run, one thread each, on the 2-core machine).
 queue_a() {
   run r28-jhead-32-s0 --head jhead --input-size 32 --epochs 24 --seed 0
   run r28-jhead-32-s1 --head jhead --input-size 32 --epochs 24 --seed 1
-  run r28-jhead-32-s2 --head jhead --input-size 32 --epochs 24 --seed 2
   run r28-jhead-16-s0 --head jhead --input-size 16 --epochs 24 --seed 0
+  run r28-jhead-32-s2 --head jhead --input-size 32 --epochs 24 --seed 2
   run r28-jhead-64-s0 --head jhead --input-size 64 --epochs 24 --seed 0
 }
 queue_b() {
@@ -41,7 +42,8 @@ queue_b() {
   run r28-interp-32-s1 --head interp --input-size 32 --epochs 24 --seed 1
   run r28-interp-32-s2 --head interp --input-size 32 --epochs 24 --seed 2
   # full-256 on CPU: 128² crops of the same slices (uniformly placed), inferred on whole slices; validation on
-  # 200 whole slices (on whole 256² slices it would take most of the epoch)
+  # 200 whole slices (on whole 256² slices it would take most of the epoch). About 6-7 min per epoch on one
+  # core beside another run: ~2.5 h, so it usually continues in a second session (--resume).
   run r28-full-256-s0 --head full --input-size 256 --crop 128 --epochs 24 --seed 0 --max-val-slices 200
 }
 queue_a > "$RUNS/queue_a.log" 2>&1 &

@@ -411,7 +411,8 @@ def cmd_export(args):
     from LowResSegLib.training.tensorrt_ops import check_tensorrt82
     import os
 
-    path = export_run(args.run, args.repository, overwrite=args.overwrite, calibrate=not args.no_calibrate)
+    path = export_run(args.run, args.repository, overwrite=args.overwrite, calibrate=not args.no_calibrate,
+                      checkpoint=args.checkpoint)
     problems = check_tensorrt82(os.path.join(path, "1", "model.onnx"))
     print("exported %s" % path)
     card = ModelRepository(args.repository).card(os.path.basename(path))
@@ -626,6 +627,9 @@ def build_parser():
     e.add_argument("run", help="run folder written by `lowresseg train`")
     e.add_argument("--repository", default=default_repository())
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--checkpoint", choices=("best", "final"), default="best",
+                   help="best: the epoch of highest validation-split Dice (default); final: the weights of the last "
+                        "epoch (the moving average with --ema)")
     e.add_argument("--no-calibrate", action="store_true",
                    help="keep the 0.5 threshold (default: the volume threshold chosen on the run's validation split)")
     e.set_defaults(func=cmd_export)

@@ -45,10 +45,39 @@ def export_onnx(model, path, opset=OPSET):
     return path
 
 
+CHECKPOINTS = ("best", "final")
+
+
+def _val_dice_of_epoch(run_dir, epoch):
+    """The validation-split Dice that metrics.csv records for ``epoch`` (the weights ``final`` exports)."""
+    import csv
+
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        for row in csv.DictReader(f):
+            if int(row["epoch"]) == int(epoch):
+                return float(row["val_dice"])
+    raise ValueError("%s/metrics.csv has no row for epoch %d; the run folder is incomplete" % (run_dir, epoch))
+
+
 def load_run(run_dir, checkpoint="best.pt"):
+    """A run's model at ``checkpoint``: ``best.pt`` (the epoch of highest validation-split Dice), ``final`` (the
+    weights the last epoch kept: the moving average when the run used ``--ema``, as ``best.pt`` holds it), or a
+    file name in the run folder.
+
+    Why ``final``: the validation split is mostly repeated slices of the training sources, and on real patients
+    its best epoch can be an early, under-trained one (docs/method.md, issue 28)."""
     with open(os.path.join(run_dir, "run.json")) as f:
         info = json.load(f)
-    ck = torch.load(os.path.join(run_dir, checkpoint), map_location="cpu", weights_only=False)
+    if checkpoint == "best":
+        checkpoint = "best.pt"
+    if checkpoint == "final":
+        last = torch.load(os.path.join(run_dir, "last.pt"), map_location="cpu", weights_only=False)
+        ck = {"model": last["ema"]["model"] if "ema" in last else last["model"], "config": info["config"],
+              "epoch": last["state"]["epoch"], "weights": "final",
+              "val_dice": _val_dice_of_epoch(run_dir, last["state"]["epoch"])}
+    else:
+        ck = torch.load(os.path.join(run_dir, checkpoint), map_location="cpu", weights_only=False)
+        ck.setdefault("weights", "best validation-split Dice" if checkpoint == "best.pt" else checkpoint)
     c = ck["config"]
     model = SegModel(c["backbone"], c["head"], c["input_size"], c["output_size"], c["classes"], c["width"])
     model.load_state_dict(ck["model"])
@@ -129,7 +158,7 @@ def build_card(model, info, ck, sha256, metrics=None):
         "training": {
             "data": tc["data"], "real_cases": real_cases_of(tc["data"]),
             "command": info["command"], "seed": tc["seed"],
-            "epochs": int(ck.get("epoch", 0)), "epochs_run": state.get("epoch"),
+            "epochs": int(ck.get("epoch", 0)), "epochs_run": state.get("epoch"), "weights_kept": ck.get("weights"),
             "epochs_planned": tc["epochs"], "stopped": state.get("stopped"),
             "train_seconds": round(state.get("train_seconds", 0.0), 1),
             "device": info.get("device"), "train_cases": info.get("train_cases"), "val_cases": info.get("val_cases"),
