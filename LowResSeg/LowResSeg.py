@@ -469,7 +469,9 @@ class LowResSegLogic(ScriptedLoadableModuleLogic):
         return self.repository().names()
 
     def recommendedModel(self):
-        return "elunet-jhead-32to256"
+        from LowResSegLib.inference.modelchoice import recommended_model
+
+        return recommended_model(self.repository())
 
     def cardSummary(self, name):
         return slicersupport.card_summary(self.repository().card(name))

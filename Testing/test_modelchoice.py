@@ -204,3 +204,27 @@ def test_real_patient_dice_outranks_a_training_split_dice():
     assert quality_of({"metrics": {"real_patients_dice": 0.72}}) > quality_of(bench_card)
     assert quality_dice(bench_card) == (0.70, "real patients never trained on")
     assert quality_dice(split_only)[0] == 0.95
+
+
+def test_the_recommended_model_is_the_best_measured_low_resolution_model(tmp_path):
+    """What Slicer preselects follows the cards' measurements (issue 28), not a fixed name: re-measuring a model
+    higher makes it the recommendation; the full-resolution reference and ensembles are never recommended."""
+    from LowResSegLib.inference.modelchoice import recommended_model
+    from LowResSegLib.training.export import replace_card
+
+    shipped = ModelRepository()
+    lows = [n for n in shipped.names() if not shipped.is_ensemble(n)
+            and shipped.card(n)["input_size"] < shipped.card(n)["output_size"]]
+    best = max(lows, key=lambda n: quality_of(shipped.card(n)))
+    assert recommended_model(shipped) == best
+    repo = tmp_path / "models"
+    for name in shipped.names():
+        shutil.copytree(os.path.join(shipped.root, name), str(repo / name))
+    other = next(n for n in lows if n != best)
+    card = json.load(open(str(repo / other / "lowresseg.json")))
+    card["metrics"] = dict(card["metrics"], real_patients_dice=0.99)
+    replace_card(str(repo / other), card)
+    full = json.load(open(str(repo / "elunet-full-256" / "lowresseg.json")))
+    full["metrics"] = dict(full["metrics"], real_patients_dice=0.999)
+    replace_card(str(repo / "elunet-full-256"), full)
+    assert recommended_model(ModelRepository(str(repo))) == other

@@ -85,6 +85,23 @@ def quality_dice(card):
     return _number(metrics.get("val_dice_at_output_size")), "the training split's validation"
 
 
+def recommended_model(repository):
+    """The model a front end preselects: of the single low-resolution models (input below output size; not an
+    ensemble, not the full-resolution reference), the one whose card measures best (:func:`quality_of`: a Dice on
+    real patients never trained on outranks a training-split Dice), the smaller input on a tie.
+
+    Why not a fixed name: issue 28 retrains the models on real patients and ships only those that pass the
+    ship rule, so which one is best is a measurement, not a choice made once."""
+    from LowResSegLib.repository.modelstore import is_ensemble
+
+    cards = [repository.card(n) for n in repository.names()]
+    low = [c for c in cards if not is_ensemble(c) and c.get("input_size", 0) < c.get("output_size", 0)]
+    if not low:
+        raise ValueError("the model repository %s has no low-resolution model; see `lowresseg models`"
+                         % getattr(repository, "root", repository))
+    return max(low, key=lambda c: (quality_of(c), -c["input_size"]))["name"]
+
+
 def cpu_name():
     """The processor's model name (Linux), else what the platform says: part of an engine's identity."""
     try:
