@@ -448,3 +448,22 @@ def test_one_slice_and_batch_augmentation_draw_the_same_distributions():
     s, b = stats(single), stats(batch)
     for a, c, tol in zip(s, b, (0.03, 0.1, 0.03, 0.05)):
         assert abs(a - c) <= tol * abs(a), (s, b)
+
+
+def test_deep_supervision_targets_made_at_once_equal_one_size_at_a_time():
+    """Issue 28 (second session): the targets of all scales come from one stack per slice size, and a same-size
+    area resample is a copy; both must give exactly the numbers of the dense area matrices."""
+    from LowResSegLib.images.geometry import apply_separable, area_matrix, area_resample
+    from LowResSegLib.training.slices import resample_stack, resample_stacks
+
+    rng = np.random.default_rng(4)
+    slices = [rng.random((n, n)).astype(np.float32) for n in (256, 240, 256, 240, 200)]
+    sizes = [32, 64, 128, 256]
+    for got, size in zip(resample_stacks(slices, sizes), sizes):
+        np.testing.assert_array_equal(got, resample_stack(slices, size))
+        for i, sl in enumerate(slices):
+            dense = apply_separable(sl[None], area_matrix(sl.shape[0], size), area_matrix(sl.shape[1], size))[0]
+            np.testing.assert_allclose(got[i], dense, rtol=0, atol=2e-6)
+    same = area_resample(slices[0][None], 256)
+    assert same.dtype == np.float32 and np.array_equal(same[0], slices[0]) and same.base is not slices[0]
+    np.testing.assert_array_equal(same, apply_separable(slices[0][None], area_matrix(256, 256), area_matrix(256, 256)))

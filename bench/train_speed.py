@@ -6,8 +6,9 @@ interleaved, round-robin, so machine noise hits them alike, and the ratio is the
 
 - ``before``: the J-head in its plain form (ConvT + Conv3x3 at the high resolution), numpy's
   BLAS threads left as they are, and each slice warped on its own by scipy (the trainer up to issue 28);
-- ``after``: the sub-pixel J-head, BLAS pinned to one thread and the batch warped at once by torch's
-  ``grid_sample``, as the trainer runs now;
+- ``after``: the sub-pixel J-head, BLAS pinned to one thread, the batch warped at once by torch's
+  ``affine_grid`` + ``grid_sample``, and the deep-supervision targets of all scales made from one stack
+  (the same-size one a copy), as the trainer runs now;
 - ``after + bf16``: also torch's bfloat16 autocast (``lowresseg train --precision bf16``), where
   the CPU has bfloat16 units.
 

@@ -178,6 +178,8 @@ def area_resample(batch: np.ndarray, size) -> np.ndarray:
         raise ValueError("expected [..., H, W] slices, got shape %s" % (batch.shape,))
     big_h, big_w = batch.shape[-2:]
     dtype = np.result_type(batch.dtype, np.float32)
+    if (big_h, big_w) == (h, w):  # the area matrix is the identity: a copy gives the same numbers, 10x cheaper
+        return np.array(batch, dtype=dtype)
     row_block, col_block = _area_block(big_h, h, dtype.str), _area_block(big_w, w, dtype.str)
     if row_block is None and col_block is None:
         return apply_separable(batch, area_matrix(big_h, h), area_matrix(big_w, w))

@@ -390,16 +390,19 @@ def warp_batch(images, labels, geometries):
     if not warped:
         return images, labels
     n = images[warped[0]].shape[0]
-    stack = torch.from_numpy(np.stack([np.stack([images[i], labels[i]]) for i in warped]).astype(np.float32))
-    rows, cols = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64), indexing="ij")
-    grids = []
-    for i in warped:
+    stack = np.empty((len(warped), 2, n, n), np.float32)
+    for j, i in enumerate(warped):
+        stack[j, 0], stack[j, 1] = images[i], labels[i]
+    # the (row, col) map src = rot @ (row, col) + offset in grid_sample's normalised (x, y) = (col, row) terms
+    # (align_corners: -1 and 1 are the centres of the first and last pixels), as one affine grid per slice
+    theta = np.empty((len(warped), 2, 3))
+    for j, i in enumerate(warped):
         _, rot, offset = geometries[i]
-        src_r = rot[0, 0] * rows + rot[0, 1] * cols + offset[0]
-        src_c = rot[1, 0] * rows + rot[1, 1] * cols + offset[1]
-        grids.append(np.stack([2 * src_c / (n - 1) - 1, 2 * src_r / (n - 1) - 1], -1))
-    grid = torch.from_numpy(np.stack(grids).astype(np.float32))
-    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=True).numpy()
+        for k, a in enumerate((1, 0)):  # normalised x (k = 0) is the column (a = 1), y the row (a = 0)
+            theta[j, k] = rot[a, 1], rot[a, 0], rot[a, 0] + rot[a, 1] + 2 * offset[a] / (n - 1) - 1
+    grid = F.affine_grid(torch.from_numpy(theta.astype(np.float32)), [len(warped), 2, n, n], align_corners=True)
+    out = F.grid_sample(torch.from_numpy(stack), grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=True).numpy()
     for j, i in enumerate(warped):
         images[i], labels[i] = out[j, 0], out[j, 1]
     return images, labels
@@ -455,11 +458,18 @@ def resample_stack(slices, size):
     Why: sources differ in their native square (256² LGG next to 240² BraTS or phantoms);
     each size is resampled in one call, then the results are put back in row order.
     """
-    out = np.empty((len(slices), size, size), np.float32)
+    return resample_stacks(slices, [size])[0]
+
+
+def resample_stacks(slices, sizes):
+    """:func:`resample_stack` to each of ``sizes`` (the deep-supervision scales), each size group stacked once."""
+    outs = [np.empty((len(slices), size, size), np.float32) for size in sizes]
     for shape in sorted({s.shape for s in slices}):
         rows = [i for i, s in enumerate(slices) if s.shape == shape]
-        out[rows] = area_resample(np.stack([slices[i] for i in rows]), size)
-    return out
+        stacked = np.stack([slices[i] for i in rows])
+        for out, size in zip(outs, sizes):
+            out[rows] = area_resample(stacked, size)
+    return outs
 
 
 def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEFAULT_AUGMENTATION, one_by_one=False):
@@ -476,8 +486,11 @@ def make_batch(cache, rows, input_size, scales, rng=None, crop=None, augment=DEF
         imgs, labs = [p[0] for p in pairs], [p[1] for p in pairs]
     elif rng is not None:
         imgs, labs = augment_batch(imgs, labs, rng, plan)
-    x = resample_stack(imgs, input_size)[:, None].astype(np.float32)
-    ys = [resample_stack(labs, s)[:, None].astype(np.float32) for s in scales]
+    x = resample_stack(imgs, input_size)[:, None]
+    if one_by_one:  # as before issue 28 too: the slices stacked again for every scale, and copied once more
+        ys = [resample_stack(labs, s)[:, None].astype(np.float32) for s in scales]
+    else:
+        ys = [y[:, None] for y in resample_stacks(labs, scales)]
     if crop:
         size = input_size
         if crop >= size:
