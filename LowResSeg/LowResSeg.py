@@ -163,7 +163,8 @@ class LowResSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
             item.setCheckState(qt.Qt.Unchecked)
             self.ui.compareList.addItem(item)
-        recommended = self.ui.modelSelector.findText(self.logic.recommendedModel())
+        name = self.logic.recommendedModel()
+        recommended = self.ui.modelSelector.findText(name) if name else -1
         self.ui.modelSelector.setCurrentIndex(recommended if recommended >= 0 else len(slicersupport.AUTO_CHOICES))
         self.ui.resultsTable.setColumnCount(6)
         self.ui.resultsTable.setHorizontalHeaderLabels(

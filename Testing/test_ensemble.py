@@ -192,9 +192,9 @@ def test_an_ensemble_has_no_graph_to_infer_with(repo):
 
 def test_the_shipped_ensemble_names_the_shipped_jhead_models():
     r = ModelRepository(default_repository())
-    name = "elunet-ensemble-16-32-64"
+    name = "elunet-ensemble-16-32-interp32"
     assert name in r.usable_names()
-    assert r.members(name) == ["elunet-jhead-16to256", "elunet-jhead-32to256", "elunet-jhead-64to256"]
+    assert r.members(name) == ["elunet-jhead-16to256-member", "elunet-jhead-32to256-member", "elunet-interp-32to256"]
     assert 0 < review_threshold(r.card(name)) < 1
 
 

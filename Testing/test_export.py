@@ -234,3 +234,20 @@ def test_final_checkpoint_exports_the_last_epochs_kept_weights(tiny_run, tmp_pat
     card = json.load(open(os.path.join(path, "lowresseg.json")))
     assert card["training"]["weights_kept"] == "final" and card["training"]["epochs"] == 2
     assert card["metrics"]["val_dice_at_output_size"] == round(ck["val_dice"], 4)
+
+
+def test_export_under_another_name_sits_beside_the_first(tiny_run, tmp_path):
+    """``--name``: a second model of one configuration (an ensemble's member) beside the first; the folder, the
+    card and Triton's config all carry the name, and the repository loads both."""
+    from LowResSegLib.training.export import export_run
+
+    repo = str(tmp_path / "repo")
+    export_run(tiny_run[0], repo, calibrate=False)
+    path = export_run(tiny_run[0], repo, calibrate=False, name="elunet-jhead-16to64-member")
+    assert os.path.basename(path) == "elunet-jhead-16to64-member"
+    r = ModelRepository(repo)
+    assert r.names() == ["elunet-jhead-16to64", "elunet-jhead-16to64-member"]
+    assert r.card("elunet-jhead-16to64-member")["name"] == "elunet-jhead-16to64-member"
+    assert 'name: "elunet-jhead-16to64-member"' in open(os.path.join(path, "config.pbtxt")).read()
+    with pytest.raises(ValueError, match="lower-case"):
+        export_run(tiny_run[0], repo, calibrate=False, name="../escape")

@@ -228,3 +228,15 @@ def test_the_recommended_model_is_the_best_measured_low_resolution_model(tmp_pat
     full["metrics"] = dict(full["metrics"], real_patients_dice=0.999)
     replace_card(str(repo / "elunet-full-256"), full)
     assert recommended_model(ModelRepository(str(repo))) == other
+
+
+def test_a_repository_with_no_measured_card_recommends_nothing(tmp_path):
+    from LowResSegLib.inference.modelchoice import recommended_model
+    from LowResSegLib.training.export import replace_card
+
+    repo = tmp_path / "models"
+    shutil.copytree(os.path.join(ModelRepository().root, "elunet-jhead-16to256"), str(repo / "elunet-jhead-16to256"))
+    card = json.load(open(str(repo / "elunet-jhead-16to256" / "lowresseg.json")))
+    card["metrics"] = {}
+    replace_card(str(repo / "elunet-jhead-16to256"), card)
+    assert recommended_model(ModelRepository(str(repo))) is None

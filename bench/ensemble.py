@@ -13,8 +13,8 @@ volume, through the real inference path):
   the same for 1 - mean pairwise Dice of the members, for comparison;
 * a scatter of review score against Dice (``ensemble-review.png``: numbers only, no patient image).
 
-    python bench/quality.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val,phantom:8:1001
-    python bench/ensemble.py --ensemble elunet-ensemble-16-32-64 --data lgg:val,real:val --write-card
+    python bench/quality.py --ensemble elunet-ensemble-16-32-interp32 --data lgg:val,real:val,phantom:8:1001
+    python bench/ensemble.py --ensemble elunet-ensemble-16-32-interp32 --data lgg:val,real:val --write-card
 
 ``--write-card`` writes the chosen threshold into the ensemble card's ``ensemble.review``; ``--write-metrics``
 its Dice on ``lgg:val`` and ``real:val`` into its ``metrics`` (``real_patients_dice``: what ``--model auto`` ranks
@@ -249,7 +249,7 @@ def report(name, members, by_set, long_by_set, patient_cases, det, det_pair, com
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ensemble", default="elunet-ensemble-16-32-64")
+    ap.add_argument("--ensemble", default="elunet-ensemble-16-32-interp32")
     ap.add_argument("--data", default="lgg:val,real:val")
     ap.add_argument("--cases", type=int, default=None, help="only the first N cases of each data set")
     ap.add_argument("--repository", default=None)

@@ -24,6 +24,9 @@ DATA_CAPPED=${DATA_CAPPED:-phantom:100:1:capped+real:train*4}
 COMMON=(--width 8 --neg-ratio 1.0 --batch-size 16 --val-fraction 0.1 --patience 100
         --threads 1 --workers "${WORKERS:-0}")
 REAL_OPTIONS=(--ema 0.998 --augment cut-large --max-slices 2500)
+# members of the ensemble elunet-ensemble-16-32-interp32 that did not pass the ship rule alone: exported under
+# their own names, beside the phantom-trained models of their configuration
+declare -A EXPORT_AS=([r28-jhead-16-s0]=elunet-jhead-16to256-member [r28-jhead-32-s0]=elunet-jhead-32to256-member)
 run() {  # run folder (the model's name comes from its options), data spec, then train options
   local name=$1 data=$2; shift 2
   local t0=$SECONDS
@@ -32,9 +35,10 @@ run() {  # run folder (the model's name comes from its options), data spec, then
     lowresseg train --data "$data" "${COMMON[@]}" "$@" --out "$RUNS/$name" --resume
     echo "== $name: trained in $(( (SECONDS - t0) / 60 )) min in this call"
   fi
-  local exported
+  local exported as=()
+  [ -z "${EXPORT_AS[$name]:-}" ] || as=(--name "${EXPORT_AS[$name]}")
   if [ "$data" = "$REAL" ]; then  # final weights and the volume calibration, no filter (as measured)
-    exported=$(lowresseg export "$RUNS/$name" --repository Resources/Models --overwrite --checkpoint final |
+    exported=$(lowresseg export "$RUNS/$name" --repository Resources/Models --overwrite --checkpoint final "${as[@]}" |
                sed -n 's/^exported //p')
   else
     exported=$(lowresseg export "$RUNS/$name" --repository Resources/Models --overwrite | sed -n 's/^exported //p')
@@ -53,9 +57,11 @@ done
 queue_a() {
   run c24-elunet-jhead-32to256  "$DATA_CAPPED" --seed 0 --head jhead  --input-size 32  --epochs 24 --max-slices 2500
   run elunet-jhead-64to256  "$DATA" --seed 0 --head jhead  --input-size 64  --epochs 8  --max-slices 2500
+  run r28-jhead-32-s0 "$REAL" "${REAL_OPTIONS[@]}" --head jhead --input-size 32 --epochs 24 --seed 0
 }
 queue_b() {
   run r28-interp-32-s0 "$REAL" "${REAL_OPTIONS[@]}" --head interp --input-size 32 --epochs 24 --seed 0
+  run r28-jhead-16-s0 "$REAL" "${REAL_OPTIONS[@]}" --head jhead --input-size 16 --epochs 24 --seed 0
   run elunet-jhead-16to256  "$DATA" --seed 0 --head jhead  --input-size 16  --epochs 14 --max-slices 2500
   # whole 256² slices (no crops), a 50-epoch schedule that the shipped run's GPU time ended after
   # epoch 23 (weights of its best epoch, 20); --stop-after 23 reproduces it, and a --resume without

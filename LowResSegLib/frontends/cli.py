@@ -412,7 +412,7 @@ def cmd_export(args):
     import os
 
     path = export_run(args.run, args.repository, overwrite=args.overwrite, calibrate=not args.no_calibrate,
-                      checkpoint=args.checkpoint)
+                      checkpoint=args.checkpoint, name=args.name)
     problems = check_tensorrt82(os.path.join(path, "1", "model.onnx"))
     print("exported %s" % path)
     card = ModelRepository(args.repository).card(os.path.basename(path))
@@ -627,6 +627,8 @@ def build_parser():
     e.add_argument("run", help="run folder written by `lowresseg train`")
     e.add_argument("--repository", default=default_repository())
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--name", default=None,
+                   help="the model's name in the repository (default: from its options, e.g. elunet-jhead-32to256)")
     e.add_argument("--checkpoint", choices=("best", "final"), default="best",
                    help="best: the epoch of highest validation-split Dice (default); final: the weights of the last "
                         "epoch (the moving average with --ema)")

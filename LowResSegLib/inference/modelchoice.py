@@ -91,14 +91,15 @@ def recommended_model(repository):
     real patients never trained on outranks a training-split Dice), the smaller input on a tie.
 
     Why not a fixed name: issue 28 retrains the models on real patients and ships only those that pass the
-    ship rule, so which one is best is a measurement, not a choice made once."""
+    ship rule, so which one is best is a measurement, not a choice made once. None when no such card carries a
+    quality."""
     from LowResSegLib.repository.modelstore import is_ensemble
 
     cards = [repository.card(n) for n in repository.names()]
-    low = [c for c in cards if not is_ensemble(c) and c.get("input_size", 0) < c.get("output_size", 0)]
-    if not low:
-        raise ValueError("the model repository %s has no low-resolution model; see `lowresseg models`"
-                         % getattr(repository, "root", repository))
+    low = [c for c in cards if not is_ensemble(c) and c.get("input_size", 0) < c.get("output_size", 0)
+           and quality_of(c) > -math.inf]
+    if not low:  # nothing measured: no recommendation (the front end keeps its first entry)
+        return None
     return max(low, key=lambda c: (quality_of(c), -c["input_size"]))["name"]
 
 

@@ -8,6 +8,7 @@ what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses (``tensorrt_ops.check_tensor
 
 import json
 import os
+import re
 
 import torch
 
@@ -179,13 +180,19 @@ def build_card(model, info, ck, sha256, metrics=None):
     return validate_card(card)
 
 
-def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt", calibrate=True):
+def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt", calibrate=True, name=None):
     """Write ``<repo_dir>/<model name>/`` atomically; refuse to replace one unless ``overwrite``.
+
+    ``name``: the model's name in the repository (default: from its configuration, e.g. elunet-jhead-32to256);
+    another name lets a second model of one configuration sit beside the first (an ensemble's member).
 
     ``calibrate``: choose the volume threshold on the run's validation split (``training.calibrate``)."""
     model, info, ck = load_run(run_dir, checkpoint)
     info["_state_path"] = os.path.join(run_dir, "state.json")
-    final = os.path.join(repo_dir, model.name)
+    if name is not None and not re.match(r"^[a-z0-9][a-z0-9.-]*$", name):
+        raise ValueError("a model name is lower-case letters, digits, '-' and '.', got %r" % name)
+    name = name or model.name
+    final = os.path.join(repo_dir, name)
     if os.path.exists(final) and not overwrite:
         raise FileExistsError("%s exists; pass --overwrite to replace it" % final)
     calibration = None
@@ -198,6 +205,7 @@ def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt", calibra
         os.makedirs(os.path.dirname(onnx_path))
         export_onnx(model, onnx_path)
         card = build_card(model, info, ck, sha256_file(onnx_path))
+        card["name"] = name
         if calibration:
             card["calibration"] = calibration
         write_card_files(tmp, card)

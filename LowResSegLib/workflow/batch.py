@@ -234,7 +234,7 @@ def run_batch(root, model, out, dicom_seg=False, overwrite=False, repository=Non
     engine = engine or open_engine(model, repository, threads=threads)  # an ensemble, or one model
     if uncertainty and not is_ensemble(engine.card):
         raise ValueError("--uncertainty needs an ensemble model (one whose card names member models, e.g. "
-                         "elunet-ensemble-16-32-64); %s is a single model" % engine.card["name"])
+                         "elunet-ensemble-16-32-interp32); %s is a single model" % engine.card["name"])
     cases = find_cases(root, card_contrast(engine.card), exclude=out, accept_unknown_contrast=accept_unknown_contrast)
     if not cases:
         raise ValueError("no images found under %s (NIfTI, NRRD, MetaImage files or DICOM series)" % root)

@@ -191,7 +191,7 @@ class SegmentationRun(object):
         card = self.engine.card
         if self.uncertainty_out and not is_ensemble(card):
             raise RunError("--uncertainty needs an ensemble model (one whose card names member models, e.g. "
-                           "elunet-ensemble-16-32-64); %s is a single model" % card["name"])
+                           "elunet-ensemble-16-32-interp32); %s is a single model" % card["name"])
         if self.volume is None:
             self.volume = read_volume(self.input_path, channel=self.channel, series=self.series,
                                       contrast=card_contrast(card))
