@@ -13,6 +13,7 @@ from LowResSegLib.inference import postprocess
 from LowResSegLib.inference.engines import LocalEngine
 from LowResSegLib.images.geometry import Volume, from_canonical
 from LowResSegLib.inference.pipeline import low_res_inputs, prepare_slices, segment
+from LowResSegLib.repository.modelstore import card_threshold
 
 pytest.importorskip("nilearn")
 
@@ -25,11 +26,12 @@ def plain_path(volume, engine, chunk=32):
         p = engine.infer(low_res_inputs(prepared.slices[start:start + chunk], engine.card))
         prob[start:start + chunk] = prepared.to_slice_grid(p[:, 0])
     prob = from_canonical(prob, volume.affine)
-    labels = (prob > 0.5).astype(np.uint8)
+    threshold = card_threshold(engine.card)  # the card's volume calibration (issue 28), else 0.5
+    labels = (prob > threshold).astype(np.uint8)
     post = engine.card.get("postprocessing")
     if post:
         labels = postprocess.drop_weak_components(labels, prob, volume.voxel_ml, post["min_component_ml"],
-                                                  post["min_component_peak"])
+                                                  post["min_component_peak"], threshold)
     return labels, prob
 
 

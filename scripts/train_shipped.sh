@@ -6,7 +6,7 @@
 #   threshold = the volume calibration on the run's validation split, no component filter. The models that
 #   passed the ship rule on lgg:val, real:val, healthy heads and phantoms (bench/ship_rule.py) use it.
 # - the phantom-led recipe of the models that have not been replaced yet: 100 raw/stripped phantoms (seed 1) +
-#   the real training cases of the manifest, 4x; the 32² jhead on phantoms with tumours capped at 250 mL.
+#   the real training cases of the manifest, 4x.
 #   elunet-full-256 of that recipe was trained on a GPU (23 epochs, 6 min on one H200); on these 2 cores a run
 #   of it takes ~16 hours, and its line here continues such a run with --resume wherever it stopped.
 # Real data is fetched first with `lowresseg fetch-real` (sha256-checked, from the manifest's repositories).
@@ -20,7 +20,6 @@ export PATH="${LOWRESSEG_VENV:-$PWD/.venv}/bin:$PATH"
 RUNS=${LOWRESSEG_RUNS:-$HOME/lowresseg-runs}
 REAL=${REAL:-lgg:train*6+real:train*5+phantom:100:1:capped+phantom:40:2+phantom:30:3:healthy}
 DATA=${DATA:-phantom:100:1+real:train*4}
-DATA_CAPPED=${DATA_CAPPED:-phantom:100:1:capped+real:train*4}
 COMMON=(--width 8 --neg-ratio 1.0 --batch-size 16 --val-fraction 0.1 --patience 100
         --threads 1 --workers "${WORKERS:-0}")
 REAL_OPTIONS=(--ema 0.998 --augment cut-large --max-slices 2500)
@@ -50,12 +49,13 @@ run() {  # run folder (the model's name comes from its options), data spec, then
 lowresseg fetch-real
 mkdir -p "$RUNS"
 # slice the data once (cached in ~/.cache/lowresseg), before the queues start
-for d in "$REAL" "$DATA" "$DATA_CAPPED"; do
+for d in "$REAL" "$DATA"; do
   lowresseg train --data "$d" "${COMMON[@]}" --head interp --input-size 16 --epochs 0 --out "$RUNS/.slice-cache" --resume >/dev/null
   rm -rf "$RUNS/.slice-cache"
 done
 queue_a() {
-  run c24-elunet-jhead-32to256  "$DATA_CAPPED" --seed 0 --head jhead  --input-size 32  --epochs 24 --max-slices 2500
+  # seed 2: the one of three seeds that passed the ship rule (docs/method.md, issue 28, second session)
+  run r28-jhead-32-s2 "$REAL" "${REAL_OPTIONS[@]}" --head jhead --input-size 32 --epochs 24 --seed 2
   run elunet-jhead-64to256  "$DATA" --seed 0 --head jhead  --input-size 64  --epochs 8  --max-slices 2500
   run r28-jhead-32-s0 "$REAL" "${REAL_OPTIONS[@]}" --head jhead --input-size 32 --epochs 24 --seed 0
 }
