@@ -34,13 +34,12 @@ run() {  # run folder (the model's name comes from its options), data spec, then
     lowresseg train --data "$data" "${COMMON[@]}" "$@" --out "$RUNS/$name" --resume
     echo "== $name: trained in $(( (SECONDS - t0) / 60 )) min in this call"
   fi
-  local exported as=()
-  [ -z "${EXPORT_AS[$name]:-}" ] || as=(--name "${EXPORT_AS[$name]}")
-  if [ "$data" = "$REAL" ]; then  # final weights and the volume calibration, no filter (as measured)
-    exported=$(lowresseg export "$RUNS/$name" --repository Resources/Models --overwrite --checkpoint final "${as[@]}" |
-               sed -n 's/^exported //p')
-  else
-    exported=$(lowresseg export "$RUNS/$name" --repository Resources/Models --overwrite | sed -n 's/^exported //p')
+  local exported options=(--repository Resources/Models --overwrite)
+  # real-patient models: final weights and the volume calibration, no filter (as measured)
+  [ "$data" != "$REAL" ] || options+=(--checkpoint final)
+  [ -z "${EXPORT_AS[$name]:-}" ] || options+=(--name "${EXPORT_AS[$name]}")
+  exported=$(lowresseg export "$RUNS/$name" "${options[@]}" | sed -n 's/^exported //p')
+  if [ "$data" != "$REAL" ]; then
     # the weak-component filter, tuned on phantoms of seed 7 (neither training nor benchmarks use them)
     lowresseg tune-postprocess "$(basename "$exported")" --repository Resources/Models
   fi

@@ -6,6 +6,7 @@ The ONNX graph takes ``image`` [N,1,r,r] float32 and returns ``modelstore.graph_
 what TensorRT 8.2 (JetPack 4.6, Jetson Nano) parses (``tensorrt_ops.check_tensorrt82``).
 """
 
+import csv
 import json
 import os
 import re
@@ -46,13 +47,8 @@ def export_onnx(model, path, opset=OPSET):
     return path
 
 
-CHECKPOINTS = ("best", "final")
-
-
 def _val_dice_of_epoch(run_dir, epoch):
     """The validation-split Dice that metrics.csv records for ``epoch`` (the weights ``final`` exports)."""
-    import csv
-
     with open(os.path.join(run_dir, "metrics.csv")) as f:
         for row in csv.DictReader(f):
             if int(row["epoch"]) == int(epoch):
@@ -187,10 +183,10 @@ def export_run(run_dir, repo_dir, overwrite=False, checkpoint="best.pt", calibra
     another name lets a second model of one configuration sit beside the first (an ensemble's member).
 
     ``calibrate``: choose the volume threshold on the run's validation split (``training.calibrate``)."""
-    model, info, ck = load_run(run_dir, checkpoint)
-    info["_state_path"] = os.path.join(run_dir, "state.json")
     if name is not None and not re.match(r"^[a-z0-9][a-z0-9.-]*$", name):
         raise ValueError("a model name is lower-case letters, digits, '-' and '.', got %r" % name)
+    model, info, ck = load_run(run_dir, checkpoint)
+    info["_state_path"] = os.path.join(run_dir, "state.json")
     name = name or model.name
     final = os.path.join(repo_dir, name)
     if os.path.exists(final) and not overwrite:
